@@ -1,0 +1,496 @@
+//! The TOML config: one file, every path with a platform default, every error naming the file, the
+//! line and the key.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the config file is looked for when neither `--config` nor `BUILDERD_CONFIG` names one.
+pub fn default_config_path() -> PathBuf {
+    match directories::ProjectDirs::from("", "", "builderd") {
+        Some(d) => d.config_dir().join("config.toml"),
+        None => PathBuf::from("/etc/builderd/config.toml"),
+    }
+}
+
+/// The config file to use: the flag, then `BUILDERD_CONFIG`, then the platform default.
+pub fn resolve_config_path(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    match std::env::var_os("BUILDERD_CONFIG") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => default_config_path(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}{line}: `{key}` {problem}", line = line_suffix(*.line))]
+    Invalid {
+        path: PathBuf,
+        line: Option<usize>,
+        key: String,
+        problem: String,
+    },
+}
+
+fn line_suffix(line: Option<usize>) -> String {
+    match line {
+        Some(l) => format!(", line {l}"),
+        None => " (default value)".to_string(),
+    }
+}
+
+/// How the machines file names the builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UriForm {
+    /// `ssh-ng://root@localhost:PORT` when the host's Nix is 2.31 or newer, the alias otherwise.
+    #[default]
+    Auto,
+    /// `ssh-ng://ALIAS`, resolved by the ssh_config block builderd writes.
+    Alias,
+    /// `ssh-ng://root@localhost:PORT` (Nix 2.31 or newer only).
+    HostPort,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    /// A build context directory with the same volume contract; the embedded one when unset.
+    pub context: Option<PathBuf>,
+    /// Repository name of the built image; the tag is a hash of the context.
+    pub repository: String,
+    /// The `BASE_IMAGE` build argument of the embedded context.
+    pub base_image: String,
+    /// `linux/arm64` or `linux/amd64`; the host's own architecture when unset.
+    pub platform: Option<String>,
+    /// Debian mirror and suite for the offline base image.
+    pub debian_mirror: String,
+    pub debian_suite: String,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        Self {
+            context: None,
+            repository: "nix-builder".into(),
+            base_image: crate::base_image::DEFAULT_BASE.into(),
+            platform: None,
+            debian_mirror: "http://deb.debian.org/debian".into(),
+            debian_suite: "trixie".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuilderConfig {
+    /// `--privileged`: Nix's build sandbox needs it. Some engines refuse it.
+    pub privileged: bool,
+    /// The builder's `sandbox` setting.
+    pub sandbox: bool,
+    /// The builder's `substituters`; empty for an offline builder.
+    pub substituters: String,
+    pub trusted_public_keys: Option<String>,
+    /// Garbage collection thresholds of the builder's store, in bytes.
+    pub min_free: u64,
+    pub max_free: u64,
+    /// Machines file fields.
+    pub max_jobs: u32,
+    pub speed_factor: u32,
+    pub supported_features: Vec<String>,
+    /// Systems to register; derived from the builder's architecture when unset.
+    pub systems: Option<Vec<String>>,
+}
+
+impl Default for BuilderConfig {
+    fn default() -> Self {
+        Self {
+            privileged: true,
+            sandbox: true,
+            substituters: "https://cache.nixos.org/".into(),
+            trusted_public_keys: None,
+            min_free: 1 << 30,
+            max_free: 4 << 30,
+            max_jobs: 4,
+            speed_factor: 1,
+            supported_features: vec!["benchmark".into(), "big-parallel".into()],
+            systems: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    pub machines_file: PathBuf,
+    pub nix_conf: PathBuf,
+    /// known_hosts files, the user's and root's.
+    pub known_hosts: Vec<PathBuf>,
+    /// ssh_config files, the user's and root's; the n-th is paired with the n-th known_hosts file.
+    pub ssh_config: Vec<PathBuf>,
+    /// The ssh_config `Host` alias; the container name when unset.
+    pub alias: Option<String>,
+    pub uri: UriForm,
+    /// Restart the nix-daemon after nix.conf changed.
+    pub restart_nix_daemon: bool,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        let home = home_dir();
+        let root_home = if cfg!(target_os = "macos") {
+            PathBuf::from("/var/root")
+        } else {
+            PathBuf::from("/root")
+        };
+        let mut known_hosts = vec![home.join(".ssh/known_hosts")];
+        let mut ssh_config = vec![home.join(".ssh/config")];
+        if home != root_home {
+            known_hosts.push(root_home.join(".ssh/known_hosts"));
+            ssh_config.push(root_home.join(".ssh/config"));
+        }
+        Self {
+            machines_file: "/etc/nix/machines".into(),
+            nix_conf: "/etc/nix/nix.conf".into(),
+            known_hosts,
+            ssh_config,
+            alias: None,
+            uri: UriForm::Auto,
+            restart_nix_daemon: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Host port on 127.0.0.1 that the container's port 22 is published on.
+    pub port: u16,
+    pub public_key: PathBuf,
+    pub private_key: PathBuf,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    /// Container name; also names builderd's entries in shared files.
+    pub container_name: String,
+    /// The engine to use; DOCKER_HOST, the docker context, Docker Desktop's socket when unset.
+    pub docker_host: Option<String>,
+    /// Seconds between health checks while up.
+    pub health_interval: u64,
+    /// Consecutive failed health checks that restart the container.
+    pub health_failures_before_restart: u32,
+    pub image: ImageConfig,
+    pub builder: BuilderConfig,
+    pub registration: RegistrationConfig,
+    /// The file this was read from, and its text, for error messages.
+    #[serde(skip)]
+    pub file: PathBuf,
+    #[serde(skip)]
+    text: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let home = home_dir();
+        let state_dir = directories::ProjectDirs::from("", "", "builderd")
+            .map(|d| d.data_local_dir().to_path_buf())
+            .unwrap_or_else(|| home.join(".local/share/builderd"));
+        Self {
+            port: 2222,
+            public_key: home.join(".ssh/id_ed25519.pub"),
+            private_key: home.join(".ssh/id_ed25519"),
+            socket: state_dir.join("builderd.sock"),
+            state_dir,
+            container_name: "nix-builder".into(),
+            docker_host: None,
+            health_interval: 30,
+            health_failures_before_restart: 3,
+            image: ImageConfig::default(),
+            builder: BuilderConfig::default(),
+            registration: RegistrationConfig::default(),
+            file: PathBuf::new(),
+            text: String::new(),
+        }
+    }
+}
+
+pub fn home_dir() -> PathBuf {
+    directories::BaseDirs::new()
+        .map(|b| b.home_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+impl Config {
+    /// Reads and validates the config at `path`. A missing file gives the defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        Self::from_toml(path, &text)
+    }
+
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+        cfg.expand_tildes();
+        cfg.validate(path, text)?;
+        cfg.file = path.to_path_buf();
+        cfg.text = text.to_string();
+        Ok(cfg)
+    }
+
+    fn expand_tildes(&mut self) {
+        let home = home_dir();
+        let ex = |p: &mut PathBuf| {
+            if let Ok(rest) = p.strip_prefix("~") {
+                *p = home.join(rest);
+            }
+        };
+        ex(&mut self.public_key);
+        ex(&mut self.private_key);
+        ex(&mut self.state_dir);
+        ex(&mut self.socket);
+        if let Some(c) = &mut self.image.context {
+            ex(c);
+        }
+        ex(&mut self.registration.machines_file);
+        ex(&mut self.registration.nix_conf);
+        self.registration.known_hosts.iter_mut().for_each(ex);
+        self.registration.ssh_config.iter_mut().for_each(ex);
+    }
+
+    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, problem: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: line_of(text, key),
+            key: key.to_string(),
+            problem,
+        };
+        if self.port == 0 {
+            return Err(bad("port", "is 0: choose a free port such as 2222".into()));
+        }
+        if self.port == 22 {
+            return Err(bad(
+                "port",
+                "is 22, the host's own SSH port: choose a free port such as 2222".into(),
+            ));
+        }
+        if self.container_name.is_empty()
+            || !self
+                .container_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            || !self.container_name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        {
+            return Err(bad(
+                "container_name",
+                format!(
+                    "is {:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit",
+                    self.container_name
+                ),
+            ));
+        }
+        if let Some(a) = &self.registration.alias
+            && (a.is_empty() || a.contains(|c: char| c.is_whitespace() || "*?!,#\"".contains(c)))
+        {
+            return Err(bad("alias", format!("is {a:?}: use a plain host name")));
+        }
+        if self.health_interval == 0 {
+            return Err(bad("health_interval", "must be at least 1 (seconds)".into()));
+        }
+        let mut paths: Vec<(&str, &Path)> = vec![
+            ("public_key", &self.public_key),
+            ("private_key", &self.private_key),
+            ("state_dir", &self.state_dir),
+            ("socket", &self.socket),
+            ("machines_file", &self.registration.machines_file),
+            ("nix_conf", &self.registration.nix_conf),
+        ];
+        if let Some(c) = &self.image.context {
+            paths.push(("context", c));
+        }
+        for p in &self.registration.known_hosts {
+            paths.push(("known_hosts", p));
+        }
+        for p in &self.registration.ssh_config {
+            paths.push(("ssh_config", p));
+        }
+        for (key, p) in paths {
+            if !p.is_absolute() {
+                return Err(bad(
+                    key,
+                    format!(
+                        "is the relative path {}: give an absolute path (or one starting with ~/)",
+                        p.display()
+                    ),
+                ));
+            }
+        }
+        if let Some(c) = &self.image.context
+            && !c.join("Dockerfile").is_file()
+        {
+            return Err(bad(
+                "context",
+                format!(
+                    "{} has no Dockerfile: point it at a build context directory, or remove the key to use the built-in one",
+                    c.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// An error about `key`, naming this config's file and the key's line.
+    pub fn key_error(&self, key: &str, problem: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.file.clone(),
+            line: line_of(&self.text, key),
+            key: key.to_string(),
+            problem,
+        }
+    }
+
+    /// The ssh_config alias for the builder.
+    pub fn alias(&self) -> &str {
+        self.registration
+            .alias
+            .as_deref()
+            .unwrap_or(&self.container_name)
+    }
+
+    /// The bind-mounted volume directory.
+    pub fn volume_dir(&self) -> PathBuf {
+        self.state_dir.join("volume")
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+
+    pub fn daemon_log(&self) -> PathBuf {
+        self.log_dir().join("builderd.log")
+    }
+
+    /// The platform the image is built for.
+    pub fn platform(&self) -> String {
+        self.image
+            .platform
+            .clone()
+            .unwrap_or_else(|| match std::env::consts::ARCH {
+                "aarch64" => "linux/arm64".into(),
+                _ => "linux/amd64".into(),
+            })
+    }
+}
+
+/// The 1-based line on which `key` is set, for error messages.
+pub fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines().position(|l| {
+        let l = l.trim_start();
+        l.strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    })
+    .map(|i| i + 1)
+}
+
+impl fmt::Display for UriForm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UriForm::Auto => "auto",
+            UriForm::Alias => "alias",
+            UriForm::HostPort => "host-port",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(Path::new("/cfg/builderd.toml"), text)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_absolute() {
+        let c = load("").unwrap();
+        assert_eq!(c.port, 2222);
+        assert!(c.public_key.is_absolute());
+        assert_eq!(c.alias(), "nix-builder");
+        assert_eq!(
+            c.registration.machines_file,
+            PathBuf::from("/etc/nix/machines")
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = load("port = 2300\nprot = 1\n").unwrap_err().to_string();
+        assert!(e.contains("/cfg/builderd.toml"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("unknown field `prot`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_line_and_key() {
+        let e = load("\n[builder]\nprivileged = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("privileged") || e.contains("boolean"), "{e}");
+    }
+
+    #[test]
+    fn port_zero_and_22_are_refused() {
+        let e = load("port = 0\n").unwrap_err().to_string();
+        assert!(e.contains("line 1: `port` is 0"), "{e}");
+        let e = load("\nport = 22\n").unwrap_err().to_string();
+        assert!(e.contains("line 2: `port` is 22"), "{e}");
+    }
+
+    #[test]
+    fn relative_path_is_refused() {
+        let e = load("state_dir = \"state\"\n").unwrap_err().to_string();
+        assert!(e.contains("`state_dir` is the relative path state"), "{e}");
+    }
+
+    #[test]
+    fn tilde_is_expanded() {
+        let c = load("public_key = \"~/k.pub\"\n").unwrap();
+        assert_eq!(c.public_key, home_dir().join("k.pub"));
+    }
+
+    #[test]
+    fn context_without_dockerfile_is_refused() {
+        let e = load("[image]\ncontext = \"/nonexistent/ctx\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2: `context`"), "{e}");
+        assert!(e.contains("has no Dockerfile"), "{e}");
+    }
+
+    #[test]
+    fn bad_container_name_is_refused() {
+        let e = load("container_name = \"a b\"\n").unwrap_err().to_string();
+        assert!(e.contains("`container_name`"), "{e}");
+    }
+}

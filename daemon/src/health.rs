@@ -1,0 +1,226 @@
+//! The SSH health check: TCP connect, handshake with the host key pinned, public-key auth as
+//! root, and one command that proves Nix answers and reports the builder's facts.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use russh::client;
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+
+use crate::keys::fingerprint;
+
+/// The stage a check failed at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Connect,
+    Handshake,
+    Auth,
+    Command,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Handshake => "handshake",
+            Stage::Auth => "auth",
+            Stage::Command => "command",
+        }
+    }
+}
+
+/// Facts the command reports from inside the builder.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Facts {
+    pub nix_version: String,
+    pub arch: String,
+    /// `native`, `rosetta`, `qemu` or `missing`.
+    pub x86_64: String,
+    pub disk_free_bytes: Option<u64>,
+    pub disk_total_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub latency: Duration,
+    pub result: Result<Facts, (Stage, String)>,
+}
+
+/// The command run on the builder. It prints `key=value` lines.
+pub const PROBE: &str = "printf 'nix=%s\\n' \"$(nix-store --version)\" && \
+printf 'arch=%s\\n' \"$(uname -m)\" && \
+if [ \"$(uname -m)\" = x86_64 ]; then echo x86_64=native; \
+elif [ -e /proc/sys/fs/binfmt_misc/rosetta ]; then echo x86_64=rosetta; \
+elif [ -e /proc/sys/fs/binfmt_misc/qemu-x86_64 ]; then echo x86_64=qemu; \
+else echo x86_64=missing; fi && \
+df -Pk /nix/store | awk 'NR==2 {print \"disk_total_kb=\" $2; print \"disk_free_kb=\" $4}'";
+
+pub fn parse_facts(out: &str) -> Option<Facts> {
+    let mut f = Facts::default();
+    for line in out.lines() {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        match k {
+            "nix" => f.nix_version = v.trim().to_string(),
+            "arch" => f.arch = v.trim().to_string(),
+            "x86_64" => f.x86_64 = v.trim().to_string(),
+            "disk_free_kb" => f.disk_free_bytes = v.trim().parse::<u64>().ok().map(|k| k * 1024),
+            "disk_total_kb" => f.disk_total_bytes = v.trim().parse::<u64>().ok().map(|k| k * 1024),
+            _ => {}
+        }
+    }
+    (f.nix_version.contains("Nix") && !f.arch.is_empty()).then_some(f)
+}
+
+struct Pinned {
+    key: PublicKey,
+    seen: Arc<Mutex<Option<String>>>,
+}
+
+impl client::Handler for Pinned {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = server else {
+            return Ok(false);
+        };
+        if key.key_data() == self.key.key_data() {
+            return Ok(true);
+        }
+        *self.seen.lock().expect("not poisoned") = Some(fingerprint(key));
+        Ok(false)
+    }
+}
+
+/// Runs `command` on the builder at 127.0.0.1:`port` as root, with the host key pinned.
+/// Returns its standard output when it exits 0.
+pub async fn run(
+    port: u16,
+    host_key: &PublicKey,
+    client_key: Arc<PrivateKey>,
+    command: &str,
+    timeout: Duration,
+) -> Result<String, (Stage, String)> {
+    let deadline = Instant::now() + timeout;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let stream = tokio::time::timeout(left(), tokio::net::TcpStream::connect(("127.0.0.1", port)))
+        .await
+        .map_err(|_| (Stage::Connect, format!("127.0.0.1:{port} did not accept within {timeout:?}")))?
+        .map_err(|e| (Stage::Connect, format!("127.0.0.1:{port}: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    let config = Arc::new(client::Config {
+        inactivity_timeout: Some(timeout),
+        ..Default::default()
+    });
+    let seen = Arc::new(Mutex::new(None));
+    let handler = Pinned {
+        key: host_key.clone(),
+        seen: seen.clone(),
+    };
+    let mut session = tokio::time::timeout(left(), client::connect_stream(config, stream, handler))
+        .await
+        .map_err(|_| (Stage::Handshake, "SSH handshake timed out".to_string()))?
+        .map_err(|e| {
+            let mismatch = seen.lock().expect("not poisoned").take();
+            match mismatch {
+                Some(fp) => (
+                    Stage::Handshake,
+                    format!(
+                        "the builder presented host key {fp}, not the pinned {}",
+                        fingerprint(host_key)
+                    ),
+                ),
+                None => (Stage::Handshake, format!("SSH handshake failed: {e}")),
+            }
+        })?;
+    let auth = tokio::time::timeout(
+        left(),
+        session.authenticate_publickey("root", PrivateKeyWithHashAlg::new(client_key, None)),
+    )
+    .await
+    .map_err(|_| (Stage::Auth, "authentication timed out".to_string()))?
+    .map_err(|e| (Stage::Auth, format!("authentication failed: {e}")))?;
+    if !auth.success() {
+        return Err((
+            Stage::Auth,
+            "the builder refused the client key for root (is host.pub the public half of private_key?)"
+                .to_string(),
+        ));
+    }
+    let result = tokio::time::timeout(left(), exec(&session, command))
+        .await
+        .map_err(|_| (Stage::Command, "the command timed out".to_string()))?;
+    let _ = session
+        .disconnect(russh::Disconnect::ByApplication, "", "en")
+        .await;
+    result
+}
+
+async fn exec<H: client::Handler>(
+    session: &client::Handle<H>,
+    command: &str,
+) -> Result<String, (Stage, String)> {
+    let fail = |e: russh::Error| (Stage::Command, e.to_string());
+    let mut ch = session.channel_open_session().await.map_err(fail)?;
+    ch.exec(true, command).await.map_err(fail)?;
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let mut code = None;
+    while let Some(msg) = ch.wait().await {
+        match msg {
+            russh::ChannelMsg::Data { data } => out.extend_from_slice(&data),
+            russh::ChannelMsg::ExtendedData { data, .. } => err.extend_from_slice(&data),
+            russh::ChannelMsg::ExitStatus { exit_status } => code = Some(exit_status),
+            _ => {}
+        }
+    }
+    match code {
+        Some(0) => Ok(String::from_utf8_lossy(&out).into_owned()),
+        other => Err((
+            Stage::Command,
+            format!(
+                "`{}` exited with {}: {}",
+                command.split_whitespace().next().unwrap_or(""),
+                other.map_or("no status".to_string(), |c| c.to_string()),
+                String::from_utf8_lossy(&err).trim()
+            ),
+        )),
+    }
+}
+
+/// One health check.
+pub async fn check(port: u16, host_key: &PublicKey, client_key: Arc<PrivateKey>) -> Outcome {
+    let start = Instant::now();
+    let result = run(port, host_key, client_key, PROBE, Duration::from_secs(10))
+        .await
+        .and_then(|out| {
+            parse_facts(&out).ok_or((
+                Stage::Command,
+                "the builder did not report a Nix version".to_string(),
+            ))
+        });
+    Outcome {
+        latency: start.elapsed(),
+        result,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_are_parsed() {
+        let f = parse_facts(
+            "nix=nix-store (Nix) 2.26.3\narch=aarch64\nx86_64=rosetta\ndisk_total_kb=100\ndisk_free_kb=40\n",
+        )
+        .unwrap();
+        assert_eq!(f.x86_64, "rosetta");
+        assert_eq!(f.disk_free_bytes, Some(40 * 1024));
+        assert_eq!(parse_facts("nothing"), None);
+    }
+}

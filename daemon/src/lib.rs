@@ -1,0 +1,38 @@
+//! builderd keeps a Linux Nix remote builder running in Docker for a Nix user on macOS (or Linux),
+//! and keeps the files that point Nix and OpenSSH at it true.
+//!
+//! Layout:
+//! - [`config`]: the TOML config, its platform defaults and its validation.
+//! - [`protocol`]: every type that crosses the client socket, and its framing. Both binaries use it.
+//! - [`keys`]: checking the user's key pair and the builder's host key; fingerprints.
+//! - [`fsutil`]: atomic replace (mode and owner kept), directory locks, stale temp files.
+//! - [`registration`]: the editors for machines, nix.conf, known_hosts and ssh_config, and the
+//!   [`registration::Registrar`] that applies or removes builderd's entries.
+//! - [`docker`]: the engine connection (DOCKER_HOST, docker contexts, Docker Desktop's socket), the
+//!   image build from the embedded context, the container.
+//! - [`base_image`]: the offline Debian base image, made with debootstrap when it can't be pulled.
+//! - [`health`]: the SSH health check (russh, host key pinned).
+//! - [`port`]: whether the host port is free, and which process holds it.
+//! - [`hostnix`]: the host's Nix version and the store URI form it understands.
+//! - [`state`]: what survives the daemon: the desired state and the files builderd created.
+//! - [`supervisor`]: the one task that owns the builder: up, down, reconcile, health, events.
+//! - [`server`]: the Unix socket: peer credentials, framing, dispatch to the supervisor.
+//! - [`client`]: connecting to the daemon (and starting it), used by `builderctl`.
+
+pub mod base_image;
+pub mod client;
+pub mod config;
+pub mod docker;
+pub mod fsutil;
+pub mod health;
+pub mod hostnix;
+pub mod keys;
+pub mod port;
+pub mod protocol;
+pub mod registration;
+pub mod server;
+pub mod state;
+pub mod supervisor;
+
+/// The daemon's version, reported in status.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,539 @@
+//! builderd's registrations: the machines line, `builders-use-substitutes`, the known_hosts
+//! entries and the ssh_config alias, each kept as a marked block in a file the user shares.
+//!
+//! Architecture invariant: builderd writes only inside its own block (and drops stale
+//! known_hosts entries for its own host names); every other byte of a file stays as it was, and
+//! a file is only ever replaced whole, by rename. A file builderd may not write (nix-darwin's
+//! store links, a read-only file, a symlink to something that is not a plain file) is reported
+//! with the exact lines to add by hand instead.
+
+pub mod block;
+pub mod known_hosts;
+pub mod nix_conf;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+
+use crate::config::Config;
+use crate::fsutil::{self, Outcome};
+use crate::protocol::RegistrationStatus;
+
+/// What builderd registers: everything the files must say about the builder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wanted {
+    pub instance: String,
+    pub port: u16,
+    pub alias: String,
+    /// `ssh-ed25519 AAAA…`, no comment.
+    pub host_key_line: String,
+    pub identity: PathBuf,
+    /// The store URI of the machines line.
+    pub uri: String,
+    pub systems: Vec<String>,
+    pub max_jobs: u32,
+    pub speed_factor: u32,
+    pub features: Vec<String>,
+    /// Whether the machines line is listed (false while the builder has been unhealthy too long).
+    pub machines_listed: bool,
+}
+
+impl Wanted {
+    /// Field 8 of the machines line: the base64 of the host key line.
+    pub fn host_key_b64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(format!("{}\n", self.host_key_line))
+    }
+
+    /// The machines line, all 8 fields.
+    pub fn machines_line(&self) -> String {
+        let features = if self.features.is_empty() {
+            "-".to_string()
+        } else {
+            self.features.join(",")
+        };
+        format!(
+            "{} {} {} {} {} {} - {}",
+            self.uri,
+            self.systems.join(","),
+            self.identity.display(),
+            self.max_jobs,
+            self.speed_factor,
+            features,
+            self.host_key_b64()
+        )
+    }
+
+    /// The ssh_config `Host` block, closed by `Host *` so that the lines after it keep applying
+    /// to every host.
+    pub fn ssh_config_lines(&self, known_hosts: Option<&Path>) -> Vec<String> {
+        let mut v = vec![
+            format!("Host {}", self.alias),
+            "  HostName 127.0.0.1".to_string(),
+            format!("  Port {}", self.port),
+            "  User root".to_string(),
+            format!("  IdentityFile {}", quote(&self.identity)),
+            "  IdentitiesOnly yes".to_string(),
+            format!("  HostKeyAlias {}", self.alias),
+        ];
+        if let Some(k) = known_hosts {
+            v.push(format!("  UserKnownHostsFile {}", quote(k)));
+        }
+        v.extend(
+            [
+                "  StrictHostKeyChecking yes",
+                "  BatchMode yes",
+                "  ConnectTimeout 10",
+                "  ServerAliveInterval 15",
+                "  ControlMaster auto",
+                "  ControlPath ~/.ssh/builderd-%C",
+                "  ControlPersist 120",
+                "Host *",
+            ]
+            .map(String::from),
+        );
+        v
+    }
+
+    /// What to put in a nix-darwin configuration instead of writing its files.
+    pub fn nix_darwin_snippet(&self) -> String {
+        let (host, user) = match self.uri.strip_prefix("ssh-ng://") {
+            Some(rest) => match rest.split_once('@') {
+                Some((u, h)) => (h.to_string(), Some(u.to_string())),
+                None => (rest.to_string(), None),
+            },
+            None => (self.alias.clone(), None),
+        };
+        let list = |v: &[String]| {
+            v.iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        format!(
+            "nix.distributedBuilds = true;\n\
+             nix.buildMachines = [{{\n  hostName = \"{host}\";\n  protocol = \"ssh-ng\";\n{}  systems = [ {} ];\n  sshKey = \"{}\";\n  maxJobs = {};\n  speedFactor = {};\n  supportedFeatures = [ {} ];\n  publicHostKey = \"{}\";\n}}];\n\
+             nix.settings.builders-use-substitutes = true;",
+            user.map(|u| format!("  sshUser = \"{u}\";\n"))
+                .unwrap_or_default(),
+            list(&self.systems),
+            self.identity.display(),
+            self.max_jobs,
+            self.speed_factor,
+            list(&self.features),
+            self.host_key_b64(),
+        )
+    }
+}
+
+fn quote(p: &Path) -> String {
+    let s = p.display().to_string();
+    if s.contains(char::is_whitespace) {
+        format!("\"{s}\"")
+    } else {
+        s
+    }
+}
+
+/// Where builderd may write a registration file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// A plain file (or a missing one): write here. For a symlink, this is its target.
+    Write(PathBuf),
+    /// A symlink into nix-darwin's generated files: never written through.
+    NixDarwin,
+    /// A symlink whose target builderd may not replace.
+    Manual(String),
+}
+
+/// Decides where to write `path`, following symlinks but never replacing one.
+pub fn resolve_target(path: &Path) -> Target {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Target::Write(path.to_path_buf());
+    };
+    if !meta.file_type().is_symlink() {
+        return Target::Write(path.to_path_buf());
+    }
+    let mut chain = Vec::new();
+    let mut cur = path.to_path_buf();
+    for _ in 0..32 {
+        match std::fs::read_link(&cur) {
+            Ok(next) => {
+                let next = if next.is_absolute() {
+                    next
+                } else {
+                    cur.parent().unwrap_or(Path::new("/")).join(next)
+                };
+                chain.push(next.clone());
+                cur = next;
+            }
+            Err(_) => break,
+        }
+    }
+    if chain
+        .iter()
+        .any(|p| p.starts_with("/etc/static") || p.starts_with("/nix/store"))
+    {
+        return Target::NixDarwin;
+    }
+    match std::fs::metadata(&cur) {
+        Ok(m) if m.is_file() && !m.permissions().readonly() => {
+            Target::Write(std::fs::canonicalize(&cur).unwrap_or(cur))
+        }
+        Ok(_) => Target::Manual(format!(
+            "{} is a symlink to {}, which is not a plain writable file",
+            path.display(),
+            cur.display()
+        )),
+        Err(_) => Target::Manual(format!(
+            "{} is a symlink to {}, which does not exist",
+            path.display(),
+            cur.display()
+        )),
+    }
+}
+
+/// Files builderd created, so that `down` removes a file it made once nothing else is in it.
+pub type Created = BTreeSet<PathBuf>;
+
+/// The result of one sync.
+#[derive(Debug, Default)]
+pub struct Synced {
+    pub statuses: Vec<RegistrationStatus>,
+    /// nix.conf (or the file builderd writes its settings to) changed.
+    pub nix_conf_changed: bool,
+    /// Some file was written.
+    pub changed: bool,
+}
+
+const KEY: &str = "builders-use-substitutes";
+
+fn status(kind: &str, path: &Path, state: &str, detail: Option<String>) -> RegistrationStatus {
+    RegistrationStatus {
+        kind: kind.into(),
+        path: path.display().to_string(),
+        state: state.into(),
+        repairs: 0,
+        detail,
+    }
+}
+
+/// Applies (`Some`) or removes (`None`) builderd's block in one file.
+fn sync_block(
+    kind: &str,
+    path: &Path,
+    instance: &str,
+    wanted: Option<&dyn Fn(&str) -> String>,
+    manual_lines: &str,
+    created: &mut Created,
+    out: &mut Synced,
+) -> Outcome {
+    let target = match resolve_target(path) {
+        Target::Write(p) => p,
+        Target::NixDarwin => {
+            out.statuses.push(status(
+                kind,
+                path,
+                "owned-by-nix-darwin",
+                Some(format!(
+                    "{} belongs to nix-darwin; builderd does not write through it. Put this in your nix-darwin configuration:\n{manual_lines}",
+                    path.display()
+                )),
+            ));
+            return Outcome::Unchanged;
+        }
+        Target::Manual(why) => {
+            out.statuses.push(status(
+                kind,
+                path,
+                "manual",
+                Some(format!("{why}; add these lines there yourself:\n{manual_lines}")),
+            ));
+            return Outcome::Unchanged;
+        }
+    };
+    let was_created = created.contains(&target);
+    let mode = if kind == "ssh_config" { 0o600 } else { 0o644 };
+    let result = fsutil::edit_file(&target, mode, |cur| match (wanted, cur) {
+        (Some(f), cur) => Some(f(cur.unwrap_or(""))),
+        // Nothing there and nothing of ours: a missing file stays missing.
+        (None, None) => None,
+        (None, Some(cur)) => {
+            let rest = block::remove(cur, instance);
+            if was_created && rest.trim().is_empty() {
+                None
+            } else {
+                Some(rest)
+            }
+        }
+    });
+    match result {
+        Ok(outcome) => {
+            match (&outcome, wanted.is_some()) {
+                (Outcome::Created, _) => {
+                    created.insert(target.clone());
+                }
+                (Outcome::Removed, _) => {
+                    created.remove(&target);
+                }
+                _ => {}
+            }
+            if outcome != Outcome::Unchanged {
+                out.changed = true;
+            }
+            out.statuses.push(status(
+                kind,
+                path,
+                if wanted.is_some() { "ok" } else { "removed" },
+                None,
+            ));
+            outcome
+        }
+        Err(e) => {
+            let hint = if e.source.kind() == std::io::ErrorKind::PermissionDenied {
+                "builderd may not write it (install the service with `sudo builderctl install` so that it runs as root, or"
+            } else if e.is_disk_full() {
+                "the disk is full (free some space, or"
+            } else {
+                "(fix that, or"
+            };
+            out.statuses.push(status(
+                kind,
+                path,
+                "failed",
+                Some(format!(
+                    "{e}: {hint} add these lines yourself):\n{manual_lines}"
+                )),
+            ));
+            Outcome::Unchanged
+        }
+    }
+}
+
+/// Brings every registration file to what `wanted` says (`None`: builderd's entries removed).
+pub fn sync(cfg: &Config, wanted: Option<&Wanted>, created: &mut Created) -> Synced {
+    let mut out = Synced::default();
+    let instance = cfg.container_name.as_str();
+    let reg = &cfg.registration;
+
+    // machines
+    let machines_body: Vec<String> = wanted
+        .filter(|w| w.machines_listed)
+        .map(|w| vec![w.machines_line()])
+        .unwrap_or_default();
+    let manual = wanted
+        .map(|w| w.nix_darwin_snippet())
+        .unwrap_or_default();
+    let apply_machines = |t: &str| block::apply(t, instance, &machines_body);
+    let machines_fn: Option<&dyn Fn(&str) -> String> =
+        if wanted.is_some() && !machines_body.is_empty() {
+            Some(&apply_machines)
+        } else {
+            None
+        };
+    sync_block(
+        "machines",
+        &reg.machines_file,
+        instance,
+        machines_fn,
+        &manual,
+        created,
+        &mut out,
+    );
+
+    // nix.conf
+    sync_nix_conf(cfg, wanted, created, &manual, &mut out);
+
+    // known_hosts and ssh_config
+    if let Some(w) = wanted {
+        let names = known_hosts::names(w.port, &w.alias);
+        let lines = known_hosts::lines(w.port, &w.alias, &w.host_key_line);
+        let manual = lines.join("\n");
+        let f = |t: &str| known_hosts::apply(t, instance, &names, &lines);
+        for p in &reg.known_hosts {
+            sync_block("known_hosts", p, instance, Some(&f), &manual, created, &mut out);
+        }
+        for (i, p) in reg.ssh_config.iter().enumerate() {
+            let body = w.ssh_config_lines(reg.known_hosts.get(i).map(PathBuf::as_path));
+            let manual = body.join("\n");
+            let f = |t: &str| block::apply(t, instance, &body);
+            sync_block("ssh_config", p, instance, Some(&f), &manual, created, &mut out);
+        }
+    } else {
+        for p in &reg.known_hosts {
+            sync_block("known_hosts", p, instance, None, "", created, &mut out);
+        }
+        for p in &reg.ssh_config {
+            sync_block("ssh_config", p, instance, None, "", created, &mut out);
+        }
+    }
+    out
+}
+
+fn sync_nix_conf(
+    cfg: &Config,
+    wanted: Option<&Wanted>,
+    created: &mut Created,
+    manual: &str,
+    out: &mut Synced,
+) {
+    let instance = cfg.container_name.as_str();
+    let conf = &cfg.registration.nix_conf;
+    let text = std::fs::read_to_string(conf).unwrap_or_default();
+    // Determinate Nix owns nix.conf; user settings go to nix.custom.conf.
+    let target = nix_conf::determinate_custom_conf(conf, &text).unwrap_or_else(|| conf.clone());
+    let read = |p: &Path| std::fs::read_to_string(p).ok();
+    let user_setting = nix_conf::effective(conf, KEY, &read);
+    let line = format!("{KEY} = true");
+    let apply = |t: &str| block::apply(t, instance, std::slice::from_ref(&line));
+    let needed = wanted.is_some() && user_setting.is_none();
+    let f: Option<&dyn Fn(&str) -> String> = if needed { Some(&apply) } else { None };
+    let before = out.statuses.len();
+    let outcome = sync_block("nix.conf", &target, instance, f, manual, created, out);
+    if outcome != Outcome::Unchanged {
+        out.nix_conf_changed = true;
+    }
+    if let (Some(_), Some(s)) = (wanted, user_setting)
+        && let Some(st) = out.statuses.get_mut(before)
+        && (st.state == "ok" || st.state == "removed")
+    {
+        st.state = "ok".into();
+        if s.value == "true" {
+            st.detail = Some(format!(
+                "{KEY} = true is already set at {}:{}",
+                s.file.display(),
+                s.line
+            ));
+        } else {
+            st.state = "failed".into();
+            st.detail = Some(format!(
+                "{}:{} sets {KEY} = {}; builderd leaves your setting alone. Change it to `{KEY} = true` so that the builder fetches from caches itself",
+                s.file.display(),
+                s.line,
+                s.value
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted() -> Wanted {
+        Wanted {
+            instance: "nb".into(),
+            port: 2299,
+            alias: "nb".into(),
+            host_key_line:
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBrM3rMLJ0D3PBtnPqC0IVEVH2Q9DRN2Y4E8cRBPvOeR"
+                    .into(),
+            identity: "/home/u/.ssh/id_ed25519".into(),
+            uri: "ssh-ng://nb".into(),
+            systems: vec!["x86_64-linux".into()],
+            max_jobs: 4,
+            speed_factor: 1,
+            features: vec!["big-parallel".into()],
+            machines_listed: true,
+        }
+    }
+
+    #[test]
+    fn machines_line_has_all_eight_fields() {
+        let l = wanted().machines_line();
+        let f: Vec<&str> = l.split(' ').collect();
+        assert_eq!(f.len(), 8, "{l}");
+        assert_eq!(f[0], "ssh-ng://nb");
+        assert_eq!(f[6], "-");
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(f[7])
+            .unwrap();
+        assert!(String::from_utf8(key).unwrap().starts_with("ssh-ed25519 AAAA"));
+    }
+
+    fn cfg_in(dir: &Path) -> Config {
+        let text = format!(
+            "state_dir = \"{d}/state\"\n[registration]\nmachines_file = \"{d}/machines\"\nnix_conf = \"{d}/nix.conf\"\nknown_hosts = [\"{d}/kh\"]\nssh_config = [\"{d}/cfg\"]\n",
+            d = dir.display()
+        );
+        let mut c = Config::from_toml(Path::new("/t.toml"), &text).unwrap();
+        c.container_name = "nb".into();
+        c
+    }
+
+    #[test]
+    fn sync_then_unsync_restores_every_file() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = cfg_in(d.path());
+        std::fs::write(d.path().join("nix.conf"), "max-jobs = 2").unwrap();
+        std::fs::write(d.path().join("kh"), "github.com ssh-ed25519 AAAA\r\n").unwrap();
+        let mut created = Created::new();
+        let s = sync(&cfg, Some(&wanted()), &mut created);
+        assert!(s.statuses.iter().all(|s| s.state == "ok"), "{s:?}");
+        assert!(s.nix_conf_changed);
+        assert_eq!(created.len(), 2, "machines and ssh config are new");
+        let again = sync(&cfg, Some(&wanted()), &mut created);
+        assert!(!again.changed && !again.nix_conf_changed);
+        sync(&cfg, None, &mut created);
+        assert!(!d.path().join("machines").exists());
+        assert!(!d.path().join("cfg").exists());
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("nix.conf")).unwrap(),
+            "max-jobs = 2"
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("kh")).unwrap(),
+            "github.com ssh-ed25519 AAAA\r\n"
+        );
+        assert!(created.is_empty());
+    }
+
+    #[test]
+    fn user_false_is_reported_not_overridden() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = cfg_in(d.path());
+        std::fs::write(d.path().join("nix.conf"), "builders-use-substitutes = false\n").unwrap();
+        let s = sync(&cfg, Some(&wanted()), &mut Created::new());
+        let nc = s.statuses.iter().find(|s| s.kind == "nix.conf").unwrap();
+        assert_eq!(nc.state, "failed");
+        assert!(nc.detail.as_ref().unwrap().contains("nix.conf:1 sets"));
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("nix.conf")).unwrap(),
+            "builders-use-substitutes = false\n"
+        );
+    }
+
+    #[test]
+    fn nix_darwin_links_are_never_written_through() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = cfg_in(d.path());
+        std::os::unix::fs::symlink("/etc/static/nix/nix.conf", d.path().join("nix.conf")).unwrap();
+        let s = sync(&cfg, Some(&wanted()), &mut Created::new());
+        let nc = s.statuses.iter().find(|s| s.kind == "nix.conf").unwrap();
+        assert_eq!(nc.state, "owned-by-nix-darwin");
+        assert!(nc.detail.as_ref().unwrap().contains("nix.buildMachines"));
+        assert!(
+            std::fs::symlink_metadata(d.path().join("nix.conf"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
+
+    #[test]
+    fn symlinked_dotfile_is_written_at_its_target() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = cfg_in(d.path());
+        std::fs::write(d.path().join("real_kh"), "a b c\n").unwrap();
+        std::os::unix::fs::symlink(d.path().join("real_kh"), d.path().join("kh")).unwrap();
+        sync(&cfg, Some(&wanted()), &mut Created::new());
+        assert!(
+            std::fs::symlink_metadata(d.path().join("kh"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        let t = std::fs::read_to_string(d.path().join("real_kh")).unwrap();
+        assert!(t.contains("[localhost]:2299 ssh-ed25519") && t.ends_with("a b c\n"));
+    }
+}
