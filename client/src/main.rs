@@ -1,1 +1,223 @@
-fn main(){}
+//! builderctl: the command line for builderd.
+
+mod output;
+mod service;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use builderd::client::{self, ClientError};
+use builderd::config::Config;
+use builderd::protocol::{ErrorKind, Reply, Request};
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// Exit codes, as documented in the README.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const UNREACHABLE: u8 = 3;
+    pub const DOCTOR: u8 = 4;
+}
+
+/// Drive builderd: a Linux Nix remote builder in Docker that stays registered and healthy.
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// The config file [default: $BUILDERD_CONFIG, else the platform config dir]
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Print only errors
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Print every step
+    #[arg(long, short, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start the daemon if needed, bring the builder up and register it; wait until healthy
+    #[command(after_help = "Example:\n  builderctl up\n  builderctl --config ./builderd.toml up")]
+    Up,
+    /// Remove the container and builderd's registrations (the volume and host key stay)
+    #[command(after_help = "Example:\n  builderctl down")]
+    Down,
+    /// Show the builder's state
+    #[command(after_help = "Example:\n  builderctl status\n  builderctl status --json | jq .state\n  builderctl status --watch")]
+    Status {
+        /// Print the status as one JSON object (see the README for its schema)
+        #[arg(long)]
+        json: bool,
+        /// Refresh in place every second
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+    },
+    /// Run a health check now and show the status after it
+    #[command(after_help = "Example:\n  builderctl check")]
+    Check,
+    /// Collect garbage in the builder's Nix store
+    #[command(after_help = "Example:\n  builderctl gc")]
+    Gc,
+    /// Stop the daemon; the builder is left as it is
+    #[command(after_help = "Example:\n  builderctl shutdown")]
+    Shutdown,
+    /// Open a shell on the builder, or run a command there
+    #[command(after_help = "Example:\n  builderctl ssh\n  builderctl ssh -- nix-store --version")]
+    Ssh {
+        /// The command to run
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Show the daemon's log, or the container's
+    #[command(after_help = "Example:\n  builderctl logs -f\n  builderctl logs --container")]
+    Logs {
+        /// Keep following the log
+        #[arg(long, short)]
+        follow: bool,
+        /// The container's log instead of the daemon's
+        #[arg(long)]
+        container: bool,
+    },
+    /// Install builderd as a launchd (macOS) or systemd (Linux) service
+    #[command(after_help = "Example:\n  sudo builderctl install\n  builderctl install --user --print")]
+    Install {
+        /// Show the service definition and the commands, and do nothing
+        #[arg(long)]
+        print: bool,
+        /// Install a per-user agent rather than a system service run as root
+        #[arg(long)]
+        user: bool,
+    },
+    /// Stop and remove the service
+    #[command(after_help = "Example:\n  sudo builderctl uninstall\n  sudo builderctl uninstall --purge")]
+    Uninstall {
+        /// Also take the builder down (container and registrations) and remove the state dir
+        #[arg(long)]
+        purge: bool,
+        #[arg(long)]
+        user: bool,
+    },
+    /// Print shell completions
+    #[command(after_help = "Example:\n  builderctl completions zsh > ~/.zfunc/_builderctl")]
+    Completions { shell: clap_complete::Shell },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    if let Cmd::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "builderctl", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    let config_path = builderd::config::resolve_config_path(cli.config.as_deref());
+    let cfg = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("builderctl: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime starts");
+    let out = output::Out::new(cli.quiet, cli.verbose);
+    let code = rt.block_on(run(cli.command, &cfg, &config_path, &out));
+    ExitCode::from(code)
+}
+
+fn daemon_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("builderd")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("builderd"))
+}
+
+fn report(err: &ClientError, out: &output::Out) -> u8 {
+    out.error(&err.to_string());
+    match err {
+        ClientError::Unreachable { .. } => exit::UNREACHABLE,
+        ClientError::Daemon {
+            kind: ErrorKind::ProtocolMismatch,
+            ..
+        } => exit::UNREACHABLE,
+        _ => exit::FAILURE,
+    }
+}
+
+async fn run(cmd: Cmd, cfg: &Config, config_path: &Path, out: &output::Out) -> u8 {
+    match cmd {
+        Cmd::Up => {
+            let stream = match client::connect_or_start(
+                cfg,
+                config_path,
+                &daemon_binary(),
+                Duration::from_secs(20),
+            )
+            .await
+            {
+                Ok(s) => s,
+                Err(e) => return report(&e, out),
+            };
+            let progress = out.progress();
+            let r = client::exchange(stream, Request::Up, |p| progress.step(&p)).await;
+            progress.finish();
+            match r {
+                Ok(Reply::Done { message }) => {
+                    out.info(&message);
+                    exit::OK
+                }
+                Ok(other) => {
+                    out.error(&format!("unexpected reply: {other:?}"));
+                    exit::FAILURE
+                }
+                Err(e) => report(&e, out),
+            }
+        }
+        Cmd::Down | Cmd::Shutdown | Cmd::Gc => {
+            let req = match cmd {
+                Cmd::Down => Request::Down,
+                Cmd::Gc => Request::Gc,
+                _ => Request::Shutdown,
+            };
+            match client::request(&cfg.socket, req, |_| {}).await {
+                Ok(Reply::Done { message }) => {
+                    out.info(&message);
+                    exit::OK
+                }
+                Ok(other) => {
+                    out.error(&format!("unexpected reply: {other:?}"));
+                    exit::FAILURE
+                }
+                Err(e) => report(&e, out),
+            }
+        }
+        Cmd::Status { json, watch } => output::status(cfg, json, watch, out).await,
+        Cmd::Check => match client::request(&cfg.socket, Request::Check, |_| {}).await {
+            Ok(Reply::Status(st)) => {
+                out.print(&output::render_status(&st, out.color()));
+                if st.healthy { exit::OK } else { exit::FAILURE }
+            }
+            Ok(other) => {
+                out.error(&format!("unexpected reply: {other:?}"));
+                exit::FAILURE
+            }
+            Err(e) => report(&e, out),
+        },
+        Cmd::Ssh { command } => service::ssh(cfg, &command),
+        Cmd::Logs { follow, container } => service::logs(cfg, follow, container, out).await,
+        Cmd::Install { print, user } => service::install(cfg, config_path, print, user, out),
+        Cmd::Uninstall { purge, user } => service::uninstall(cfg, config_path, purge, user, out).await,
+        Cmd::Completions { .. } => unreachable!("handled before the config is read"),
+    }
+}

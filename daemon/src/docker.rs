@@ -614,6 +614,55 @@ pub async fn last_logs(docker: &Docker, id: &str, n: usize) -> String {
     out.trim_end().to_string()
 }
 
+/// The container's log as a stream of text chunks.
+pub fn logs_stream<'a>(
+    docker: &'a Docker,
+    name: &str,
+    follow: bool,
+    tail: usize,
+) -> impl futures_util::Stream<Item = Result<String, bollard::errors::Error>> + 'a {
+    docker
+        .logs(
+            name,
+            Some(LogsOptions::<String> {
+                follow,
+                stdout: true,
+                stderr: true,
+                tail: tail.to_string(),
+                ..Default::default()
+            }),
+        )
+        .map(|r| r.map(|c| c.to_string()))
+}
+
+/// Removes every image builderd built for this instance (by label), and the base it made.
+pub async fn purge_images(cfg: &Config) -> Result<(), DockerError> {
+    let docker = connect(&resolve_endpoint(cfg)).await?;
+    let mut filters = HashMap::new();
+    filters.insert("label".to_string(), vec![format!("{LABEL_INSTANCE}={}", cfg.container_name)]);
+    let images = docker
+        .list_images(Some(bollard::image::ListImagesOptions {
+            all: false,
+            filters,
+            ..Default::default()
+        }))
+        .await
+        .map_err(DockerError::api("listing images"))?;
+    for img in images {
+        let _ = docker
+            .remove_image(
+                &img.id,
+                Some(bollard::image::RemoveImageOptions {
+                    force: true,
+                    noprune: false,
+                }),
+                None,
+            )
+            .await;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

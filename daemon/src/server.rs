@@ -1,0 +1,325 @@
+//! The daemon process: one instance per state dir (a lock file), the client socket (mode 0600,
+//! peer credentials checked), request framing, and a bounded graceful shutdown.
+
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::protocol::{self, DecodeError, ErrorKind, MAX_FRAME, Reply, Request};
+use crate::supervisor::{self, Command, Handle};
+
+/// The uids allowed to drive this daemon: its owner and root.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner(pub u32);
+
+impl Owner {
+    /// `BUILDERD_OWNER_UID` when a root daemon serves a user; else the daemon's own uid.
+    pub fn from_env() -> Owner {
+        let own = rustix::process::geteuid().as_raw();
+        Owner(
+            std::env::var("BUILDERD_OWNER_UID")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(own),
+        )
+    }
+
+    pub fn allows(self, uid: u32) -> bool {
+        uid == self.0 || uid == 0
+    }
+}
+
+/// Holds the instance lock for the daemon's lifetime.
+pub struct InstanceLock {
+    _file: File,
+    path: PathBuf,
+}
+
+/// Takes the state dir's instance lock, or says which daemon holds it.
+pub fn lock_instance(state_dir: &Path) -> anyhow::Result<InstanceLock> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create the state dir {}", state_dir.display()))?;
+    let path = state_dir.join("builderd.pid");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "another builderd (pid {}) already runs for the state dir {}: use `builderctl shutdown` to stop it",
+                pid.trim(),
+                state_dir.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    use std::io::{Seek, Write};
+    f.set_len(0)?;
+    f.seek(std::io::SeekFrom::Start(0))?;
+    writeln!(f, "{}", std::process::id())?;
+    Ok(InstanceLock { _file: f, path })
+}
+
+impl Drop for InstanceLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds the client socket. A socket file that refuses connections is stale and replaced; one
+/// that answers belongs to a running daemon.
+pub async fn bind(path: &Path, owner: Owner) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the socket's directory {}", dir.display()))?;
+    }
+    if path.exists() {
+        match UnixStream::connect(path).await {
+            Ok(_) => bail!(
+                "a daemon already answers on {}: use `builderctl shutdown` to stop it",
+                path.display()
+            ),
+            Err(_) => {
+                std::fs::remove_file(path)
+                    .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+            }
+        }
+    }
+    // The socket is made with a tight umask so that it is never open to others, even briefly.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let bound = UnixListener::bind(path);
+    rustix::process::umask(old);
+    let listener = bound.with_context(|| format!("cannot bind the socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    if rustix::process::geteuid().is_root() && owner.0 != 0 {
+        std::os::unix::fs::chown(path, Some(owner.0), None)
+            .with_context(|| format!("cannot give {} to uid {}", path.display(), owner.0))?;
+    }
+    Ok(listener)
+}
+
+/// Runs the daemon until SIGTERM, SIGINT or a `shutdown` request.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let _lock = lock_instance(&cfg.state_dir)?;
+    let owner = Owner::from_env();
+    let listener = bind(&cfg.socket, owner).await?;
+    tracing::info!(
+        socket = %cfg.socket.display(),
+        pid = std::process::id(),
+        version = crate::VERSION,
+        "builderd is serving"
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let handle = supervisor::spawn(cfg.clone(), stop_rx.clone(), &mut tasks);
+    let (shutdown_req_tx, mut shutdown_req) = mpsc::channel::<()>(1);
+    let mut conns = JoinSet::new();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = shutdown_req.recv() => { tracing::info!("shutdown requested"); break; }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let handle = handle.clone();
+                    let stop = shutdown_req_tx.clone();
+                    conns.spawn(async move {
+                        if let Err(e) = serve_conn(stream, owner, handle, stop).await {
+                            tracing::debug!(error = %e, "connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = std::fs::remove_file(&cfg.socket);
+    let drain = async {
+        while tasks.join_next().await.is_some() {}
+        while conns.join_next().await.is_some() {}
+    };
+    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+        tracing::warn!("tasks did not stop within 10 s; leaving them");
+    }
+    tracing::info!("builderd stopped");
+    Ok(())
+}
+
+async fn write(stream: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> std::io::Result<()> {
+    stream.write_all(&protocol::encode(reply)).await
+}
+
+/// Reads one request frame: `Ok(None)` on a clean close before any byte.
+async fn read_frame(
+    reader: &mut (impl AsyncBufReadExt + Unpin),
+) -> Result<Option<Vec<u8>>, &'static str> {
+    let mut buf = Vec::new();
+    let n = reader
+        .take(MAX_FRAME as u64 + 1)
+        .read_until(b'\n', &mut buf)
+        .await
+        .map_err(|_| "the request could not be read")?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() != Some(&b'\n') {
+        return Err(if buf.len() > MAX_FRAME {
+            "the request is larger than the 64 KiB limit"
+        } else {
+            "the request was cut off before its end of line"
+        });
+    }
+    buf.pop();
+    Ok(Some(buf))
+}
+
+async fn serve_conn(
+    stream: UnixStream,
+    owner: Owner,
+    handle: Handle,
+    stop: mpsc::Sender<()>,
+) -> anyhow::Result<()> {
+    let uid = stream.peer_cred()?.uid();
+    let (r, mut w) = stream.into_split();
+    if !owner.allows(uid) {
+        tracing::warn!(uid, "refused a client of another user");
+        write(
+            &mut w,
+            &Reply::error(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "uid {uid} may not drive this builder: only its owner (uid {}) and root may",
+                    owner.0
+                ),
+            ),
+        )
+        .await?;
+        return Ok(());
+    }
+    let mut reader = BufReader::new(r);
+    let frame = match tokio::time::timeout(Duration::from_secs(30), read_frame(&mut reader)).await {
+        Err(_) => {
+            write(&mut w, &Reply::error(ErrorKind::BadRequest, "no request within 30 s")).await?;
+            return Ok(());
+        }
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Ok(Some(f))) => f,
+        Ok(Err(msg)) => {
+            write(&mut w, &Reply::error(ErrorKind::BadRequest, msg)).await?;
+            return Ok(());
+        }
+    };
+    let request = match protocol::decode_request(&frame) {
+        Ok(env) => env.request,
+        Err(DecodeError::Mismatch { shutdown: true, .. }) => Request::Shutdown,
+        Err(DecodeError::Mismatch { client, .. }) => {
+            let reply = Reply::Error {
+                kind: ErrorKind::ProtocolMismatch,
+                message: format!(
+                    "this daemon (builderd {}) speaks protocol {}, the client speaks {client}: run `builderctl shutdown`, then retry so that a matching daemon starts",
+                    crate::VERSION,
+                    protocol::PROTOCOL
+                ),
+                daemon_protocol: Some(protocol::PROTOCOL),
+                daemon_version: Some(crate::VERSION.into()),
+            };
+            write(&mut w, &reply).await?;
+            return Ok(());
+        }
+        Err(DecodeError::Malformed(m)) => {
+            write(&mut w, &Reply::error(ErrorKind::BadRequest, m)).await?;
+            return Ok(());
+        }
+    };
+    match request {
+        Request::Status => {
+            let st = handle.status.borrow().clone();
+            write(&mut w, &Reply::Status(Box::new(st))).await?;
+        }
+        Request::Shutdown => {
+            write(
+                &mut w,
+                &Reply::Done {
+                    message: "builderd is stopping; the builder is left as it is".into(),
+                },
+            )
+            .await?;
+            let _ = stop.send(()).await;
+        }
+        Request::Up => {
+            let (ptx, mut prx) = mpsc::unbounded_channel();
+            let (rtx, rrx) = oneshot::channel();
+            handle
+                .commands
+                .send(Command::Up {
+                    progress: ptx,
+                    reply: rtx,
+                })
+                .await
+                .map_err(|_| anyhow::anyhow!("the supervisor stopped"))?;
+            // Progress lines until the supervisor drops the sender, then the final reply. A
+            // client that goes away does not stop the work.
+            let mut client_gone = false;
+            while let Some(p) = prx.recv().await {
+                if !client_gone && write(&mut w, &Reply::Progress(p)).await.is_err() {
+                    client_gone = true;
+                }
+            }
+            let result = rrx.await.map_err(|_| anyhow::anyhow!("the supervisor stopped"))?;
+            if !client_gone {
+                write(&mut w, &final_reply(result)).await?;
+            }
+        }
+        Request::Down | Request::Check | Request::Gc => {
+            let (rtx, rrx) = oneshot::channel();
+            let cmd = match request {
+                Request::Down => Command::Down { reply: rtx },
+                Request::Check => Command::Check { reply: rtx },
+                _ => Command::Gc { reply: rtx },
+            };
+            handle
+                .commands
+                .send(cmd)
+                .await
+                .map_err(|_| anyhow::anyhow!("the supervisor stopped"))?;
+            let result = rrx.await.map_err(|_| anyhow::anyhow!("the supervisor stopped"))?;
+            if matches!(request, Request::Check) && result.is_ok() {
+                let st = handle.status.borrow().clone();
+                write(&mut w, &Reply::Status(Box::new(st))).await?;
+            } else {
+                write(&mut w, &final_reply(result)).await?;
+            }
+        }
+    }
+    w.shutdown().await.ok();
+    Ok(())
+}
+
+fn final_reply(result: Result<String, supervisor::Failure>) -> Reply {
+    match result {
+        Ok(message) => Reply::Done { message },
+        Err(f) => Reply::error(f.kind, f.message),
+    }
+}

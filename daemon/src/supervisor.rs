@@ -1,0 +1,1020 @@
+//! The one task that owns the builder. Requests from clients, Docker events, health ticks and
+//! file changes all arrive here over channels, so that everything that changes the builder or
+//! its files happens one thing at a time.
+//!
+//! Architecture invariant: the supervisor reconciles. It computes what is wanted (from the
+//! persisted desired state and the config), observes what is (the engine, the volume, the
+//! files), acts on the difference, and records only what succeeded. A failure is reported in
+//! status and retried with backoff; it never ends the daemon.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bollard::Docker;
+use russh::keys::PublicKey;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::Config;
+use crate::docker::{self, DockerError, Endpoint, Spec};
+use crate::health;
+use crate::keys::{self, ClientKeys};
+use crate::protocol::{
+    BuilderInfo, ContainerInfo, ErrorKind, HealthReport, HostKeyChange, Progress, State, Status,
+};
+use crate::registration::{self, Wanted};
+use crate::state::{Desired, Persisted};
+
+/// A failed request: its class and the message for people.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(kind: ErrorKind, message: impl std::fmt::Display) -> Failure {
+        Failure {
+            kind,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<DockerError> for Failure {
+    fn from(e: DockerError) -> Failure {
+        let kind = match &e {
+            DockerError::Unreachable { .. } => ErrorKind::Docker,
+            DockerError::Api { source, .. } if docker::is_connection_error(source) => {
+                ErrorKind::Docker
+            }
+            DockerError::PortTaken { .. }
+            | DockerError::PrivilegedRefused { .. }
+            | DockerError::Context { .. } => ErrorKind::Invalid,
+            _ => ErrorKind::Failed,
+        };
+        Failure::new(kind, e)
+    }
+}
+
+pub type Reply = oneshot::Sender<Result<String, Failure>>;
+
+/// What the supervisor is asked to do.
+pub enum Command {
+    Up {
+        progress: mpsc::UnboundedSender<Progress>,
+        reply: Reply,
+    },
+    Down {
+        reply: Reply,
+    },
+    Check {
+        reply: Reply,
+    },
+    Gc {
+        reply: Reply,
+    },
+    /// Something outside changed: a container event, a file edit. Reconcile.
+    Poke(&'static str),
+}
+
+/// The client side of the supervisor.
+#[derive(Clone)]
+pub struct Handle {
+    pub commands: mpsc::Sender<Command>,
+    pub status: watch::Receiver<Status>,
+}
+
+type Say<'a> = &'a (dyn Fn(Progress) + Send + Sync);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn step(stage: &str, message: impl Into<String>) -> Progress {
+    Progress {
+        stage: stage.into(),
+        message: message.into(),
+        current: None,
+        total: None,
+    }
+}
+
+pub struct Supervisor {
+    cfg: Config,
+    endpoint: Endpoint,
+    docker: Option<Docker>,
+    persisted: Persisted,
+    status: watch::Sender<Status>,
+    keys: Option<ClientKeys>,
+    host_key: Option<PublicKey>,
+    /// Repairs per registration file path.
+    repairs: HashMap<String, u32>,
+    failures: u32,
+    /// Consecutive container deaths that builderd did not cause, for crash-loop backoff.
+    deaths: u32,
+    next_retry: Option<Instant>,
+    docker_wait_logged: bool,
+}
+
+impl Supervisor {
+    pub fn new(cfg: Config) -> (Supervisor, watch::Receiver<Status>) {
+        let endpoint = docker::resolve_endpoint(&cfg);
+        let persisted = Persisted::load(&cfg.state_dir);
+        let status = Status {
+            version: crate::VERSION.into(),
+            protocol: crate::protocol::PROTOCOL,
+            pid: std::process::id(),
+            state: State::Down,
+            healthy: false,
+            desired: persisted.desired.as_str().into(),
+            reason: None,
+            port: cfg.port,
+            up_since: None,
+            container: None,
+            host_key_fingerprint: persisted.host_key_fingerprint.clone(),
+            host_key_changed: None,
+            last_health: None,
+            builder: None,
+            registrations: Vec::new(),
+            docker_host: format!("{} ({})", endpoint.host, endpoint.source),
+        };
+        let (tx, rx) = watch::channel(status);
+        (
+            Supervisor {
+                cfg,
+                endpoint,
+                docker: None,
+                persisted,
+                status: tx,
+                keys: None,
+                host_key: None,
+                repairs: HashMap::new(),
+                failures: 0,
+                deaths: 0,
+                next_retry: None,
+                docker_wait_logged: false,
+            },
+            rx,
+        )
+    }
+
+    fn set(&self, f: impl FnOnce(&mut Status)) {
+        self.status.send_modify(f);
+    }
+
+    fn set_state(&self, state: State, reason: Option<String>) {
+        self.set(|s| {
+            s.state = state;
+            s.reason = reason;
+            if state != State::Up && state != State::Degraded {
+                s.healthy = false;
+            }
+        });
+    }
+
+    /// Runs until `shutdown` fires. `events` carries container events from [`watch_events`].
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        if self.persisted.desired == Desired::Up {
+            tracing::info!("desired state is up: bringing the builder back");
+            let _ = self.reconcile(&|_| {}).await;
+        } else {
+            self.ensure_down_quietly().await;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(self.cfg.health_interval));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        tick.reset();
+        // A wall-clock jump beyond the monotonic one means the machine slept.
+        let mut wall = SystemTime::now();
+        let mut mono = Instant::now();
+        loop {
+            let retry = self.next_retry;
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                cmd = commands.recv() => match cmd {
+                    None => break,
+                    Some(cmd) => self.handle(cmd).await,
+                },
+                _ = tick.tick() => {
+                    let slept = SystemTime::now()
+                        .duration_since(wall)
+                        .unwrap_or_default()
+                        .saturating_sub(mono.elapsed());
+                    if slept > Duration::from_secs(5) {
+                        tracing::info!(?slept, "the machine slept: checking the builder now");
+                    }
+                    wall = SystemTime::now();
+                    mono = Instant::now();
+                    if self.persisted.desired == Desired::Up {
+                        self.periodic().await;
+                    }
+                }
+                _ = sleep_until(retry), if retry.is_some() => {
+                    self.next_retry = None;
+                    if self.persisted.desired == Desired::Up {
+                        let _ = self.reconcile(&|_| {}).await;
+                    }
+                }
+            }
+        }
+        tracing::info!("supervisor stopped");
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Up { progress, reply } => {
+                let say = move |p: Progress| {
+                    let _ = progress.send(p);
+                };
+                let r = self.up(&say).await;
+                let _ = reply.send(r);
+            }
+            Command::Down { reply } => {
+                let r = self.down().await;
+                let _ = reply.send(r);
+            }
+            Command::Check { reply } => {
+                let r = if self.persisted.desired == Desired::Up {
+                    self.periodic().await;
+                    Ok("checked".to_string())
+                } else {
+                    Err(Failure::new(
+                        ErrorKind::Invalid,
+                        "the builder is down: run `builderctl up` first",
+                    ))
+                };
+                let _ = reply.send(r);
+            }
+            Command::Gc { reply } => {
+                let r = self.gc().await;
+                let _ = reply.send(r);
+            }
+            Command::Poke(why) => {
+                if self.persisted.desired == Desired::Up {
+                    tracing::info!(why, "reconciling");
+                    if why == "container-died" {
+                        self.deaths += 1;
+                    }
+                    if self.deaths >= 2 {
+                        // A container that keeps dying by itself: back off.
+                        let delay = backoff(self.deaths - 1, Duration::from_secs(60));
+                        self.next_retry = Some(Instant::now() + delay);
+                        let logs = self.container_logs().await;
+                        self.set_state(
+                            State::Degraded,
+                            Some(format!(
+                                "the container keeps exiting ({} times); next start in {:.0?}. Its last lines:\n{logs}",
+                                self.deaths, delay
+                            )),
+                        );
+                    } else {
+                        let _ = self.reconcile(&|_| {}).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// An explicit `up`: records the desired state, then reconciles with progress.
+    async fn up(&mut self, say: Say<'_>) -> Result<String, Failure> {
+        self.deaths = 0;
+        // Bad input is refused before anything is recorded or started.
+        keys::load_client_keys(&self.cfg.public_key, &self.cfg.private_key)
+            .map_err(|e| Failure::new(ErrorKind::Invalid, e))?;
+        let was_up = self.status.borrow().state == State::Up;
+        let before = self.persisted.desired;
+        if before != Desired::Up {
+            self.persisted.desired = Desired::Up;
+            self.save()?;
+            self.set(|s| s.desired = "up".into());
+        }
+        let changed = match self.reconcile(say).await {
+            Ok(c) => c,
+            Err(f) => {
+                if f.kind == ErrorKind::Invalid && before != Desired::Up {
+                    // Nothing will fix bad input by itself: do not keep retrying it.
+                    self.persisted.desired = before;
+                    let _ = self.save();
+                    self.next_retry = None;
+                    self.set(|s| s.desired = before.as_str().into());
+                }
+                return Err(f);
+            }
+        };
+        let st = self.status.borrow().clone();
+        let lat = st
+            .last_health
+            .as_ref()
+            .map(|h| format!(", health check {:.0} ms", h.latency_ms))
+            .unwrap_or_default();
+        Ok(if was_up && !changed {
+            format!(
+                "the builder is already up on 127.0.0.1:{}{lat}; nothing to do",
+                self.cfg.port
+            )
+        } else {
+            format!(
+                "the builder is up on 127.0.0.1:{} (alias `{}`){lat}",
+                self.cfg.port,
+                self.cfg.alias()
+            )
+        })
+    }
+
+    fn save(&self) -> Result<(), Failure> {
+        self.persisted.save(&self.cfg.state_dir).map_err(|e| {
+            let what = if e.is_disk_full() {
+                "the disk holding the state dir is full: free some space and try again"
+            } else {
+                "check the state dir's permissions"
+            };
+            Failure::new(ErrorKind::Failed, format!("{e}: {what}"))
+        })
+    }
+
+    async fn docker(&mut self) -> Result<Docker, DockerError> {
+        if let Some(d) = &self.docker {
+            // A cheap ping tells whether the cached connection still reaches the engine.
+            if d.ping().await.is_ok() {
+                return Ok(d.clone());
+            }
+            self.docker = None;
+        }
+        let d = docker::connect(&self.endpoint).await?;
+        self.docker = Some(d.clone());
+        Ok(d)
+    }
+
+    /// Brings the builder to the desired state `up`. Returns whether anything changed.
+    async fn reconcile(&mut self, say: Say<'_>) -> Result<bool, Failure> {
+        let result = self.try_reconcile(say).await;
+        match &result {
+            Ok(_) => {
+                self.docker_wait_logged = false;
+            }
+            Err(f) if f.kind == ErrorKind::Docker => {
+                if !self.docker_wait_logged {
+                    tracing::warn!(error = %f.message, "waiting for Docker");
+                    self.docker_wait_logged = true;
+                }
+                self.failures += 1;
+                self.next_retry =
+                    Some(Instant::now() + backoff(self.failures, Duration::from_secs(30)));
+                self.set_state(State::WaitingForDocker, Some(f.message.clone()));
+            }
+            Err(f) => {
+                tracing::warn!(error = %f.message, "bringing the builder up failed");
+                self.failures += 1;
+                self.next_retry =
+                    Some(Instant::now() + backoff(self.failures, Duration::from_secs(60)));
+                if self.deaths >= 2 {
+                    self.set_state(
+                        State::Degraded,
+                        Some(format!("the container keeps exiting: {}", f.message)),
+                    );
+                } else {
+                    self.set_state(State::Error, Some(f.message.clone()));
+                }
+            }
+        }
+        result
+    }
+
+    async fn try_reconcile(&mut self, say: Say<'_>) -> Result<bool, Failure> {
+        let cfg = self.cfg.clone();
+        let mut changed = false;
+        if self.status.borrow().state != State::Up {
+            self.set_state(State::Starting, None);
+        }
+
+        say(step("keys", "checking the key pair"));
+        let keys = keys::load_client_keys(&cfg.public_key, &cfg.private_key).map_err(|e| {
+            Failure::new(ErrorKind::Invalid, e)
+        })?;
+
+        let docker = self.docker().await?;
+        let (tag, ctx) = docker::image_for(&cfg)?;
+        let spec = Spec::from_config(&cfg, &tag);
+        if docker::name_taken_by_other(&docker, &cfg.container_name).await? {
+            return Err(Failure::new(
+                ErrorKind::Invalid,
+                format!(
+                    "a container named {} exists that builderd did not make: remove it (`docker rm -f {0}`) or set `container_name` in the config",
+                    cfg.container_name
+                ),
+            ));
+        }
+        let mut found = docker::find(&docker, &cfg.container_name).await?;
+        if let Some(f) = &found
+            && f.spec_hash.as_deref() != Some(spec.hash().as_str())
+        {
+            say(step("container", "the configuration changed: re-creating the container"));
+            docker::remove(&docker, &f.id).await?;
+            found = None;
+            changed = true;
+        }
+        if !found.as_ref().is_some_and(|f| f.running) && !crate::port::is_free(cfg.port) {
+            return Err(DockerError::PortTaken {
+                port: cfg.port,
+                holder: crate::port::holder(cfg.port)
+                    .map(|h| format!(" by {h}"))
+                    .unwrap_or_default(),
+            }
+            .into());
+        }
+
+        if !docker::image_exists(&docker, &tag).await? {
+            if ctx.embedded {
+                say(step("base-image", format!("checking the base image {}", cfg.image.base_image)));
+                let say_base = |m: String| say(step("base-image", m));
+                crate::base_image::ensure(&docker, &cfg, &say_base)
+                    .await
+                    .map_err(|e| match e {
+                        crate::base_image::BaseError::Docker(d) => Failure::from(d),
+                        other => Failure::new(ErrorKind::Failed, other),
+                    })?;
+            }
+            say(step("image", format!("building {tag}")));
+            let say_build = |m: String, n: Option<(u64, u64)>| {
+                say(Progress {
+                    stage: "image".into(),
+                    message: m,
+                    current: n.map(|n| n.0),
+                    total: n.map(|n| n.1),
+                })
+            };
+            docker::build_image(&docker, &cfg, &tag, &ctx, &say_build).await?;
+            changed = true;
+        }
+
+        // The volume: the client's public key as host.pub.
+        let vol = cfg.volume_dir();
+        std::fs::create_dir_all(&vol).map_err(|e| {
+            Failure::new(ErrorKind::Failed, format!("cannot create {}: {e}", vol.display()))
+        })?;
+        let host_pub = vol.join("host.pub");
+        let line = format!("{}\n", keys.public_line);
+        let key_changed = std::fs::read_to_string(&host_pub).ok().as_deref() != Some(line.as_str());
+        if key_changed {
+            crate::fsutil::write_atomic(&host_pub, line.as_bytes(), 0o644)
+                .map_err(|e| Failure::new(ErrorKind::Failed, e))?;
+        }
+
+        let id = match found {
+            Some(f) => {
+                if !f.running {
+                    say(step("container", "starting the container"));
+                    docker::start(&docker, &f.id, cfg.port).await?;
+                    changed = true;
+                } else if key_changed {
+                    say(step("container", "the client key changed: restarting the container"));
+                    docker::remove(&docker, &f.id).await?;
+                    let id = docker::create(&docker, &spec).await?;
+                    docker::start(&docker, &id, cfg.port).await?;
+                    self.set_container(&id, &tag, "running");
+                    return self.finish_up(&docker, &id, keys, say, true).await;
+                }
+                f.id
+            }
+            None => {
+                say(step("container", format!("creating container {}", cfg.container_name)));
+                let id = docker::create(&docker, &spec).await?;
+                if let Err(e) = docker::start(&docker, &id, cfg.port).await {
+                    let _ = docker::remove(&docker, &id).await;
+                    return Err(e.into());
+                }
+                changed = true;
+                id
+            }
+        };
+        self.set_container(&id, &tag, "running");
+        self.finish_up(&docker, &id, keys, say, changed).await
+    }
+
+    fn set_container(&self, id: &str, image: &str, state: &str) {
+        let name = self.cfg.container_name.clone();
+        self.set(|s| {
+            let restarts = s.container.as_ref().map_or(0, |c| c.restarts);
+            s.container = Some(ContainerInfo {
+                name,
+                id: id.chars().take(12).collect(),
+                image: image.into(),
+                state: state.into(),
+                restarts,
+            })
+        });
+    }
+
+    async fn finish_up(
+        &mut self,
+        docker: &Docker,
+        id: &str,
+        keys: ClientKeys,
+        say: Say<'_>,
+        mut changed: bool,
+    ) -> Result<bool, Failure> {
+        say(step("host-key", "waiting for the builder's host key"));
+        let host_key = self.wait_host_key(docker, id).await?;
+        let fp = keys::fingerprint(&host_key);
+        if let Some(old) = &self.persisted.host_key_fingerprint
+            && *old != fp
+        {
+            tracing::warn!(from = %old, to = %fp, "the builder's host key changed");
+            let change = HostKeyChange {
+                from: old.clone(),
+                to: fp.clone(),
+                at: now(),
+            };
+            self.set(|s| s.host_key_changed = Some(change));
+        }
+        self.set(|s| s.host_key_fingerprint = Some(fp.clone()));
+        self.host_key = Some(host_key.clone());
+        self.keys = Some(keys.clone());
+
+        say(step("health", "waiting for sshd to answer"));
+        let facts = self.wait_healthy(docker, id, &host_key, &keys).await?;
+
+        say(step("register", "writing the registrations"));
+        changed |= self.register(&host_key, &facts)?;
+        if self.persisted.host_key_fingerprint.as_deref() != Some(fp.as_str()) {
+            self.persisted.host_key_fingerprint = Some(fp);
+            self.save()?;
+        }
+        self.failures = 0;
+        Ok(changed)
+    }
+
+    async fn wait_host_key(&self, docker: &Docker, id: &str) -> Result<PublicKey, Failure> {
+        let path = self.cfg.volume_dir().join("id_ed25519.pub");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut n = 0u32;
+        loop {
+            if let Ok(bytes) = std::fs::read(&path)
+                && let Ok(k) = keys::parse_public(&path, &bytes)
+            {
+                return Ok(k);
+            }
+            n += 1;
+            if n % 10 == 0 {
+                self.ensure_running(docker, id).await?;
+            }
+            if Instant::now() > deadline {
+                return Err(Failure::new(
+                    ErrorKind::Failed,
+                    format!(
+                        "the builder did not write its host key {} within 60 s; its log:\n{}",
+                        path.display(),
+                        docker::last_logs(docker, id, 20).await
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn ensure_running(&self, docker: &Docker, id: &str) -> Result<(), Failure> {
+        let c = docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| Failure::new(ErrorKind::Failed, format!("inspecting the container: {e}")))?;
+        let st = c.state.unwrap_or_default();
+        if st.running == Some(true) {
+            return Ok(());
+        }
+        Err(Failure::new(
+            ErrorKind::Failed,
+            format!(
+                "the container exited (code {}); its last lines:\n{}",
+                st.exit_code.unwrap_or(-1),
+                docker::last_logs(docker, id, 20).await
+            ),
+        ))
+    }
+
+    async fn wait_healthy(
+        &mut self,
+        docker: &Docker,
+        id: &str,
+        host_key: &PublicKey,
+        keys: &ClientKeys,
+    ) -> Result<health::Facts, Failure> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut n = 0u32;
+        loop {
+            let out = health::check(self.cfg.port, host_key, keys.private.clone()).await;
+            self.record_health(&out);
+            match out.result {
+                Ok(facts) => return Ok(facts),
+                // The wrong host key or a refused client key will not fix itself.
+                Err((stage @ (health::Stage::Auth | health::Stage::Handshake), msg))
+                    if msg.contains("pinned") || stage == health::Stage::Auth =>
+                {
+                    return Err(Failure::new(
+                        ErrorKind::Failed,
+                        format!("health check failed at {}: {msg}", stage.as_str()),
+                    ));
+                }
+                Err((stage, msg)) => {
+                    n += 1;
+                    if n % 10 == 0 {
+                        self.ensure_running(docker, id).await?;
+                    }
+                    if Instant::now() > deadline {
+                        return Err(Failure::new(
+                            ErrorKind::Failed,
+                            format!(
+                                "the builder did not become healthy within 60 s (last failure at {}: {msg}); its log:\n{}",
+                                stage.as_str(),
+                                docker::last_logs(docker, id, 20).await
+                            ),
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            }
+        }
+    }
+
+    fn record_health(&mut self, out: &health::Outcome) {
+        let failures = match &out.result {
+            Ok(_) => 0,
+            Err(_) => self.status.borrow().last_health.as_ref().map_or(0, |h| h.consecutive_failures) + 1,
+        };
+        let report = HealthReport {
+            at: now(),
+            ok: out.result.is_ok(),
+            latency_ms: out.latency.as_secs_f64() * 1000.0,
+            failed_stage: out.result.as_ref().err().map(|e| e.0.as_str().to_string()),
+            error: out.result.as_ref().err().map(|e| e.1.clone()),
+            consecutive_failures: failures,
+        };
+        let systems = self.systems(out.result.as_ref().ok());
+        self.set(|s| {
+            s.last_health = Some(report);
+            s.healthy = out.result.is_ok();
+            if let Ok(f) = &out.result {
+                s.builder = Some(BuilderInfo {
+                    nix_version: f.nix_version.clone(),
+                    systems,
+                    x86_64: f.x86_64.clone(),
+                    disk_free_bytes: f.disk_free_bytes,
+                    disk_total_bytes: f.disk_total_bytes,
+                    store_bytes: s.builder.as_ref().and_then(|b| b.store_bytes),
+                });
+            }
+        });
+    }
+
+    fn systems(&self, facts: Option<&health::Facts>) -> Vec<String> {
+        if let Some(s) = &self.cfg.builder.systems {
+            return s.clone();
+        }
+        match facts.map(|f| f.arch.as_str()) {
+            Some("aarch64" | "arm64") => vec!["x86_64-linux".into(), "aarch64-linux".into()],
+            _ => vec!["x86_64-linux".into()],
+        }
+    }
+
+    fn wanted(&self, host_key: &PublicKey, facts: Option<&health::Facts>) -> Wanted {
+        let cfg = &self.cfg;
+        let host_port = crate::hostnix::use_host_port(
+            cfg.registration.uri,
+            crate::hostnix::host_version(),
+        );
+        Wanted {
+            instance: cfg.container_name.clone(),
+            port: cfg.port,
+            alias: cfg.alias().to_string(),
+            host_key_line: keys::key_line(host_key),
+            identity: cfg.private_key.clone(),
+            uri: if host_port {
+                format!("ssh-ng://root@localhost:{}", cfg.port)
+            } else {
+                format!("ssh-ng://{}", cfg.alias())
+            },
+            systems: self.systems(facts),
+            max_jobs: cfg.builder.max_jobs,
+            speed_factor: cfg.builder.speed_factor,
+            features: cfg.builder.supported_features.clone(),
+            machines_listed: true,
+        }
+    }
+
+    /// Writes the registrations. Returns whether a file changed.
+    fn register(&mut self, host_key: &PublicKey, facts: &health::Facts) -> Result<bool, Failure> {
+        let wanted = self.wanted(host_key, Some(facts));
+        let synced = registration::sync(&self.cfg, Some(&wanted), &mut self.persisted.created);
+        self.save()?;
+        if synced.nix_conf_changed && self.cfg.registration.restart_nix_daemon {
+            restart_nix_daemon();
+        }
+        let failed: Vec<String> = synced
+            .statuses
+            .iter()
+            .filter(|s| s.state != "ok")
+            .map(|s| format!("{} {}: {}", s.kind, s.path, s.state))
+            .collect();
+        let mut statuses = synced.statuses;
+        for s in &mut statuses {
+            s.repairs = self.repairs.get(&s.path).copied().unwrap_or(0);
+        }
+        let up_since = self.status.borrow().up_since.unwrap_or_else(now);
+        self.set(|s| {
+            s.registrations = statuses;
+            s.up_since = Some(up_since);
+            if failed.is_empty() {
+                s.state = State::Up;
+                s.reason = None;
+            } else {
+                s.state = State::Degraded;
+                s.reason = Some(format!(
+                    "some registrations need you (see `builderctl status`): {}",
+                    failed.join("; ")
+                ));
+            }
+        });
+        Ok(synced.changed)
+    }
+
+    /// A periodic health check while up; restarts the container after repeated failures.
+    async fn periodic(&mut self) {
+        let (Some(host_key), Some(keys)) = (self.host_key.clone(), self.keys.clone()) else {
+            let _ = self.reconcile(&|_| {}).await;
+            return;
+        };
+        let out = health::check(self.cfg.port, &host_key, keys.private.clone()).await;
+        self.record_health(&out);
+        match out.result {
+            Ok(_) => {
+                self.deaths = 0;
+                if self.status.borrow().state != State::Up {
+                    let _ = self.reconcile(&|_| {}).await;
+                }
+            }
+            Err((stage, msg)) => {
+                let n = self
+                    .status
+                    .borrow()
+                    .last_health
+                    .as_ref()
+                    .map_or(1, |h| h.consecutive_failures);
+                tracing::warn!(stage = stage.as_str(), error = %msg, n, "health check failed");
+                self.set_state(
+                    State::Degraded,
+                    Some(format!("health check failed at {}: {msg}", stage.as_str())),
+                );
+                if n >= self.cfg.health_failures_before_restart {
+                    tracing::warn!("restarting the container after {n} failed health checks");
+                    if let Ok(d) = self.docker().await
+                        && let Ok(Some(f)) = docker::find(&d, &self.cfg.container_name).await
+                    {
+                        let _ = d.restart_container(&f.id, None).await;
+                    }
+                    let _ = self.reconcile(&|_| {}).await;
+                }
+            }
+        }
+    }
+
+    async fn container_logs(&mut self) -> String {
+        let Ok(d) = self.docker().await else {
+            return String::new();
+        };
+        match docker::find(&d, &self.cfg.container_name).await {
+            Ok(Some(f)) => docker::last_logs(&d, &f.id, 5).await,
+            _ => String::new(),
+        }
+    }
+
+    /// `down`: records the desired state, removes the container and the registrations.
+    async fn down(&mut self) -> Result<String, Failure> {
+        let was = self.persisted.desired;
+        self.persisted.desired = Desired::Down;
+        self.save()?;
+        self.next_retry = None;
+        self.set(|s| s.desired = "down".into());
+        let mut removed_container = false;
+        let docker_err = match self.docker().await {
+            Ok(d) => match docker::find(&d, &self.cfg.container_name).await {
+                Ok(Some(f)) => {
+                    docker::remove(&d, &f.id).await?;
+                    removed_container = true;
+                    None
+                }
+                Ok(None) => None,
+                Err(e) => Some(e.to_string()),
+            },
+            Err(e) => Some(e.to_string()),
+        };
+        let synced = registration::sync(&self.cfg, None, &mut self.persisted.created);
+        self.save()?;
+        if synced.nix_conf_changed && self.cfg.registration.restart_nix_daemon {
+            restart_nix_daemon();
+        }
+        self.host_key = None;
+        self.set(|s| {
+            s.state = State::Down;
+            s.healthy = false;
+            s.reason = docker_err.clone();
+            s.container = None;
+            s.up_since = None;
+            s.registrations = synced.statuses.clone();
+        });
+        if let Some(e) = docker_err {
+            return Err(Failure::new(
+                ErrorKind::Docker,
+                format!("the registrations are removed, but the container could not be: {e}"),
+            ));
+        }
+        Ok(
+            if was == Desired::Down && !removed_container && !synced.changed {
+                "the builder is already down; nothing to do".to_string()
+            } else {
+                "the builder is down: container removed, registrations removed (the volume and its host key stay)".to_string()
+            },
+        )
+    }
+
+    /// At start with desired `down`: nothing of ours runs, nothing is registered.
+    async fn ensure_down_quietly(&mut self) {
+        if let Ok(d) = self.docker().await
+            && let Ok(Some(f)) = docker::find(&d, &self.cfg.container_name).await
+        {
+            let _ = docker::remove(&d, &f.id).await;
+        }
+        if !self.persisted.created.is_empty() || self.persisted.host_key_fingerprint.is_some() {
+            let _ = registration::sync(&self.cfg, None, &mut self.persisted.created);
+            let _ = self.save();
+        }
+    }
+
+    async fn gc(&mut self) -> Result<String, Failure> {
+        let (Some(host_key), Some(keys)) = (self.host_key.clone(), self.keys.clone()) else {
+            return Err(Failure::new(
+                ErrorKind::Invalid,
+                "the builder is not up: run `builderctl up` first",
+            ));
+        };
+        let out = health::run(
+            self.cfg.port,
+            &host_key,
+            keys.private.clone(),
+            "nix-collect-garbage 2>&1 | tail -n 3; du -sk /nix/store | cut -f1",
+            Duration::from_secs(3600),
+        )
+        .await
+        .map_err(|(stage, m)| Failure::new(ErrorKind::Failed, format!("gc failed at {}: {m}", stage.as_str())))?;
+        let kb = out.lines().last().and_then(|l| l.trim().parse::<u64>().ok());
+        self.set(|s| {
+            if let Some(b) = &mut s.builder {
+                b.store_bytes = kb.map(|k| k * 1024);
+            }
+        });
+        let _ = self.periodic_facts().await;
+        Ok(out.trim().to_string())
+    }
+
+    async fn periodic_facts(&mut self) -> Option<()> {
+        let host_key = self.host_key.clone()?;
+        let keys = self.keys.clone()?;
+        let out = health::check(self.cfg.port, &host_key, keys.private.clone()).await;
+        self.record_health(&out);
+        Some(())
+    }
+}
+
+fn restart_nix_daemon() {
+    let runner = builderd_launchd::System;
+    let os = builderd_launchd::Os::current();
+    if let Some(cmd) = builderd_launchd::nix_daemon_restart(os, &runner) {
+        match builderd_launchd::Runner::run(&runner, &cmd) {
+            Ok(_) => tracing::info!(command = %cmd.join(" "), "restarted the nix-daemon"),
+            Err(e) => tracing::warn!(error = %e, "could not restart the nix-daemon"),
+        }
+    }
+}
+
+/// Exponential backoff with jitter: 0.5 s · 2^(n-1), capped.
+pub fn backoff(n: u32, cap: Duration) -> Duration {
+    let base = Duration::from_millis(500).saturating_mul(1u32 << n.saturating_sub(1).min(16));
+    let base = base.min(cap);
+    // Up to 10 % jitter from the clock's low bits, so that several instances do not align.
+    let jitter = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() % 1000)
+        .unwrap_or(0) as u64;
+    base + base.mul_f64(jitter as f64 / 10_000.0)
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Spawns the supervisor and the Docker event watcher; returns the handle.
+pub fn spawn(
+    cfg: Config,
+    shutdown: watch::Receiver<bool>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Handle {
+    let (sup, status) = Supervisor::new(cfg.clone());
+    let (tx, rx) = mpsc::channel(64);
+    let endpoint = sup.endpoint.clone();
+    tasks.spawn(sup.run(rx, shutdown.clone()));
+    tasks.spawn(watch_events(
+        endpoint,
+        cfg.container_name.clone(),
+        tx.clone(),
+        shutdown,
+    ));
+    Handle {
+        commands: tx,
+        status,
+    }
+}
+
+/// Follows the engine's events for builderd's container and pokes the supervisor on each death.
+/// When the stream ends (the engine restarted or went away) it reconnects with backoff and pokes
+/// the supervisor, which then reconciles.
+pub async fn watch_events(
+    endpoint: Endpoint,
+    name: String,
+    tx: mpsc::Sender<Command>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use futures_util::StreamExt;
+    let mut attempt = 0u32;
+    loop {
+        let docker = tokio::select! {
+            _ = shutdown.changed() => return,
+            d = docker::connect(&endpoint) => d,
+        };
+        let docker = match docker {
+            Ok(d) => {
+                if attempt > 0 {
+                    let _ = tx.send(Command::Poke("docker-back")).await;
+                }
+                d
+            }
+            Err(_) => {
+                attempt += 1;
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(backoff(attempt, Duration::from_secs(5))) => continue,
+                }
+            }
+        };
+        let mut filters = HashMap::new();
+        filters.insert("type".to_string(), vec!["container".to_string()]);
+        // The label alone also matches the image build's intermediate containers.
+        filters.insert("container".to_string(), vec![name.clone()]);
+        filters.insert(
+            "label".to_string(),
+            vec![format!("{}={name}", docker::LABEL_INSTANCE)],
+        );
+        let mut events = docker.events(Some(bollard::system::EventsOptions::<String> {
+            filters,
+            ..Default::default()
+        }));
+        // A death right after a kill or stop was asked for; only others count as crashes.
+        let mut stopping: Option<Instant> = None;
+        loop {
+            let ev = tokio::select! {
+                _ = shutdown.changed() => return,
+                ev = events.next() => ev,
+            };
+            match ev {
+                Some(Ok(ev)) => {
+                    let action = ev.action.unwrap_or_default();
+                    let asked = stopping.is_some_and(|t| t.elapsed() < Duration::from_secs(30));
+                    let why = match action.as_str() {
+                        "kill" | "stop" => {
+                            stopping = Some(Instant::now());
+                            continue;
+                        }
+                        "die" | "oom" if !asked => "container-died",
+                        "die" | "oom" => {
+                            stopping = None;
+                            "container-stopped"
+                        }
+                        "destroy" => "container-removed",
+                        _ => continue,
+                    };
+                    tracing::info!(action, "container event");
+                    let _ = tx.send(Command::Poke(why)).await;
+                }
+                _ => break,
+            }
+        }
+        attempt = 1;
+        let _ = tx.send(Command::Poke("docker-events-ended")).await;
+    }
+}

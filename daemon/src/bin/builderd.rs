@@ -1,1 +1,57 @@
-fn main(){}
+//! builderd: keeps the Nix remote builder in Docker up and registered. Usually started by
+//! `builderctl up` or by the launchd/systemd service that `builderctl install` writes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Keeps a Linux Nix remote builder running in Docker and registered with Nix and OpenSSH.
+#[derive(Parser)]
+#[command(version, after_help = "Example:\n  builderd --config ~/.config/builderd/config.toml")]
+struct Args {
+    /// The config file [default: $BUILDERD_CONFIG, else the platform config dir]
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BUILDERD_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let path = builderd::config::resolve_config_path(args.config.as_deref());
+    let cfg = match builderd::config::Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("builderd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("builderd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(builderd::server::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("builderd: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

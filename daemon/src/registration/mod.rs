@@ -66,7 +66,9 @@ impl Wanted {
 
     /// The ssh_config `Host` block, closed by `Host *` so that the lines after it keep applying
     /// to every host.
-    pub fn ssh_config_lines(&self, known_hosts: Option<&Path>) -> Vec<String> {
+    /// `control_dir` holds the connection-sharing sockets: the directory of the ssh_config file
+    /// itself, which exists and belongs to the user whose file it is.
+    pub fn ssh_config_lines(&self, known_hosts: Option<&Path>, control_dir: &Path) -> Vec<String> {
         let mut v = vec![
             format!("Host {}", self.alias),
             "  HostName 127.0.0.1".to_string(),
@@ -86,12 +88,15 @@ impl Wanted {
                 "  ConnectTimeout 10",
                 "  ServerAliveInterval 15",
                 "  ControlMaster auto",
-                "  ControlPath ~/.ssh/builderd-%C",
-                "  ControlPersist 120",
-                "Host *",
             ]
             .map(String::from),
         );
+        v.push(format!(
+            "  ControlPath {}",
+            quote(&control_dir.join("builderd-%C"))
+        ));
+        v.push("  ControlPersist 120".into());
+        v.push("Host *".into());
         v
     }
 
@@ -354,7 +359,8 @@ pub fn sync(cfg: &Config, wanted: Option<&Wanted>, created: &mut Created) -> Syn
             sync_block("known_hosts", p, instance, Some(&f), &manual, created, &mut out);
         }
         for (i, p) in reg.ssh_config.iter().enumerate() {
-            let body = w.ssh_config_lines(reg.known_hosts.get(i).map(PathBuf::as_path));
+            let dir = p.parent().unwrap_or(Path::new("/"));
+            let body = w.ssh_config_lines(reg.known_hosts.get(i).map(PathBuf::as_path), dir);
             let manual = body.join("\n");
             let f = |t: &str| block::apply(t, instance, &body);
             sync_block("ssh_config", p, instance, Some(&f), &manual, created, &mut out);

@@ -1,0 +1,297 @@
+//! What builderctl prints: messages, progress (indicatif on a terminal, plain lines otherwise),
+//! and the status table.
+
+use std::io::IsTerminal;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use builderd::client;
+use builderd::config::Config;
+use builderd::protocol::{Progress, Reply, Request, State, Status};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::exit;
+
+pub struct Out {
+    quiet: bool,
+    verbose: bool,
+    tty: bool,
+    color: bool,
+}
+
+impl Out {
+    pub fn new(quiet: bool, verbose: bool) -> Out {
+        let tty = std::io::stderr().is_terminal();
+        let color = std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        Out {
+            quiet,
+            verbose,
+            tty,
+            color,
+        }
+    }
+
+    pub fn color(&self) -> bool {
+        self.color
+    }
+
+    pub fn info(&self, msg: &str) {
+        if !self.quiet {
+            println!("{msg}");
+        }
+    }
+
+    pub fn print(&self, msg: &str) {
+        print!("{msg}");
+    }
+
+    pub fn error(&self, msg: &str) {
+        eprintln!("builderctl: {msg}");
+    }
+
+    pub fn progress(&self) -> Steps {
+        let bar = (self.tty && !self.quiet).then(|| {
+            let b = ProgressBar::new_spinner();
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {prefix:>10} {wide_msg} {elapsed}")
+                    .expect("a valid template"),
+            );
+            b.enable_steady_tick(Duration::from_millis(100));
+            b
+        });
+        Steps {
+            bar,
+            quiet: self.quiet,
+            verbose: self.verbose,
+            last_stage: std::cell::RefCell::new(String::new()),
+        }
+    }
+}
+
+/// Progress of one long request.
+pub struct Steps {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+    verbose: bool,
+    last_stage: std::cell::RefCell<String>,
+}
+
+impl Steps {
+    pub fn step(&self, p: &Progress) {
+        if let Some(b) = &self.bar {
+            b.set_prefix(p.stage.clone());
+            let n = match (p.current, p.total) {
+                (Some(c), Some(t)) => format!("[{c}/{t}] "),
+                _ => String::new(),
+            };
+            b.set_message(format!("{n}{}", p.message));
+            if self.verbose {
+                b.println(format!("{:>10} {}", p.stage, p.message));
+            }
+            return;
+        }
+        if self.quiet {
+            return;
+        }
+        // Plain output: one line per stage, and every line with --verbose.
+        let new_stage = *self.last_stage.borrow() != p.stage;
+        if new_stage || self.verbose || p.stage != "image" {
+            eprintln!("{:>10}  {}", p.stage, p.message);
+        }
+        *self.last_stage.borrow_mut() = p.stage.clone();
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `3m 12s`, `2h 5m`, `4d 1h`.
+pub fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d {}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+pub fn human_bytes(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+fn paint(s: &str, code: &str, color: bool) -> String {
+    if color {
+        format!("\x1b[{code}m{s}\x1b[0m")
+    } else {
+        s.to_string()
+    }
+}
+
+/// The human status table.
+pub fn render_status(st: &Status, color: bool) -> String {
+    let state_color = match st.state {
+        State::Up => "32",
+        State::Starting | State::WaitingForDocker => "33",
+        State::Down => "2",
+        State::Degraded | State::Error => "31",
+    };
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut state = paint(st.state.as_str(), state_color, color);
+    if let Some(since) = st.up_since.filter(|_| st.state == State::Up) {
+        state.push_str(&format!(" for {}", human_duration(now().saturating_sub(since))));
+    }
+    if st.desired != "up" && st.state != State::Down {
+        state.push_str(&format!(" (wanted {})", st.desired));
+    }
+    rows.push(("state".into(), state));
+    if let Some(r) = &st.reason {
+        let first = r.lines().next().unwrap_or("");
+        rows.push(("reason".into(), first.to_string()));
+        for l in r.lines().skip(1).take(6) {
+            rows.push((String::new(), format!("  {l}")));
+        }
+    }
+    rows.push((
+        "builder".into(),
+        match &st.container {
+            Some(c) => format!("{} ({}, {}) on 127.0.0.1:{}", c.name, c.id, c.state, st.port),
+            None => format!("no container; port {}", st.port),
+        },
+    ));
+    if let Some(h) = &st.last_health {
+        let ago = human_duration(now().saturating_sub(h.at));
+        rows.push((
+            "health".into(),
+            if h.ok {
+                paint(&format!("ok, {:.0} ms, {ago} ago", h.latency_ms), "32", color)
+            } else {
+                paint(
+                    &format!(
+                        "failed at {} {ago} ago ({}×): {}",
+                        h.failed_stage.as_deref().unwrap_or("?"),
+                        h.consecutive_failures,
+                        h.error.as_deref().unwrap_or("")
+                    ),
+                    "31",
+                    color,
+                )
+            },
+        ));
+    }
+    if let Some(fp) = &st.host_key_fingerprint {
+        rows.push(("host key".into(), fp.clone()));
+    }
+    if let Some(c) = &st.host_key_changed {
+        rows.push((
+            String::new(),
+            paint(&format!("changed from {} to {}", c.from, c.to), "33", color),
+        ));
+    }
+    if let Some(b) = &st.builder {
+        rows.push((
+            "systems".into(),
+            format!("{} (x86_64: {})", b.systems.join(", "), b.x86_64),
+        ));
+        rows.push(("nix".into(), b.nix_version.clone()));
+        if let (Some(free), Some(total)) = (b.disk_free_bytes, b.disk_total_bytes) {
+            let mut d = format!("{} free of {}", human_bytes(free), human_bytes(total));
+            if let Some(s) = b.store_bytes {
+                d.push_str(&format!(", store {}", human_bytes(s)));
+            }
+            rows.push(("disk".into(), d));
+        }
+    }
+    for r in &st.registrations {
+        let state = match r.state.as_str() {
+            "ok" if r.repairs > 0 => paint(&format!("repaired {}×", r.repairs), "33", color),
+            "ok" => paint("ok", "32", color),
+            "owned-by-nix-darwin" => paint("owned by nix-darwin (see doctor)", "33", color),
+            "removed" => "removed".to_string(),
+            other => paint(
+                &format!(
+                    "{other}: {}",
+                    r.detail.as_deref().and_then(|d| d.lines().next()).unwrap_or("")
+                ),
+                "31",
+                color,
+            ),
+        };
+        rows.push((r.kind.clone(), format!("{}  {state}", r.path)));
+    }
+    rows.push((
+        "daemon".into(),
+        format!(
+            "builderd {} (protocol {}), pid {}, docker {}",
+            st.version, st.protocol, st.pid, st.docker_host
+        ),
+    ));
+    let mut s = String::new();
+    for (k, v) in rows {
+        s.push_str(&format!("{k:>11}  {v}\n"));
+    }
+    s
+}
+
+/// `builderctl status [--json] [--watch]`.
+pub async fn status(cfg: &Config, json: bool, watch: bool, out: &Out) -> u8 {
+    loop {
+        let st = match client::request(&cfg.socket, Request::Status, |_| {}).await {
+            Ok(Reply::Status(st)) => st,
+            Ok(other) => {
+                out.error(&format!("unexpected reply: {other:?}"));
+                return exit::FAILURE;
+            }
+            Err(e) if e.is_unreachable() && !watch => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"state": "not-running", "healthy": false, "error": e.to_string()})
+                    );
+                } else {
+                    out.error(&e.to_string());
+                }
+                return exit::UNREACHABLE;
+            }
+            Err(e) => {
+                out.error(&e.to_string());
+                return exit::UNREACHABLE;
+            }
+        };
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&st).expect("status serializes")
+            );
+            return exit::OK;
+        }
+        let table = render_status(&st, out.color());
+        if !watch {
+            out.print(&table);
+            return exit::OK;
+        }
+        // Clear the screen and redraw in place.
+        print!("\x1b[H\x1b[2J{table}\n(refreshing every second; Ctrl-C to stop)\n");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
