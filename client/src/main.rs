@@ -47,7 +47,9 @@ enum Cmd {
     #[command(after_help = "Example:\n  builderctl down")]
     Down,
     /// Show the builder's state
-    #[command(after_help = "Example:\n  builderctl status\n  builderctl status --json | jq .state\n  builderctl status --watch")]
+    #[command(
+        after_help = "Example:\n  builderctl status\n  builderctl status --json | jq .state\n  builderctl status --watch"
+    )]
     Status {
         /// Print the status as one JSON object (see the README for its schema)
         #[arg(long)]
@@ -83,7 +85,9 @@ enum Cmd {
         container: bool,
     },
     /// Install builderd as a launchd (macOS) or systemd (Linux) service
-    #[command(after_help = "Example:\n  sudo builderctl install\n  builderctl install --user --print")]
+    #[command(
+        after_help = "Example:\n  sudo builderctl install\n  builderctl install --user --print"
+    )]
     Install {
         /// Show the service definition and the commands, and do nothing
         #[arg(long)]
@@ -93,7 +97,9 @@ enum Cmd {
         user: bool,
     },
     /// Stop and remove the service
-    #[command(after_help = "Example:\n  sudo builderctl uninstall\n  sudo builderctl uninstall --purge")]
+    #[command(
+        after_help = "Example:\n  sudo builderctl uninstall\n  sudo builderctl uninstall --purge"
+    )]
     Uninstall {
         /// Also take the builder down (container and registrations) and remove the state dir
         #[arg(long)]
@@ -111,11 +117,20 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
     if let Cmd::Completions { shell } = cli.command {
-        clap_complete::generate(shell, &mut Cli::command(), "builderctl", &mut std::io::stdout());
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "builderctl",
+            &mut std::io::stdout(),
+        );
         return ExitCode::SUCCESS;
     }
     let config_path = builderd::config::resolve_config_path(cli.config.as_deref());
@@ -217,7 +232,9 @@ async fn run(cmd: Cmd, cfg: &Config, config_path: &Path, out: &output::Out) -> u
         Cmd::Ssh { command } => service::ssh(cfg, &command),
         Cmd::Logs { follow, container } => service::logs(cfg, follow, container, out).await,
         Cmd::Install { print, user } => service::install(cfg, config_path, print, user, out),
-        Cmd::Uninstall { purge, user } => service::uninstall(cfg, config_path, purge, user, out).await,
+        Cmd::Uninstall { purge, user } => {
+            service::uninstall(cfg, config_path, purge, user, out).await
+        }
         Cmd::Completions { .. } => unreachable!("handled before the config is read"),
     }
 }

@@ -159,7 +159,10 @@ pub fn render_status(st: &Status, color: bool) -> String {
     let mut rows: Vec<(String, String)> = Vec::new();
     let mut state = paint(st.state.as_str(), state_color, color);
     if let Some(since) = st.up_since.filter(|_| st.state == State::Up) {
-        state.push_str(&format!(" for {}", human_duration(now().saturating_sub(since))));
+        state.push_str(&format!(
+            " for {}",
+            human_duration(now().saturating_sub(since))
+        ));
     }
     if st.desired != "up" && st.state != State::Down {
         state.push_str(&format!(" (wanted {})", st.desired));
@@ -175,7 +178,10 @@ pub fn render_status(st: &Status, color: bool) -> String {
     rows.push((
         "builder".into(),
         match &st.container {
-            Some(c) => format!("{} ({}, {}) on 127.0.0.1:{}", c.name, c.id, c.state, st.port),
+            Some(c) => format!(
+                "{} ({}, {}) on 127.0.0.1:{}",
+                c.name, c.id, c.state, st.port
+            ),
             None => format!("no container; port {}", st.port),
         },
     ));
@@ -184,7 +190,11 @@ pub fn render_status(st: &Status, color: bool) -> String {
         rows.push((
             "health".into(),
             if h.ok {
-                paint(&format!("ok, {:.0} ms, {ago} ago", h.latency_ms), "32", color)
+                paint(
+                    &format!("ok, {:.0} ms, {ago} ago", h.latency_ms),
+                    "32",
+                    color,
+                )
             } else {
                 paint(
                     &format!(
@@ -231,7 +241,10 @@ pub fn render_status(st: &Status, color: bool) -> String {
             other => paint(
                 &format!(
                     "{other}: {}",
-                    r.detail.as_deref().and_then(|d| d.lines().next()).unwrap_or("")
+                    r.detail
+                        .as_deref()
+                        .and_then(|d| d.lines().next())
+                        .unwrap_or("")
                 ),
                 "31",
                 color,

@@ -73,10 +73,7 @@ pub async fn logs(cfg: &Config, follow: bool, container: bool, out: &Out) -> u8 
     if container {
         return container_logs(cfg, follow, out).await;
     }
-    let candidates = [
-        cfg.daemon_log(),
-        cfg.log_dir().join("builderd.err.log"),
-    ];
+    let candidates = [cfg.daemon_log(), cfg.log_dir().join("builderd.err.log")];
     let Some(path) = candidates.iter().find(|p| p.exists()) else {
         out.error(&format!(
             "no daemon log yet ({}): the daemon has not run with this config",
@@ -151,7 +148,8 @@ fn service_for(cfg: &Config, config_path: &Path, user: bool) -> Result<Service, 
     let mut env = BTreeMap::new();
     env.insert(
         "PATH".to_string(),
-        std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into()),
+        std::env::var("PATH")
+            .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into()),
     );
     env.insert(
         "HOME".to_string(),
@@ -206,7 +204,10 @@ pub fn install(cfg: &Config, config_path: &Path, print: bool, user: bool, out: &
     }
     match svc.install(os, &home, &System) {
         Ok(p) => {
-            out.info(&format!("installed {}; builderd now starts at boot", p.display()));
+            out.info(&format!(
+                "installed {}; builderd now starts at boot",
+                p.display()
+            ));
             exit::OK
         }
         Err(e) => {

@@ -134,7 +134,11 @@ async fn debootstrap_into(
     if let Some(p) = cfg.image.platform.as_deref() {
         arch.push(format!(
             "--arch={}",
-            if p.ends_with("arm64") { "arm64" } else { "amd64" }
+            if p.ends_with("arm64") {
+                "arm64"
+            } else {
+                "amd64"
+            }
         ));
     }
     let mut child = tokio::process::Command::new(bin)

@@ -12,7 +12,9 @@ use crate::protocol::{self, Envelope, ErrorKind, Progress, Reply, Request};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("no builderd answers on {socket}: {reason}. Is the daemon running? (`builderctl up` starts it)")]
+    #[error(
+        "no builderd answers on {socket}: {reason}. Is the daemon running? (`builderctl up` starts it)"
+    )]
     Unreachable { socket: PathBuf, reason: String },
     #[error("builderd could not be started: {0}")]
     Start(String),
@@ -105,8 +107,9 @@ pub async fn connect_or_start(
         Err(_) => {}
     }
     let log = cfg.daemon_log();
-    std::fs::create_dir_all(cfg.log_dir())
-        .map_err(|e| ClientError::Start(format!("cannot create {}: {e}", cfg.log_dir().display())))?;
+    std::fs::create_dir_all(cfg.log_dir()).map_err(|e| {
+        ClientError::Start(format!("cannot create {}: {e}", cfg.log_dir().display()))
+    })?;
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

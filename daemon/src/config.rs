@@ -299,7 +299,9 @@ impl Config {
                 .container_name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-            || !self.container_name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            || !self
+                .container_name
+                .starts_with(|c: char| c.is_ascii_alphanumeric())
         {
             return Err(bad(
                 "container_name",
@@ -315,7 +317,10 @@ impl Config {
             return Err(bad("alias", format!("is {a:?}: use a plain host name")));
         }
         if self.health_interval == 0 {
-            return Err(bad("health_interval", "must be at least 1 (seconds)".into()));
+            return Err(bad(
+                "health_interval",
+                "must be at least 1 (seconds)".into(),
+            ));
         }
         let mut paths: Vec<(&str, &Path)> = vec![
             ("public_key", &self.public_key),
@@ -404,12 +409,13 @@ impl Config {
 
 /// The 1-based line on which `key` is set, for error messages.
 pub fn line_of(text: &str, key: &str) -> Option<usize> {
-    text.lines().position(|l| {
-        let l = l.trim_start();
-        l.strip_prefix(key)
-            .is_some_and(|rest| rest.trim_start().starts_with('='))
-    })
-    .map(|i| i + 1)
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
 }
 
 impl fmt::Display for UriForm {

@@ -141,11 +141,18 @@ pub fn resolve_endpoint_in(
     });
     if let Some(ctx) = context.filter(|c| c != "default") {
         let digest = hex(&Sha256::digest(ctx.as_bytes()));
-        let meta = docker_dir.join("contexts/meta").join(digest).join("meta.json");
+        let meta = docker_dir
+            .join("contexts/meta")
+            .join(digest)
+            .join("meta.json");
         if let Some(host) = std::fs::read(&meta)
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v.pointer("/Endpoints/docker/Host")?.as_str().map(str::to_string))
+            .and_then(|v| {
+                v.pointer("/Endpoints/docker/Host")?
+                    .as_str()
+                    .map(str::to_string)
+            })
         {
             return ep(host, &format!("docker context {ctx}"));
         }
@@ -181,10 +188,13 @@ pub async fn connect(ep: &Endpoint) -> Result<Docker, DockerError> {
         ));
     }
     .map_err(|e| unreachable(e.to_string()))?;
-    let docker = tokio::time::timeout(std::time::Duration::from_secs(10), docker.negotiate_version())
-        .await
-        .map_err(|_| unreachable("no answer within 10 s".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
+    let docker = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        docker.negotiate_version(),
+    )
+    .await
+    .map_err(|_| unreachable("no answer within 10 s".into()))?
+    .map_err(|e| unreachable(e.to_string()))?;
     Ok(docker)
 }
 
@@ -451,7 +461,10 @@ pub struct Found {
 /// Finds the container named `name` that carries builderd's label for this instance.
 pub async fn find(docker: &Docker, name: &str) -> Result<Option<Found>, DockerError> {
     let mut filters = HashMap::new();
-    filters.insert("label".to_string(), vec![format!("{LABEL_INSTANCE}={name}")]);
+    filters.insert(
+        "label".to_string(),
+        vec![format!("{LABEL_INSTANCE}={name}")],
+    );
     let list = docker
         .list_containers(Some(ListContainersOptions {
             all: true,
@@ -460,10 +473,12 @@ pub async fn find(docker: &Docker, name: &str) -> Result<Option<Found>, DockerEr
         }))
         .await
         .map_err(DockerError::api("listing containers"))?;
-    let Some(c) = list
-        .into_iter()
-        .find(|c| c.names.iter().flatten().any(|n| n.trim_start_matches('/') == name))
-    else {
+    let Some(c) = list.into_iter().find(|c| {
+        c.names
+            .iter()
+            .flatten()
+            .any(|n| n.trim_start_matches('/') == name)
+    }) else {
         return Ok(None);
     };
     let id = c.id.unwrap_or_default();
@@ -539,7 +554,10 @@ pub async fn create(docker: &Docker, spec: &Spec) -> Result<String, DockerError>
             config,
         )
         .await
-        .map_err(DockerError::api(format!("creating container {}", spec.name)))?;
+        .map_err(DockerError::api(format!(
+            "creating container {}",
+            spec.name
+        )))?;
     Ok(r.id)
 }
 
@@ -639,7 +657,10 @@ pub fn logs_stream<'a>(
 pub async fn purge_images(cfg: &Config) -> Result<(), DockerError> {
     let docker = connect(&resolve_endpoint(cfg)).await?;
     let mut filters = HashMap::new();
-    filters.insert("label".to_string(), vec![format!("{LABEL_INSTANCE}={}", cfg.container_name)]);
+    filters.insert(
+        "label".to_string(),
+        vec![format!("{LABEL_INSTANCE}={}", cfg.container_name)],
+    );
     let images = docker
         .list_images(Some(bollard::image::ListImagesOptions {
             all: false,
@@ -700,7 +721,10 @@ mod tests {
         )
         .unwrap();
         let ep = resolve_endpoint_in(None, None, None, home);
-        assert_eq!((ep.host.as_str(), ep.source.as_str()), ("unix:///c.sock", "docker context colima"));
+        assert_eq!(
+            (ep.host.as_str(), ep.source.as_str()),
+            ("unix:///c.sock", "docker context colima")
+        );
         // Docker Desktop's socket is used when no context names another engine
         std::fs::remove_file(home.join(".docker/config.json")).unwrap();
         std::fs::create_dir_all(home.join(".docker/run")).unwrap();

@@ -109,7 +109,12 @@ pub async fn run(
     let left = || deadline.saturating_duration_since(Instant::now());
     let stream = tokio::time::timeout(left(), tokio::net::TcpStream::connect(("127.0.0.1", port)))
         .await
-        .map_err(|_| (Stage::Connect, format!("127.0.0.1:{port} did not accept within {timeout:?}")))?
+        .map_err(|_| {
+            (
+                Stage::Connect,
+                format!("127.0.0.1:{port} did not accept within {timeout:?}"),
+            )
+        })?
         .map_err(|e| (Stage::Connect, format!("127.0.0.1:{port}: {e}")))?;
     let _ = stream.set_nodelay(true);
     let config = Arc::new(client::Config {

@@ -9,7 +9,11 @@ use crate::config::UriForm;
 pub fn parse_version(out: &str) -> Option<(u32, u32, u32)> {
     let v = out.split_whitespace().last()?;
     let mut parts = v.split(['.', '-', '+', 'p']).map(|p| p.parse::<u32>().ok());
-    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
 }
 
 /// The host's Nix version, from `nix --version` (or `nix-store --version`).
@@ -40,7 +44,10 @@ mod tests {
     #[test]
     fn versions() {
         assert_eq!(parse_version("nix (Nix) 2.8.0\n"), Some((2, 8, 0)));
-        assert_eq!(parse_version("nix (Determinate Nix 3.6.2) 2.31.1"), Some((2, 31, 1)));
+        assert_eq!(
+            parse_version("nix (Determinate Nix 3.6.2) 2.31.1"),
+            Some((2, 31, 1))
+        );
         assert_eq!(parse_version("nix-store (Nix) 2.26.3"), Some((2, 26, 3)));
         assert_eq!(parse_version("garbage"), None);
         assert!(!use_host_port(UriForm::Auto, Some((2, 26, 3))));

@@ -166,12 +166,11 @@ pub fn load_client_keys(public: &Path, private: &Path) -> Result<ClientKeys, Key
         path: private.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let privkey = ssh_key::PrivateKey::from_openssh(&bytes).map_err(|e| {
-        KeyError::PrivateUnreadable {
+    let privkey =
+        ssh_key::PrivateKey::from_openssh(&bytes).map_err(|e| KeyError::PrivateUnreadable {
             path: private.to_path_buf(),
             reason: format!("not an OpenSSH private key ({e})"),
-        }
-    })?;
+        })?;
     if privkey.is_encrypted() {
         return Err(KeyError::Encrypted(private.to_path_buf()));
     }
@@ -214,7 +213,10 @@ mod tests {
     #[test]
     fn each_bad_public_key_has_its_error() {
         assert_eq!(parse_public(p(), b""), Err(KeyError::Empty(p().into())));
-        assert_eq!(parse_public(p(), b"\n \n"), Err(KeyError::Empty(p().into())));
+        assert_eq!(
+            parse_public(p(), b"\n \n"),
+            Err(KeyError::Empty(p().into()))
+        );
         assert_eq!(
             parse_public(p(), b"-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n"),
             Err(KeyError::PrivateKey(p().into()))

@@ -23,7 +23,10 @@ fn holder_from_proc(port: u16) -> Option<String> {
     }
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
             continue;
         };
         let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
@@ -65,7 +68,10 @@ fn holder_from_lsof(port: u16) -> Option<String> {
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let pid = text.lines().find_map(|l| l.strip_prefix('p'))?;
-    let cmd = text.lines().find_map(|l| l.strip_prefix('c')).unwrap_or("?");
+    let cmd = text
+        .lines()
+        .find_map(|l| l.strip_prefix('c'))
+        .unwrap_or("?");
     Some(format!("pid {pid} ({cmd})"))
 }
 

@@ -96,8 +96,9 @@ pub async fn bind(path: &Path, owner: Owner) -> anyhow::Result<UnixListener> {
                 path.display()
             ),
             Err(_) => {
-                std::fs::remove_file(path)
-                    .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+                std::fs::remove_file(path).with_context(|| {
+                    format!("cannot remove the stale socket {}", path.display())
+                })?;
             }
         }
     }
@@ -160,7 +161,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         while tasks.join_next().await.is_some() {}
         while conns.join_next().await.is_some() {}
     };
-    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("tasks did not stop within 10 s; leaving them");
     }
     tracing::info!("builderd stopped");
@@ -221,7 +225,11 @@ async fn serve_conn(
     let mut reader = BufReader::new(r);
     let frame = match tokio::time::timeout(Duration::from_secs(30), read_frame(&mut reader)).await {
         Err(_) => {
-            write(&mut w, &Reply::error(ErrorKind::BadRequest, "no request within 30 s")).await?;
+            write(
+                &mut w,
+                &Reply::error(ErrorKind::BadRequest, "no request within 30 s"),
+            )
+            .await?;
             return Ok(());
         }
         Ok(Ok(None)) => return Ok(()),
@@ -287,7 +295,9 @@ async fn serve_conn(
                     client_gone = true;
                 }
             }
-            let result = rrx.await.map_err(|_| anyhow::anyhow!("the supervisor stopped"))?;
+            let result = rrx
+                .await
+                .map_err(|_| anyhow::anyhow!("the supervisor stopped"))?;
             if !client_gone {
                 write(&mut w, &final_reply(result)).await?;
             }
@@ -304,7 +314,9 @@ async fn serve_conn(
                 .send(cmd)
                 .await
                 .map_err(|_| anyhow::anyhow!("the supervisor stopped"))?;
-            let result = rrx.await.map_err(|_| anyhow::anyhow!("the supervisor stopped"))?;
+            let result = rrx
+                .await
+                .map_err(|_| anyhow::anyhow!("the supervisor stopped"))?;
             if matches!(request, Request::Check) && result.is_ok() {
                 let st = handle.status.borrow().clone();
                 write(&mut w, &Reply::Status(Box::new(st))).await?;

@@ -394,9 +394,8 @@ impl Supervisor {
         }
 
         say(step("keys", "checking the key pair"));
-        let keys = keys::load_client_keys(&cfg.public_key, &cfg.private_key).map_err(|e| {
-            Failure::new(ErrorKind::Invalid, e)
-        })?;
+        let keys = keys::load_client_keys(&cfg.public_key, &cfg.private_key)
+            .map_err(|e| Failure::new(ErrorKind::Invalid, e))?;
 
         let docker = self.docker().await?;
         let (tag, ctx) = docker::image_for(&cfg)?;
@@ -414,7 +413,10 @@ impl Supervisor {
         if let Some(f) = &found
             && f.spec_hash.as_deref() != Some(spec.hash().as_str())
         {
-            say(step("container", "the configuration changed: re-creating the container"));
+            say(step(
+                "container",
+                "the configuration changed: re-creating the container",
+            ));
             docker::remove(&docker, &f.id).await?;
             found = None;
             changed = true;
@@ -431,7 +433,10 @@ impl Supervisor {
 
         if !docker::image_exists(&docker, &tag).await? {
             if ctx.embedded {
-                say(step("base-image", format!("checking the base image {}", cfg.image.base_image)));
+                say(step(
+                    "base-image",
+                    format!("checking the base image {}", cfg.image.base_image),
+                ));
                 let say_base = |m: String| say(step("base-image", m));
                 crate::base_image::ensure(&docker, &cfg, &say_base)
                     .await
@@ -456,7 +461,10 @@ impl Supervisor {
         // The volume: the client's public key as host.pub.
         let vol = cfg.volume_dir();
         std::fs::create_dir_all(&vol).map_err(|e| {
-            Failure::new(ErrorKind::Failed, format!("cannot create {}: {e}", vol.display()))
+            Failure::new(
+                ErrorKind::Failed,
+                format!("cannot create {}: {e}", vol.display()),
+            )
         })?;
         let host_pub = vol.join("host.pub");
         let line = format!("{}\n", keys.public_line);
@@ -473,7 +481,10 @@ impl Supervisor {
                     docker::start(&docker, &f.id, cfg.port).await?;
                     changed = true;
                 } else if key_changed {
-                    say(step("container", "the client key changed: restarting the container"));
+                    say(step(
+                        "container",
+                        "the client key changed: restarting the container",
+                    ));
                     docker::remove(&docker, &f.id).await?;
                     let id = docker::create(&docker, &spec).await?;
                     docker::start(&docker, &id, cfg.port).await?;
@@ -483,7 +494,10 @@ impl Supervisor {
                 f.id
             }
             None => {
-                say(step("container", format!("creating container {}", cfg.container_name)));
+                say(step(
+                    "container",
+                    format!("creating container {}", cfg.container_name),
+                ));
                 let id = docker::create(&docker, &spec).await?;
                 if let Err(e) = docker::start(&docker, &id, cfg.port).await {
                     let _ = docker::remove(&docker, &id).await;
@@ -561,7 +575,7 @@ impl Supervisor {
                 return Ok(k);
             }
             n += 1;
-            if n % 10 == 0 {
+            if n.is_multiple_of(10) {
                 self.ensure_running(docker, id).await?;
             }
             if Instant::now() > deadline {
@@ -579,10 +593,9 @@ impl Supervisor {
     }
 
     async fn ensure_running(&self, docker: &Docker, id: &str) -> Result<(), Failure> {
-        let c = docker
-            .inspect_container(id, None)
-            .await
-            .map_err(|e| Failure::new(ErrorKind::Failed, format!("inspecting the container: {e}")))?;
+        let c = docker.inspect_container(id, None).await.map_err(|e| {
+            Failure::new(ErrorKind::Failed, format!("inspecting the container: {e}"))
+        })?;
         let st = c.state.unwrap_or_default();
         if st.running == Some(true) {
             return Ok(());
@@ -622,7 +635,7 @@ impl Supervisor {
                 }
                 Err((stage, msg)) => {
                     n += 1;
-                    if n % 10 == 0 {
+                    if n.is_multiple_of(10) {
                         self.ensure_running(docker, id).await?;
                     }
                     if Instant::now() > deadline {
@@ -644,7 +657,14 @@ impl Supervisor {
     fn record_health(&mut self, out: &health::Outcome) {
         let failures = match &out.result {
             Ok(_) => 0,
-            Err(_) => self.status.borrow().last_health.as_ref().map_or(0, |h| h.consecutive_failures) + 1,
+            Err(_) => {
+                self.status
+                    .borrow()
+                    .last_health
+                    .as_ref()
+                    .map_or(0, |h| h.consecutive_failures)
+                    + 1
+            }
         };
         let report = HealthReport {
             at: now(),
@@ -683,10 +703,8 @@ impl Supervisor {
 
     fn wanted(&self, host_key: &PublicKey, facts: Option<&health::Facts>) -> Wanted {
         let cfg = &self.cfg;
-        let host_port = crate::hostnix::use_host_port(
-            cfg.registration.uri,
-            crate::hostnix::host_version(),
-        );
+        let host_port =
+            crate::hostnix::use_host_port(cfg.registration.uri, crate::hostnix::host_version());
         Wanted {
             instance: cfg.container_name.clone(),
             port: cfg.port,
@@ -869,8 +887,16 @@ impl Supervisor {
             Duration::from_secs(3600),
         )
         .await
-        .map_err(|(stage, m)| Failure::new(ErrorKind::Failed, format!("gc failed at {}: {m}", stage.as_str())))?;
-        let kb = out.lines().last().and_then(|l| l.trim().parse::<u64>().ok());
+        .map_err(|(stage, m)| {
+            Failure::new(
+                ErrorKind::Failed,
+                format!("gc failed at {}: {m}", stage.as_str()),
+            )
+        })?;
+        let kb = out
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse::<u64>().ok());
         self.set(|s| {
             if let Some(b) = &mut s.builder {
                 b.store_bytes = kb.map(|k| k * 1024);

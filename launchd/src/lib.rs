@@ -158,11 +158,19 @@ impl Service {
         d.insert("ThrottleInterval".into(), Value::Integer(10.into()));
         d.insert(
             "StandardOutPath".into(),
-            self.log_dir.join("builderd.out.log").display().to_string().into(),
+            self.log_dir
+                .join("builderd.out.log")
+                .display()
+                .to_string()
+                .into(),
         );
         d.insert(
             "StandardErrorPath".into(),
-            self.log_dir.join("builderd.err.log").display().to_string().into(),
+            self.log_dir
+                .join("builderd.err.log")
+                .display()
+                .to_string()
+                .into(),
         );
         let env: Dictionary = self
             .env
@@ -189,7 +197,11 @@ impl Service {
              [Install]\nWantedBy={}\n",
             self.program.display(),
             self.config.display(),
-            if self.system { "multi-user.target" } else { "default.target" }
+            if self.system {
+                "multi-user.target"
+            } else {
+                "default.target"
+            }
         )
     }
 
@@ -262,14 +274,20 @@ impl Service {
 
     /// Writes the definition and loads it. `bootout` of a job that is not loaded fails; that one
     /// failure is expected and ignored.
-    pub fn install(&self, os: Os, home: &Path, runner: &dyn Runner) -> Result<PathBuf, InstallError> {
+    pub fn install(
+        &self,
+        os: Os,
+        home: &Path,
+        runner: &dyn Runner,
+    ) -> Result<PathBuf, InstallError> {
         let path = self.path(os, home);
         let bytes = match os {
             Os::MacOs => self.plist(),
             Os::Linux => self.unit().into_bytes(),
         };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| InstallError::Write(path.clone(), e.to_string()))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| InstallError::Write(path.clone(), e.to_string()))?;
         }
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, bytes)
@@ -285,7 +303,12 @@ impl Service {
         Ok(path)
     }
 
-    pub fn uninstall(&self, os: Os, home: &Path, runner: &dyn Runner) -> Result<PathBuf, InstallError> {
+    pub fn uninstall(
+        &self,
+        os: Os,
+        home: &Path,
+        runner: &dyn Runner,
+    ) -> Result<PathBuf, InstallError> {
         let path = self.path(os, home);
         for cmd in self.uninstall_commands(os) {
             // Not loaded is fine: the goal is that it is not running.
@@ -339,13 +362,22 @@ mod tests {
             .collect();
         assert_eq!(
             args,
-            ["/usr/local/bin/builderd", "--config", "/Users/me/.config/builderd/config.toml"]
+            [
+                "/usr/local/bin/builderd",
+                "--config",
+                "/Users/me/.config/builderd/config.toml"
+            ]
         );
         assert_eq!(d["RunAtLoad"].as_boolean(), Some(true));
         assert_eq!(d["KeepAlive"].as_boolean(), Some(true));
         assert_eq!(d["ProcessType"].as_string(), Some("Background"));
         assert_eq!(d["ThrottleInterval"].as_signed_integer(), Some(10));
-        assert!(d["StandardErrorPath"].as_string().unwrap().starts_with("/Users/me/Library/Logs/builderd/"));
+        assert!(
+            d["StandardErrorPath"]
+                .as_string()
+                .unwrap()
+                .starts_with("/Users/me/Library/Logs/builderd/")
+        );
         let env = d["EnvironmentVariables"].as_dictionary().unwrap();
         assert_eq!(env["HOME"].as_string(), Some("/Users/me"));
         assert!(env["PATH"].as_string().unwrap().contains("/usr/local/bin"));
@@ -357,7 +389,10 @@ mod tests {
         s.config = "/Users/me/a <&> b/config.toml".into();
         let v: plist::Value = plist::from_bytes(&s.plist()).unwrap();
         assert_eq!(
-            v.as_dictionary().unwrap()["ProgramArguments"].as_array().unwrap()[2].as_string(),
+            v.as_dictionary().unwrap()["ProgramArguments"]
+                .as_array()
+                .unwrap()[2]
+                .as_string(),
             Some("/Users/me/a <&> b/config.toml")
         );
     }
@@ -366,8 +401,15 @@ mod tests {
     fn launchctl_command_lines() {
         let s = service(false);
         let path = s.path(Os::MacOs, Path::new("/Users/me"));
-        assert_eq!(path, PathBuf::from("/Users/me/Library/LaunchAgents/org.builderd.builderd.plist"));
-        let lines: Vec<String> = s.install_commands(Os::MacOs, &path).iter().map(|a| a.join(" ")).collect();
+        assert_eq!(
+            path,
+            PathBuf::from("/Users/me/Library/LaunchAgents/org.builderd.builderd.plist")
+        );
+        let lines: Vec<String> = s
+            .install_commands(Os::MacOs, &path)
+            .iter()
+            .map(|a| a.join(" "))
+            .collect();
         assert_eq!(
             lines,
             [
@@ -394,14 +436,24 @@ mod tests {
         let s = service(false);
         let rec = Recorder::default();
         let path = s.install(Os::Linux, d.path(), &rec).unwrap();
-        assert!(std::fs::read_to_string(&path).unwrap().contains("ExecStart=/usr/local/bin/builderd --config"));
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("ExecStart=/usr/local/bin/builderd --config")
+        );
         assert_eq!(
             rec.lines(),
-            ["systemctl --user daemon-reload", "systemctl --user enable --now builderd.service"]
+            [
+                "systemctl --user daemon-reload",
+                "systemctl --user enable --now builderd.service"
+            ]
         );
         s.uninstall(Os::Linux, d.path(), &rec).unwrap();
         assert!(!path.exists());
-        assert_eq!(rec.lines()[2], "systemctl --user disable --now builderd.service");
+        assert_eq!(
+            rec.lines()[2],
+            "systemctl --user disable --now builderd.service"
+        );
     }
 
     #[test]
@@ -414,7 +466,10 @@ mod tests {
         // On Linux only where systemd runs and knows the unit.
         let linux = nix_daemon_restart(Os::Linux, &rec);
         if Path::new("/run/systemd/system").exists() {
-            assert_eq!(linux.unwrap().join(" "), "systemctl restart nix-daemon.service");
+            assert_eq!(
+                linux.unwrap().join(" "),
+                "systemctl restart nix-daemon.service"
+            );
         } else {
             assert_eq!(linux, None);
         }

@@ -1,1 +1,406 @@
+//! The end-to-end harness: a temp dir with its own config, key pair, registration files, free
+//! port and container name; the real `builderctl` and `builderd` binaries; the real Docker
+//! engine, `ssh` and `nix`. Dropping an [`Env`] stops its daemon and removes its container, even
+//! when the test failed.
+//!
+//! Docker tests are skipped only when `BUILDERD_SKIP_DOCKER_TESTS` is set (CI never sets it).
 
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// True when the Docker tests should be skipped (and says so).
+pub fn skip_docker() -> bool {
+    if std::env::var_os("BUILDERD_SKIP_DOCKER_TESTS").is_some() {
+        eprintln!("BUILDERD_SKIP_DOCKER_TESTS is set: skipping a Docker test");
+        return true;
+    }
+    false
+}
+
+/// The directory holding the workspace's binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its path");
+    let dir = exe.parent().expect("in target/<profile>/deps");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target/<profile>")
+    } else {
+        dir
+    };
+    for b in ["builderctl", "builderd"] {
+        assert!(
+            dir.join(b).is_file(),
+            "{} is missing: build the binaries first (`cargo build --workspace --bins`, as tests/run does)",
+            dir.join(b).display()
+        );
+    }
+    dir.to_path_buf()
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("has an address").port()
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Generates an ed25519 key pair at `path` (and `path.pub`) with ssh-keygen.
+pub fn keygen(path: &Path, kind: &str) {
+    let mut args = vec!["-q", "-t", kind, "-N", "", "-C", "builderd-test", "-f"];
+    if kind == "rsa" {
+        args.splice(2..2, ["-b", "2048"]);
+    }
+    let st = Command::new("ssh-keygen")
+        .args(&args)
+        .arg(path)
+        .stdin(Stdio::null())
+        .status()
+        .expect("ssh-keygen runs");
+    assert!(st.success(), "ssh-keygen -t {kind} failed");
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub name: String,
+    pub config: PathBuf,
+    pub extra: String,
+}
+
+impl Env {
+    /// A fresh environment. `extra` is appended to the config (TOML).
+    pub fn new(extra: &str) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("bd")
+            .tempdir()
+            .expect("temp dir");
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let name = format!("bdt-{}-{n}", std::process::id());
+        let port = free_port();
+        let env = Env {
+            config: dir.path().join("builderd.toml"),
+            dir,
+            port,
+            name,
+            extra: extra.to_string(),
+        };
+        std::fs::create_dir_all(env.path("home/.ssh")).unwrap();
+        std::fs::create_dir_all(env.path("root/.ssh")).unwrap();
+        std::fs::create_dir_all(env.path("etc/nix")).unwrap();
+        keygen(&env.path("home/.ssh/id_ed25519"), "ed25519");
+        env.write_config();
+        env
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The config as the tests use it: offline builder, unprivileged unless `extra` says
+    /// otherwise (this engine refuses privileged containers; see the privileged test).
+    pub fn config_text(&self) -> String {
+        let d = self.dir.path().display();
+        let builder = if self.extra.contains("[builder]") {
+            String::new()
+        } else {
+            "[builder]\nprivileged = false\nsandbox = false\nsubstituters = \"\"\n".to_string()
+        };
+        format!(
+            "port = {port}\n\
+             public_key = \"{d}/home/.ssh/id_ed25519.pub\"\n\
+             private_key = \"{d}/home/.ssh/id_ed25519\"\n\
+             state_dir = \"{d}/state\"\n\
+             socket = \"{d}/state/builderd.sock\"\n\
+             container_name = \"{name}\"\n\
+             health_interval = 2\n\
+             {extra}\n{builder}\
+             [registration]\n\
+             machines_file = \"{d}/etc/nix/machines\"\n\
+             nix_conf = \"{d}/etc/nix/nix.conf\"\n\
+             known_hosts = [\"{d}/home/.ssh/known_hosts\", \"{d}/root/.ssh/known_hosts\"]\n\
+             ssh_config = [\"{d}/home/.ssh/config\", \"{d}/root/.ssh/config\"]\n",
+            port = self.port,
+            name = self.name,
+            extra = self.extra,
+        )
+    }
+
+    pub fn write_config(&self) {
+        std::fs::write(&self.config, self.config_text()).unwrap();
+    }
+
+    /// Runs builderctl with this environment's config.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(bin_dir().join("builderctl"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("builderctl runs")
+    }
+
+    /// Runs builderctl and asserts it succeeded; returns stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let o = self.ctl(args);
+        assert!(
+            o.status.success(),
+            "builderctl {args:?} failed ({}):\nstdout: {}\nstderr: {}\ndaemon log:\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            self.daemon_log()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.path("state/logs/builderd.log")).unwrap_or_default()
+    }
+
+    /// `builderctl up`, serialized across test processes while the shared image is being built,
+    /// so that a fresh machine makes its base image once.
+    pub fn up(&self) -> String {
+        let _guard = ImageBuildLock::take_if_needed(&self.config);
+        self.ctl_ok(&["up"])
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.ctl_ok(&["status", "--json"]);
+        serde_json::from_str(&out).expect("status --json is JSON")
+    }
+
+    /// Waits until status satisfies `pred`, or panics with the last status after `timeout`.
+    pub fn wait_status(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let o = self.ctl(&["status", "--json"]);
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout) {
+                if pred(&v) {
+                    return v;
+                }
+                if Instant::now() > deadline {
+                    panic!(
+                        "timed out waiting for {what}; last status: {v:#}\nlog:\n{}",
+                        self.daemon_log()
+                    );
+                }
+            } else if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; status failed: {o:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The server host key line from the volume (`ssh-ed25519 AAAA…`).
+    pub fn host_key_line(&self) -> String {
+        let t = std::fs::read_to_string(self.path("state/volume/id_ed25519.pub")).unwrap();
+        t.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+    }
+
+    /// The real OpenSSH client with the given options; returns the output.
+    pub fn ssh(&self, opts: &[&str], command: &str) -> Output {
+        Command::new("ssh")
+            .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"])
+            .args(opts)
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .expect("ssh runs")
+    }
+
+    /// ssh to the builder with this key, `-p PORT`, and `known_hosts` pinned strictly.
+    pub fn ssh_pinned(&self, known_hosts: &Path, command: &str) -> Output {
+        let key = self.path("home/.ssh/id_ed25519");
+        let kh = format!("UserKnownHostsFile={}", known_hosts.display());
+        let port = self.port.to_string();
+        self.ssh(
+            &[
+                "-F",
+                "/dev/null",
+                "-i",
+                key.to_str().unwrap(),
+                "-p",
+                &port,
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                &kh,
+                "root@localhost",
+            ],
+            command,
+        )
+    }
+
+    /// Container state from `docker inspect`, or `None` when there is no such container.
+    pub fn container_state(&self) -> Option<String> {
+        let o = Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Status}}", &self.name])
+            .output()
+            .expect("docker runs");
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .args(args)
+            .output()
+            .expect("docker runs")
+    }
+
+    /// A real remote build through the machines file with the real nix client. Returns the
+    /// output's contents; asserts it was built in this environment's container.
+    pub fn nix_build(&self, ssh_config: &Path, nonce: &str) -> String {
+        let drv = self.path("probe.nix");
+        std::fs::write(
+            &drv,
+            "{ nonce }:\nderivation {\n  name = \"builderd-probe\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; inherit nonce;\n  args = [ \"-c\" \"echo built-remotely > $out; echo $nonce >> $out; /bin/uname -n >> $out\" ];\n}\n",
+        )
+        .unwrap();
+        let machines = format!("@{}", self.path("etc/nix/machines").display());
+        let o = Command::new("nix-build")
+            .arg(&drv)
+            .args([
+                "--argstr",
+                "nonce",
+                nonce,
+                "--max-jobs",
+                "0",
+                "--no-out-link",
+            ])
+            .args(["--builders", &machines])
+            .args([
+                "--option",
+                "substituters",
+                "",
+                "--option",
+                "build-users-group",
+                "",
+            ])
+            .env("NIX_SSHOPTS", format!("-F {}", ssh_config.display()))
+            .stdin(Stdio::null())
+            .output()
+            .expect("nix-build runs (tests/run installs nix-bin)");
+        assert!(
+            o.status.success(),
+            "nix-build failed: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            self.daemon_log()
+        );
+        let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.contains(nonce), "{text}");
+        assert!(
+            text.contains("nix-builder"),
+            "built on the host, not the builder: {text}"
+        );
+        let inside = self.docker(&["exec", &self.name, "test", "-e", &out]);
+        assert!(
+            inside.status.success(),
+            "{out} is not in the builder's store"
+        );
+        text
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Collect what goes wrong instead of panicking halfway through the clean-up.
+        let mut problems = Vec::new();
+        let pidfile = self.path("state/builderd.pid");
+        if let Ok(pid) = std::fs::read_to_string(&pidfile)
+            && let Ok(pid) = pid.trim().parse::<i32>()
+        {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let o = Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
+        if let Ok(o) = o
+            && !o.status.success()
+            && !String::from_utf8_lossy(&o.stderr).contains("No such container")
+        {
+            problems.push(String::from_utf8_lossy(&o.stderr).into_owned());
+        }
+        // ssh connection masters started through the written configs
+        for cfg in ["home/.ssh/config", "root/.ssh/config"] {
+            let p = self.path(cfg);
+            if p.exists() {
+                let _ = Command::new("ssh")
+                    .args(["-F", p.to_str().unwrap(), "-O", "exit", &self.name])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        if !problems.is_empty() {
+            eprintln!("clean-up of {}: {problems:?}", self.name);
+        }
+    }
+}
+
+/// Serializes `up` across test processes while the image for a config is not built yet.
+pub struct ImageBuildLock {
+    _held: Option<File>,
+}
+
+impl ImageBuildLock {
+    pub fn take_if_needed(config: &Path) -> ImageBuildLock {
+        let cfg = builderd::config::Config::load(config).expect("test config loads");
+        let Ok((tag, _)) = builderd::docker::image_for(&cfg) else {
+            return ImageBuildLock { _held: None };
+        };
+        let exists = |t: &str| {
+            Command::new("docker")
+                .args(["image", "inspect", t])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if exists(&tag) {
+            return ImageBuildLock { _held: None };
+        }
+        let f = File::create(std::env::temp_dir().join("builderd-tests-image.lock")).unwrap();
+        f.lock().unwrap();
+        ImageBuildLock { _held: Some(f) }
+    }
+}
+
+/// The bytes of each file (`None` when missing), to compare before and after.
+pub fn snapshot(paths: &[PathBuf]) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    paths
+        .iter()
+        .map(|p| (p.clone(), std::fs::read(p).ok()))
+        .collect()
+}
+
+/// `ssh-keygen -lf` fingerprint of a public key file.
+pub fn ssh_keygen_fingerprint(path: &Path) -> String {
+    let o = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .to_string()
+}

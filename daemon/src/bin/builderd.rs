@@ -8,7 +8,10 @@ use clap::Parser;
 
 /// Keeps a Linux Nix remote builder running in Docker and registered with Nix and OpenSSH.
 #[derive(Parser)]
-#[command(version, after_help = "Example:\n  builderd --config ~/.config/builderd/config.toml")]
+#[command(
+    version,
+    after_help = "Example:\n  builderd --config ~/.config/builderd/config.toml"
+)]
 struct Args {
     /// The config file [default: $BUILDERD_CONFIG, else the platform config dir]
     #[arg(long)]

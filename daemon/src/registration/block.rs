@@ -50,12 +50,12 @@ fn spans(text: &str, instance: &str) -> Vec<std::ops::Range<usize>> {
     while i < lines.len() {
         let (start, stop, c) = lines[i];
         if c == b {
-            if let Some(j) = (i + 1..lines.len()).find(|&j| lines[j].2 == e || lines[j].2 == b) {
-                if lines[j].2 == e {
-                    out.push(start..lines[j].1);
-                    i = j + 1;
-                    continue;
-                }
+            if let Some(j) = (i + 1..lines.len()).find(|&j| lines[j].2 == e || lines[j].2 == b)
+                && lines[j].2 == e
+            {
+                out.push(start..lines[j].1);
+                i = j + 1;
+                continue;
             }
             out.push(start..stop);
         } else if c == e {
@@ -179,7 +179,10 @@ mod tests {
     #[test]
     fn moved_block_is_left_where_the_user_put_it() {
         let with = apply("u\n", "nb", &v(&["x"]));
-        let moved = format!("u\n{}", remove(&with, "u-not-an-instance").replace("u\n", ""));
+        let moved = format!(
+            "u\n{}",
+            remove(&with, "u-not-an-instance").replace("u\n", "")
+        );
         assert_eq!(apply(&moved, "nb", &v(&["x"])), moved);
     }
 }

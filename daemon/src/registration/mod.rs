@@ -252,7 +252,9 @@ fn sync_block(
                 kind,
                 path,
                 "manual",
-                Some(format!("{why}; add these lines there yourself:\n{manual_lines}")),
+                Some(format!(
+                    "{why}; add these lines there yourself:\n{manual_lines}"
+                )),
             ));
             return Outcome::Unchanged;
         }
@@ -326,9 +328,7 @@ pub fn sync(cfg: &Config, wanted: Option<&Wanted>, created: &mut Created) -> Syn
         .filter(|w| w.machines_listed)
         .map(|w| vec![w.machines_line()])
         .unwrap_or_default();
-    let manual = wanted
-        .map(|w| w.nix_darwin_snippet())
-        .unwrap_or_default();
+    let manual = wanted.map(|w| w.nix_darwin_snippet()).unwrap_or_default();
     let apply_machines = |t: &str| block::apply(t, instance, &machines_body);
     let machines_fn: Option<&dyn Fn(&str) -> String> =
         if wanted.is_some() && !machines_body.is_empty() {
@@ -356,14 +356,30 @@ pub fn sync(cfg: &Config, wanted: Option<&Wanted>, created: &mut Created) -> Syn
         let manual = lines.join("\n");
         let f = |t: &str| known_hosts::apply(t, instance, &names, &lines);
         for p in &reg.known_hosts {
-            sync_block("known_hosts", p, instance, Some(&f), &manual, created, &mut out);
+            sync_block(
+                "known_hosts",
+                p,
+                instance,
+                Some(&f),
+                &manual,
+                created,
+                &mut out,
+            );
         }
         for (i, p) in reg.ssh_config.iter().enumerate() {
             let dir = p.parent().unwrap_or(Path::new("/"));
             let body = w.ssh_config_lines(reg.known_hosts.get(i).map(PathBuf::as_path), dir);
             let manual = body.join("\n");
             let f = |t: &str| block::apply(t, instance, &body);
-            sync_block("ssh_config", p, instance, Some(&f), &manual, created, &mut out);
+            sync_block(
+                "ssh_config",
+                p,
+                instance,
+                Some(&f),
+                &manual,
+                created,
+                &mut out,
+            );
         }
     } else {
         for p in &reg.known_hosts {
@@ -454,7 +470,11 @@ mod tests {
         let key = base64::engine::general_purpose::STANDARD
             .decode(f[7])
             .unwrap();
-        assert!(String::from_utf8(key).unwrap().starts_with("ssh-ed25519 AAAA"));
+        assert!(
+            String::from_utf8(key)
+                .unwrap()
+                .starts_with("ssh-ed25519 AAAA")
+        );
     }
 
     fn cfg_in(dir: &Path) -> Config {
@@ -498,7 +518,11 @@ mod tests {
     fn user_false_is_reported_not_overridden() {
         let d = tempfile::tempdir().unwrap();
         let cfg = cfg_in(d.path());
-        std::fs::write(d.path().join("nix.conf"), "builders-use-substitutes = false\n").unwrap();
+        std::fs::write(
+            d.path().join("nix.conf"),
+            "builders-use-substitutes = false\n",
+        )
+        .unwrap();
         let s = sync(&cfg, Some(&wanted()), &mut Created::new());
         let nc = s.statuses.iter().find(|s| s.kind == "nix.conf").unwrap();
         assert_eq!(nc.state, "failed");

@@ -102,9 +102,17 @@ mod tests {
                 "/etc/nix/nix.conf",
                 "a = 1\nbuilders-use-substitutes = false\n!include extra.conf\n",
             ),
-            ("/etc/nix/extra.conf", "builders-use-substitutes = true # c\n"),
+            (
+                "/etc/nix/extra.conf",
+                "builders-use-substitutes = true # c\n",
+            ),
         ]);
-        let s = effective(Path::new("/etc/nix/nix.conf"), "builders-use-substitutes", &r).unwrap();
+        let s = effective(
+            Path::new("/etc/nix/nix.conf"),
+            "builders-use-substitutes",
+            &r,
+        )
+        .unwrap();
         assert_eq!(s.value, "true");
         assert_eq!(s.file, PathBuf::from("/etc/nix/extra.conf"));
         assert_eq!(s.line, 1);
@@ -118,7 +126,10 @@ mod tests {
         let s = effective(Path::new("/n.conf"), "builders-use-substitutes", &r).unwrap();
         assert_eq!((s.value.as_str(), s.line), ("false", 5));
         let r = reader(&[("/n.conf", &ours)]);
-        assert_eq!(effective(Path::new("/n.conf"), "builders-use-substitutes", &r), None);
+        assert_eq!(
+            effective(Path::new("/n.conf"), "builders-use-substitutes", &r),
+            None
+        );
     }
 
     #[test]
@@ -127,6 +138,9 @@ mod tests {
             determinate_custom_conf(Path::new("/etc/nix/nix.conf"), "!include nix.custom.conf\n"),
             Some(PathBuf::from("/etc/nix/nix.custom.conf"))
         );
-        assert_eq!(determinate_custom_conf(Path::new("/etc/nix/nix.conf"), "a = b\n"), None);
+        assert_eq!(
+            determinate_custom_conf(Path::new("/etc/nix/nix.conf"), "a = b\n"),
+            None
+        );
     }
 }
