@@ -144,6 +144,10 @@ pub struct RegistrationConfig {
     pub uri: UriForm,
     /// Restart the nix-daemon after nix.conf changed.
     pub restart_nix_daemon: bool,
+    /// Take the machines line out while the builder has been unhealthy for
+    /// `unlist_unhealthy_after` seconds, so that Nix fails fast instead of hanging on SSH.
+    pub unlist_unhealthy: bool,
+    pub unlist_unhealthy_after: u64,
 }
 
 impl Default for RegistrationConfig {
@@ -168,6 +172,8 @@ impl Default for RegistrationConfig {
             alias: None,
             uri: UriForm::Auto,
             restart_nix_daemon: true,
+            unlist_unhealthy: true,
+            unlist_unhealthy_after: 120,
         }
     }
 }

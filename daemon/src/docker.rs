@@ -632,6 +632,40 @@ pub async fn last_logs(docker: &Docker, id: &str, n: usize) -> String {
     out.trim_end().to_string()
 }
 
+/// Runs `cmd` in the container; returns its exit code and output.
+pub async fn exec(docker: &Docker, id: &str, cmd: &[&str]) -> Result<(i64, String), DockerError> {
+    use bollard::exec::{CreateExecOptions, StartExecResults};
+    let created = docker
+        .create_exec(
+            id,
+            CreateExecOptions {
+                cmd: Some(cmd.to_vec()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(DockerError::api("running a command in the container"))?;
+    let mut text = String::new();
+    if let StartExecResults::Attached { mut output, .. } = docker
+        .start_exec(&created.id, None)
+        .await
+        .map_err(DockerError::api("running a command in the container"))?
+    {
+        while let Some(Ok(chunk)) = output.next().await {
+            text.push_str(&chunk.to_string());
+        }
+    }
+    let code = docker
+        .inspect_exec(&created.id)
+        .await
+        .map_err(DockerError::api("reading a command's exit code"))?
+        .exit_code
+        .unwrap_or(-1);
+    Ok((code, text))
+}
+
 /// The container's log as a stream of text chunks.
 pub fn logs_stream<'a>(
     docker: &'a Docker,

@@ -16,6 +16,7 @@
 //! - [`hostnix`]: the host's Nix version and the store URI form it understands.
 //! - [`state`]: what survives the daemon: the desired state and the files builderd created.
 //! - [`supervisor`]: the one task that owns the builder: up, down, reconcile, health, events.
+//! - [`watcher`]: follows the files builderd keeps true, and reports their changes.
 //! - [`server`]: the Unix socket: peer credentials, framing, dispatch to the supervisor.
 //! - [`client`]: connecting to the daemon (and starting it), used by `builderctl`.
 
@@ -33,6 +34,7 @@ pub mod registration;
 pub mod server;
 pub mod state;
 pub mod supervisor;
+pub mod watcher;
 
 /// The daemon's version, reported in status.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

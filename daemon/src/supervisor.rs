@@ -8,6 +8,7 @@
 //! status and retried with backoff; it never ends the daemon.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
@@ -117,6 +118,11 @@ pub struct Supervisor {
     deaths: u32,
     next_retry: Option<Instant>,
     docker_wait_logged: bool,
+    /// What was last registered; re-applied when a file is edited.
+    wanted: Option<Wanted>,
+    watcher: Option<crate::watcher::FileWatcher>,
+    /// Since when health checks fail (for taking the machines line out).
+    unhealthy_since: Option<Instant>,
 }
 
 impl Supervisor {
@@ -156,6 +162,9 @@ impl Supervisor {
                 deaths: 0,
                 next_retry: None,
                 docker_wait_logged: false,
+                wanted: None,
+                watcher: None,
+                unhealthy_since: None,
             },
             rx,
         )
@@ -181,6 +190,14 @@ impl Supervisor {
         mut commands: mpsc::Receiver<Command>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let (files_tx, mut files) = mpsc::channel(64);
+        match crate::watcher::FileWatcher::new(files_tx) {
+            Ok(w) => self.watcher = Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch files; edits are repaired at the next health check")
+            }
+        }
+        self.watch_files();
         if self.persisted.desired == Desired::Up {
             tracing::info!("desired state is up: bringing the builder back");
             let _ = self.reconcile(&|_| {}).await;
@@ -201,6 +218,7 @@ impl Supervisor {
                     None => break,
                     Some(cmd) => self.handle(cmd).await,
                 },
+                Some(changed) = files.recv() => self.file_changed(changed.0).await,
                 _ = tick.tick() => {
                     let slept = SystemTime::now()
                         .duration_since(wall)
@@ -483,13 +501,10 @@ impl Supervisor {
                 } else if key_changed {
                     say(step(
                         "container",
-                        "the client key changed: restarting the container",
+                        "the client key changed: updating authorized_keys",
                     ));
-                    docker::remove(&docker, &f.id).await?;
-                    let id = docker::create(&docker, &spec).await?;
-                    docker::start(&docker, &id, cfg.port).await?;
-                    self.set_container(&id, &tag, "running");
-                    return self.finish_up(&docker, &id, keys, say, true).await;
+                    install_client_key(&docker, &f.id).await?;
+                    changed = true;
                 }
                 f.id
             }
@@ -724,28 +739,72 @@ impl Supervisor {
         }
     }
 
-    /// Writes the registrations. Returns whether a file changed.
-    fn register(&mut self, host_key: &PublicKey, facts: &health::Facts) -> Result<bool, Failure> {
-        let wanted = self.wanted(host_key, Some(facts));
-        let synced = registration::sync(&self.cfg, Some(&wanted), &mut self.persisted.created);
-        self.save()?;
+    /// The files to follow: every registration file, the public key, the builder's host key.
+    fn watch_files(&mut self) {
+        let Some(w) = &mut self.watcher else { return };
+        let reg = &self.cfg.registration;
+        let mut files = vec![
+            reg.machines_file.clone(),
+            reg.nix_conf.clone(),
+            reg.nix_conf.with_file_name("nix.custom.conf"),
+            self.cfg.public_key.clone(),
+            self.cfg.volume_dir().join("id_ed25519.pub"),
+        ];
+        files.extend(reg.known_hosts.iter().cloned());
+        files.extend(reg.ssh_config.iter().cloned());
+        w.set_files(files);
+    }
+
+    /// A watched file changed.
+    async fn file_changed(&mut self, path: PathBuf) {
+        if self.persisted.desired != Desired::Up {
+            return;
+        }
+        let is = |p: &Path| p == path || std::fs::canonicalize(p).is_ok_and(|c| c == path);
+        if is(&self.cfg.public_key) {
+            self.client_key_changed().await;
+        } else if is(&self.cfg.volume_dir().join("id_ed25519.pub")) {
+            tracing::info!("the builder's host key file changed");
+            let _ = self.reconcile(&|_| {}).await;
+        } else if let Some(w) = self.wanted.clone() {
+            self.resync(&w, Some(&path));
+        }
+    }
+
+    /// Re-applies the registrations; with `edited`, each file that had to be written counts as
+    /// a repair.
+    fn resync(&mut self, wanted: &Wanted, edited: Option<&Path>) {
+        let synced = registration::sync(&self.cfg, Some(wanted), &mut self.persisted.created);
+        let _ = self.save();
+        if edited.is_some() {
+            for w in &synced.written {
+                let key = w.display().to_string();
+                tracing::info!(file = %key, "repaired builderd's entries after an outside edit");
+                *self.repairs.entry(key).or_default() += 1;
+            }
+        }
         if synced.nix_conf_changed && self.cfg.registration.restart_nix_daemon {
             restart_nix_daemon();
         }
-        let failed: Vec<String> = synced
-            .statuses
+        self.publish_registrations(synced.statuses);
+        self.watch_files();
+    }
+
+    fn publish_registrations(&self, mut statuses: Vec<crate::protocol::RegistrationStatus>) {
+        for s in &mut statuses {
+            s.repairs = self.repairs.get(&s.path).copied().unwrap_or(0);
+        }
+        let failed: Vec<String> = statuses
             .iter()
             .filter(|s| s.state != "ok")
             .map(|s| format!("{} {}: {}", s.kind, s.path, s.state))
             .collect();
-        let mut statuses = synced.statuses;
-        for s in &mut statuses {
-            s.repairs = self.repairs.get(&s.path).copied().unwrap_or(0);
-        }
-        let up_since = self.status.borrow().up_since.unwrap_or_else(now);
+        let healthy = self.status.borrow().healthy;
         self.set(|s| {
             s.registrations = statuses;
-            s.up_since = Some(up_since);
+            if !healthy {
+                return;
+            }
             if failed.is_empty() {
                 s.state = State::Up;
                 s.reason = None;
@@ -757,6 +816,48 @@ impl Supervisor {
                 ));
             }
         });
+    }
+
+    /// The user's public key file changed: a new key goes to the container's authorized_keys
+    /// in place; a key that does not match the private key is refused and the old one kept.
+    async fn client_key_changed(&mut self) {
+        let keys = match keys::load_client_keys(&self.cfg.public_key, &self.cfg.private_key) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "the public key changed, but it cannot be used; keeping the old one");
+                self.set(|s| {
+                    s.reason = Some(format!(
+                        "the public key changed, but builderd keeps the old one: {e}"
+                    ));
+                });
+                return;
+            }
+        };
+        if self
+            .keys
+            .as_ref()
+            .is_some_and(|k| k.public_line == keys.public_line)
+        {
+            return;
+        }
+        tracing::info!(fingerprint = %keys.fingerprint, "the client key changed");
+        let _ = self.reconcile(&|_| {}).await;
+    }
+
+    /// Writes the registrations. Returns whether a file changed.
+    fn register(&mut self, host_key: &PublicKey, facts: &health::Facts) -> Result<bool, Failure> {
+        let wanted = self.wanted(host_key, Some(facts));
+        self.unhealthy_since = None;
+        let synced = registration::sync(&self.cfg, Some(&wanted), &mut self.persisted.created);
+        self.wanted = Some(wanted);
+        self.watch_files();
+        self.save()?;
+        if synced.nix_conf_changed && self.cfg.registration.restart_nix_daemon {
+            restart_nix_daemon();
+        }
+        let up_since = self.status.borrow().up_since.unwrap_or_else(now);
+        self.set(|s| s.up_since = Some(up_since));
+        self.publish_registrations(synced.statuses);
         Ok(synced.changed)
     }
 
@@ -771,8 +872,23 @@ impl Supervisor {
         match out.result {
             Ok(_) => {
                 self.deaths = 0;
+                self.unhealthy_since = None;
+                if let Some(w) = self.wanted.clone()
+                    && !w.machines_listed
+                {
+                    tracing::info!("healthy again: listing the builder in the machines file");
+                    let w = Wanted {
+                        machines_listed: true,
+                        ..w
+                    };
+                    self.wanted = Some(w.clone());
+                    self.resync(&w, None);
+                }
                 if self.status.borrow().state != State::Up {
                     let _ = self.reconcile(&|_| {}).await;
+                } else if let Some(w) = self.wanted.clone() {
+                    // Files are watched; this also repairs what a watcher could not see.
+                    self.resync(&w, Some(Path::new("")));
                 }
             }
             Err((stage, msg)) => {
@@ -787,6 +903,24 @@ impl Supervisor {
                     State::Degraded,
                     Some(format!("health check failed at {}: {msg}", stage.as_str())),
                 );
+                let since = *self.unhealthy_since.get_or_insert_with(Instant::now);
+                let reg = &self.cfg.registration;
+                if reg.unlist_unhealthy
+                    && since.elapsed() >= Duration::from_secs(reg.unlist_unhealthy_after)
+                    && let Some(w) = self.wanted.clone()
+                    && w.machines_listed
+                {
+                    tracing::warn!(
+                        "unhealthy for {:?}: taking the builder out of the machines file",
+                        since.elapsed()
+                    );
+                    let w = Wanted {
+                        machines_listed: false,
+                        ..w
+                    };
+                    self.wanted = Some(w.clone());
+                    self.resync(&w, None);
+                }
                 if n >= self.cfg.health_failures_before_restart {
                     tracing::warn!("restarting the container after {n} failed health checks");
                     if let Ok(d) = self.docker().await
@@ -913,6 +1047,32 @@ impl Supervisor {
         self.record_health(&out);
         Some(())
     }
+}
+
+/// Puts the volume's host.pub into root's authorized_keys in the running container.
+async fn install_client_key(docker: &Docker, id: &str) -> Result<(), Failure> {
+    let (code, out) = docker::exec(
+        docker,
+        id,
+        &[
+            "install",
+            "-m",
+            "600",
+            "/var/lib/nix-builder/host.pub",
+            "/root/.ssh/authorized_keys",
+        ],
+    )
+    .await?;
+    if code != 0 {
+        return Err(Failure::new(
+            ErrorKind::Failed,
+            format!(
+                "updating authorized_keys in the container failed ({code}): {}",
+                out.trim()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn restart_nix_daemon() {

@@ -147,6 +147,10 @@ impl Env {
     /// Runs builderctl and asserts it succeeded; returns stdout.
     pub fn ctl_ok(&self, args: &[&str]) -> String {
         let o = self.ctl(args);
+        if !o.status.success() {
+            // Let a daemon that is going down finish writing its log.
+            std::thread::sleep(Duration::from_millis(500));
+        }
         assert!(
             o.status.success(),
             "builderctl {args:?} failed ({}):\nstdout: {}\nstderr: {}\ndaemon log:\n{}",
@@ -263,7 +267,13 @@ impl Env {
 
     /// A real remote build through the machines file with the real nix client. Returns the
     /// output's contents; asserts it was built in this environment's container.
-    pub fn nix_build(&self, ssh_config: &Path, nonce: &str) -> String {
+    pub fn nix_build(&self, ssh_config: &Path, label: &str) -> String {
+        // A nonce never built before, so that Nix cannot answer from the local store.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let nonce = &format!("{label}-{}-{nanos}", self.name);
         let drv = self.path("probe.nix");
         std::fs::write(
             &drv,
@@ -351,6 +361,11 @@ impl Drop for Env {
         }
         if !problems.is_empty() {
             eprintln!("clean-up of {}: {problems:?}", self.name);
+        }
+        if std::env::var_os("BUILDERD_TEST_KEEP").is_some() {
+            let kept = self.dir.path().with_extension("kept");
+            let _ = std::fs::rename(self.dir.path(), &kept);
+            eprintln!("kept the test's files in {}", kept.display());
         }
     }
 }

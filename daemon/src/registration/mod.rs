@@ -209,6 +209,8 @@ pub struct Synced {
     pub nix_conf_changed: bool,
     /// Some file was written.
     pub changed: bool,
+    /// The files that were written (or removed).
+    pub written: Vec<PathBuf>,
 }
 
 const KEY: &str = "builders-use-substitutes";
@@ -287,6 +289,7 @@ fn sync_block(
             }
             if outcome != Outcome::Unchanged {
                 out.changed = true;
+                out.written.push(path.to_path_buf());
             }
             out.statuses.push(status(
                 kind,
