@@ -10,6 +10,8 @@
 pub mod block;
 pub mod known_hosts;
 pub mod nix_conf;
+#[cfg(test)]
+mod proptests;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
