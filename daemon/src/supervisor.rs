@@ -279,10 +279,12 @@ impl Supervisor {
                     if why == "container-died" {
                         self.deaths += 1;
                     }
-                    if self.deaths >= 2 {
+                    if self.deaths >= 2 && why != "container-died" {
+                        // A retry with backoff is already scheduled.
+                    } else if self.deaths >= 2 {
                         // A container that keeps dying by itself: back off.
                         let delay = backoff(self.deaths - 1, Duration::from_secs(60));
-                        self.next_retry = Some(Instant::now() + delay);
+                        self.schedule_retry(delay);
                         let logs = self.container_logs().await;
                         self.set_state(
                             State::Degraded,
@@ -297,6 +299,12 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Schedules a reconcile after `delay`, keeping a later one already scheduled.
+    fn schedule_retry(&mut self, delay: Duration) {
+        let at = Instant::now() + delay;
+        self.next_retry = Some(self.next_retry.map_or(at, |t| t.max(at)));
     }
 
     /// An explicit `up`: records the desired state, then reconciles with progress.
@@ -375,6 +383,9 @@ impl Supervisor {
         match &result {
             Ok(_) => {
                 self.docker_wait_logged = false;
+                if self.deaths < 2 {
+                    self.next_retry = None;
+                }
             }
             Err(f) if f.kind == ErrorKind::Docker => {
                 if !self.docker_wait_logged {
@@ -382,15 +393,13 @@ impl Supervisor {
                     self.docker_wait_logged = true;
                 }
                 self.failures += 1;
-                self.next_retry =
-                    Some(Instant::now() + backoff(self.failures, Duration::from_secs(30)));
+                self.schedule_retry(backoff(self.failures, Duration::from_secs(30)));
                 self.set_state(State::WaitingForDocker, Some(f.message.clone()));
             }
             Err(f) => {
                 tracing::warn!(error = %f.message, "bringing the builder up failed");
                 self.failures += 1;
-                self.next_retry =
-                    Some(Instant::now() + backoff(self.failures, Duration::from_secs(60)));
+                self.schedule_retry(backoff(self.failures, Duration::from_secs(60)));
                 if self.deaths >= 2 {
                     self.set_state(
                         State::Degraded,
@@ -757,6 +766,7 @@ impl Supervisor {
 
     /// A watched file changed.
     async fn file_changed(&mut self, path: PathBuf) {
+        tracing::debug!(path = %path.display(), "a watched file changed");
         if self.persisted.desired != Desired::Up {
             return;
         }
@@ -774,6 +784,7 @@ impl Supervisor {
     /// Re-applies the registrations; with `edited`, each file that had to be written counts as
     /// a repair.
     fn resync(&mut self, wanted: &Wanted, edited: Option<&Path>) {
+        tracing::debug!(?edited, "re-applying the registrations");
         let synced = registration::sync(&self.cfg, Some(wanted), &mut self.persisted.created);
         let _ = self.save();
         if edited.is_some() {
@@ -802,7 +813,9 @@ impl Supervisor {
         let healthy = self.status.borrow().healthy;
         self.set(|s| {
             s.registrations = statuses;
-            if !healthy {
+            // Only a healthy builder's state follows its registrations; waiting for Docker or a
+            // failed start stays what it is.
+            if !healthy || !matches!(s.state, State::Up | State::Degraded | State::Starting) {
                 return;
             }
             if failed.is_empty() {
@@ -863,6 +876,10 @@ impl Supervisor {
 
     /// A periodic health check while up; restarts the container after repeated failures.
     async fn periodic(&mut self) {
+        if self.next_retry.is_some() {
+            // A retry with backoff is already scheduled; checking now would defeat it.
+            return;
+        }
         let (Some(host_key), Some(keys)) = (self.host_key.clone(), self.keys.clone()) else {
             let _ = self.reconcile(&|_| {}).await;
             return;
@@ -1137,7 +1154,9 @@ pub async fn watch_events(
     mut shutdown: watch::Receiver<bool>,
 ) {
     use futures_util::StreamExt;
-    let mut attempt = 0u32;
+    // Failed connects in a row; the first one of a streak tells the supervisor.
+    let mut failures = 0u32;
+    let mut connected_before = false;
     loop {
         let docker = tokio::select! {
             _ = shutdown.changed() => return,
@@ -1145,16 +1164,23 @@ pub async fn watch_events(
         };
         let docker = match docker {
             Ok(d) => {
-                if attempt > 0 {
+                tracing::debug!(failures, "following the engine's events");
+                if failures > 0 && connected_before {
                     let _ = tx.send(Command::Poke("docker-back")).await;
                 }
+                failures = 0;
+                connected_before = true;
                 d
             }
-            Err(_) => {
-                attempt += 1;
+            Err(e) => {
+                tracing::debug!(error = %e, failures, "the event stream cannot connect");
+                failures += 1;
+                if failures == 1 && connected_before {
+                    let _ = tx.send(Command::Poke("docker-unreachable")).await;
+                }
                 tokio::select! {
                     _ = shutdown.changed() => return,
-                    _ = tokio::time::sleep(backoff(attempt, Duration::from_secs(5))) => continue,
+                    _ = tokio::time::sleep(backoff(failures, Duration::from_secs(2))) => continue,
                 }
             }
         };
@@ -1200,7 +1226,6 @@ pub async fn watch_events(
                 _ => break,
             }
         }
-        attempt = 1;
         let _ = tx.send(Command::Poke("docker-events-ended")).await;
     }
 }

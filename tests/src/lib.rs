@@ -419,3 +419,145 @@ pub fn ssh_keygen_fingerprint(path: &Path) -> String {
         .unwrap_or("")
         .to_string()
 }
+
+impl Env {
+    /// Starts `builderd` directly, as launchd or systemd would after a reboot (no client).
+    pub fn start_daemon(&self) -> std::process::Child {
+        std::fs::create_dir_all(self.path("state/logs")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("state/logs/builderd.log"))
+            .unwrap();
+        Command::new(bin_dir().join("builderd"))
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("builderd starts")
+    }
+
+    /// SIGKILLs the daemon and waits until its socket no longer answers.
+    pub fn kill_daemon(&self) {
+        let pid = std::fs::read_to_string(self.path("state/builderd.pid")).unwrap();
+        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        let sock = self.path("state/builderd.sock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+            assert!(Instant::now() < deadline, "the daemon did not die");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// A Unix-socket proxy in front of the Docker engine that a test can cut and restore, to play
+/// an engine that restarts or goes away.
+pub struct DockerProxy {
+    pub path: PathBuf,
+    state: std::sync::Arc<(std::sync::Mutex<ProxyState>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    up: bool,
+    /// Each restore starts a new generation; older accept loops end.
+    generation: u64,
+    stop: bool,
+    /// Open connections, to shut down when cut.
+    conns: Vec<std::os::unix::net::UnixStream>,
+}
+
+impl DockerProxy {
+    pub fn new(path: PathBuf, up: bool) -> DockerProxy {
+        let state = std::sync::Arc::new((
+            std::sync::Mutex::new(ProxyState {
+                up: false,
+                ..Default::default()
+            }),
+            std::sync::Condvar::new(),
+        ));
+        let p = DockerProxy { path, state };
+        if up {
+            p.restore();
+        }
+        p
+    }
+
+    /// Starts accepting again (a new listener, like an engine that came back).
+    pub fn restore(&self) {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let _ = std::fs::remove_file(&self.path);
+        let listener = UnixListener::bind(&self.path).expect("bind the proxy socket");
+        listener.set_nonblocking(true).unwrap();
+        let generation = {
+            let mut s = self.state.0.lock().unwrap();
+            s.up = true;
+            s.generation += 1;
+            s.generation
+        };
+        let state = self.state.clone();
+        std::thread::spawn(move || {
+            loop {
+                {
+                    let s = state.0.lock().unwrap();
+                    if !s.up || s.stop || s.generation != generation {
+                        return;
+                    }
+                }
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let Ok(engine) = UnixStream::connect("/var/run/docker.sock") else {
+                            continue;
+                        };
+                        {
+                            // Decided under the lock that `cut` takes: a connection accepted
+                            // as the proxy was cut is dropped, never left open.
+                            let mut s = state.0.lock().unwrap();
+                            if !s.up || s.stop || s.generation != generation {
+                                return;
+                            }
+                            s.conns.push(client.try_clone().unwrap());
+                            s.conns.push(engine.try_clone().unwrap());
+                        }
+                        for (mut from, mut to) in [
+                            (client.try_clone().unwrap(), engine.try_clone().unwrap()),
+                            (engine, client),
+                        ] {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut to);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                            });
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+    }
+
+    /// Stops accepting, closes every open connection and removes the socket.
+    pub fn cut(&self) {
+        let mut s = self.state.0.lock().unwrap();
+        s.up = false;
+        for c in s.conns.drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for DockerProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.state.0.lock().unwrap().stop = true;
+    }
+}
+
+/// The median of some durations.
+pub fn p50(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}

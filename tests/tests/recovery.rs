@@ -1,0 +1,228 @@
+//! Always there: the builder comes back by itself after a killed or removed container, a
+//! reboot, and a Docker outage; a container that keeps dying is not restarted in a hot loop.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use builderd_tests::{DockerProxy, Env, p50, skip_docker};
+
+fn healthy(s: &serde_json::Value) -> bool {
+    s["state"] == "up" && s["healthy"] == true
+}
+
+#[test]
+fn killed_and_removed_containers_come_back_with_the_same_host_key() {
+    if skip_docker() {
+        return;
+    }
+    let env = Env::new("");
+    env.up();
+    let fp = env.status()["host_key_fingerprint"].clone();
+    let mut kill_times = Vec::new();
+    for _ in 0..5 {
+        let id_before = env.status()["container"]["id"].clone();
+        let t = Instant::now();
+        assert!(env.docker(&["kill", &env.name]).status.success());
+        // Healthy again, with no command: a new health check after the kill.
+        env.wait_status(Duration::from_secs(30), "healthy after docker kill", |s| {
+            healthy(s)
+                && s["container"]["state"] == "running"
+                && env.container_state().as_deref() == Some("running")
+        });
+        kill_times.push(t.elapsed());
+        assert_eq!(
+            env.status()["container"]["id"],
+            id_before,
+            "the same container is started again"
+        );
+    }
+    let mut rm_times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert!(env.docker(&["rm", "-f", &env.name]).status.success());
+        env.wait_status(Duration::from_secs(30), "healthy after docker rm -f", |s| {
+            healthy(s) && env.container_state().as_deref() == Some("running")
+        });
+        rm_times.push(t.elapsed());
+    }
+    eprintln!(
+        "docker kill -> healthy p50 {:?}; docker rm -f -> healthy p50 {:?}",
+        p50(&mut kill_times),
+        p50(&mut rm_times)
+    );
+    assert_eq!(env.status()["host_key_fingerprint"], fp);
+    let o = env.ssh_pinned(&env.path("root/.ssh/known_hosts"), "echo 123");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Exactly one container of ours.
+    let o = env.docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=io.builderd.instance={}", env.name),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1);
+}
+
+#[test]
+fn a_reboot_brings_it_back_and_down_stays_down() {
+    if skip_docker() {
+        return;
+    }
+    let env = Env::new("");
+    env.up();
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        // The machine goes down: the daemon dies, the container stops.
+        env.kill_daemon();
+        assert!(env.docker(&["stop", "-t", "1", &env.name]).status.success());
+        let t = Instant::now();
+        let mut d = env.start_daemon();
+        env.wait_status(Duration::from_secs(30), "healthy after the reboot", healthy);
+        times.push(t.elapsed());
+        let o = env.ssh_pinned(&env.path("home/.ssh/known_hosts"), "echo 123");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        env.kill_daemon();
+        let _ = d.wait();
+        let _ = env.start_daemon();
+        env.wait_status(Duration::from_secs(30), "healthy", healthy);
+    }
+    eprintln!("simulated reboot -> healthy p50 {:?}", p50(&mut times));
+
+    // With the desired state down, a new daemon keeps it down.
+    env.ctl_ok(&["down"]);
+    env.kill_daemon();
+    let mut d = env.start_daemon();
+    std::thread::sleep(Duration::from_secs(2));
+    let st = env.status();
+    assert_eq!(st["state"], "down");
+    assert_eq!(st["desired"], "down");
+    assert_eq!(env.container_state(), None);
+    assert!(!env.path("etc/nix/machines").exists());
+    env.ctl_ok(&["shutdown"]);
+    let _ = d.wait();
+}
+
+#[test]
+fn a_docker_outage_is_waited_out() {
+    if skip_docker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("docker.sock");
+    let proxy = DockerProxy::new(sock.clone(), true);
+    let env = Env::new(&format!("docker_host = \"unix://{}\"", sock.display()));
+    env.up();
+
+    // The engine goes away while the daemon runs, and comes back.
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        proxy.cut();
+        env.wait_status(Duration::from_secs(30), "waiting-for-docker", |s| {
+            s["state"] == "waiting-for-docker"
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let t = Instant::now();
+        proxy.restore();
+        env.wait_status(Duration::from_secs(60), "healthy after the outage", healthy);
+        times.push(t.elapsed());
+    }
+    eprintln!(
+        "proxy restore -> healthy (running daemon) p50 {:?}",
+        p50(&mut times)
+    );
+
+    // The daemon starts while the engine is away (Docker Desktop comes up after login).
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        env.kill_daemon();
+        proxy.cut();
+        let _d = env.start_daemon();
+        env.wait_status(
+            Duration::from_secs(30),
+            "waiting-for-docker at start",
+            |s| s["state"] == "waiting-for-docker",
+        );
+        let t = Instant::now();
+        proxy.restore();
+        env.wait_status(
+            Duration::from_secs(60),
+            "healthy after the engine came",
+            healthy,
+        );
+        times.push(t.elapsed());
+    }
+    eprintln!(
+        "proxy restore -> healthy (daemon started during the outage) p50 {:?}",
+        p50(&mut times)
+    );
+    // One container, and the wait was logged once per outage, not in a loop.
+    let o = env.docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=io.builderd.instance={}", env.name),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1);
+    let log = env.daemon_log();
+    let waits = log.matches("waiting for Docker").count();
+    assert!((1..=12).contains(&waits), "{waits} wait lines:\n{log}");
+}
+
+#[test]
+fn a_crash_loop_backs_off_and_is_degraded() {
+    if skip_docker() {
+        return;
+    }
+    // An image with the same contract whose entrypoint exits at once.
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM builderd-base:trixie\nENTRYPOINT [\"/bin/sh\", \"-c\", \"echo crashing on purpose >&2; exit 3\"]\n",
+    )
+    .unwrap();
+    let env = Env::new(&format!("[image]\ncontext = \"{}\"", ctx.path().display()));
+    // The base image comes from the ordinary path first.
+    {
+        let base = Env::new("");
+        base.up();
+        base.ctl_ok(&["down"]);
+    }
+    let o = env.ctl(&["up"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("crashing on purpose"), "{err}");
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    std::thread::sleep(Duration::from_secs(20));
+    let st = env.wait_status(Duration::from_secs(20), "degraded", |s| {
+        s["state"] == "degraded"
+    });
+    assert!(
+        st["reason"]
+            .as_str()
+            .unwrap()
+            .contains("crashing on purpose"),
+        "{st:#}"
+    );
+    let o = Command::new("docker")
+        .args([
+            "events",
+            "--since",
+            &since.to_string(),
+            "--until",
+            &(since + 20).to_string(),
+            "--filter",
+            &format!("container={}", env.name),
+            "--filter",
+            "event=start",
+        ])
+        .output()
+        .unwrap();
+    let starts = String::from_utf8_lossy(&o.stdout).lines().count();
+    eprintln!("container starts in 20 s of a crash loop: {starts}");
+    // Backoff 0.5 s, 1 s, 2 s, 4 s, 8 s, … allows about 6 starts in 20 s; a hot loop would make
+    // dozens.
+    assert!((2..=8).contains(&starts), "{starts} starts in 20 s");
+}
