@@ -421,22 +421,23 @@ pub fn ssh_keygen_fingerprint(path: &Path) -> String {
 }
 
 impl Env {
-    /// Starts `builderd` directly, as launchd or systemd would after a reboot (no client).
-    pub fn start_daemon(&self) -> std::process::Child {
+    /// Starts `builderd` directly, as launchd or systemd would after a reboot (no client). A
+    /// thread reaps it when it exits.
+    pub fn start_daemon(&self) {
         std::fs::create_dir_all(self.path("state/logs")).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.path("state/logs/builderd.log"))
             .unwrap();
-        Command::new(bin_dir().join("builderd"))
-            .arg("--config")
+        let mut cmd = Command::new(bin_dir().join("builderd"));
+        cmd.arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("builderd starts")
+            .stderr(log);
+        let mut child = cmd.spawn().expect("builderd starts");
+        std::thread::spawn(move || child.wait());
     }
 
     /// SIGKILLs the daemon and waits until its socket no longer answers.

@@ -76,14 +76,13 @@ fn a_reboot_brings_it_back_and_down_stays_down() {
         env.kill_daemon();
         assert!(env.docker(&["stop", "-t", "1", &env.name]).status.success());
         let t = Instant::now();
-        let mut d = env.start_daemon();
+        env.start_daemon();
         env.wait_status(Duration::from_secs(30), "healthy after the reboot", healthy);
         times.push(t.elapsed());
         let o = env.ssh_pinned(&env.path("home/.ssh/known_hosts"), "echo 123");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         env.kill_daemon();
-        let _ = d.wait();
-        let _ = env.start_daemon();
+        env.start_daemon();
         env.wait_status(Duration::from_secs(30), "healthy", healthy);
     }
     eprintln!("simulated reboot -> healthy p50 {:?}", p50(&mut times));
@@ -91,7 +90,7 @@ fn a_reboot_brings_it_back_and_down_stays_down() {
     // With the desired state down, a new daemon keeps it down.
     env.ctl_ok(&["down"]);
     env.kill_daemon();
-    let mut d = env.start_daemon();
+    env.start_daemon();
     std::thread::sleep(Duration::from_secs(2));
     let st = env.status();
     assert_eq!(st["state"], "down");
@@ -99,7 +98,6 @@ fn a_reboot_brings_it_back_and_down_stays_down() {
     assert_eq!(env.container_state(), None);
     assert!(!env.path("etc/nix/machines").exists());
     env.ctl_ok(&["shutdown"]);
-    let _ = d.wait();
 }
 
 #[test]
@@ -136,7 +134,7 @@ fn a_docker_outage_is_waited_out() {
     for _ in 0..5 {
         env.kill_daemon();
         proxy.cut();
-        let _d = env.start_daemon();
+        env.start_daemon();
         env.wait_status(
             Duration::from_secs(30),
             "waiting-for-docker at start",
