@@ -1,5 +1,6 @@
 //! builderctl: the command line for builderd.
 
+mod doctor;
 mod output;
 mod service;
 
@@ -67,6 +68,13 @@ enum Cmd {
     /// Stop the daemon; the builder is left as it is
     #[command(after_help = "Example:\n  builderctl shutdown")]
     Shutdown,
+    /// Run every check, each PASS, WARN or FAIL with its fix; exit 4 on any FAIL
+    #[command(after_help = "Example:\n  builderctl doctor\n  builderctl doctor --build-test")]
+    Doctor {
+        /// Also run a real tiny remote build through the machines file, timed
+        #[arg(long)]
+        build_test: bool,
+    },
     /// Open a shell on the builder, or run a command there
     #[command(after_help = "Example:\n  builderctl ssh\n  builderctl ssh -- nix-store --version")]
     Ssh {
@@ -229,6 +237,7 @@ async fn run(cmd: Cmd, cfg: &Config, config_path: &Path, out: &output::Out) -> u
             }
             Err(e) => report(&e, out),
         },
+        Cmd::Doctor { build_test } => doctor::run(cfg, build_test, out).await,
         Cmd::Ssh { command } => service::ssh(cfg, &command),
         Cmd::Logs { follow, container } => service::logs(cfg, follow, container, out).await,
         Cmd::Install { print, user } => service::install(cfg, config_path, print, user, out),

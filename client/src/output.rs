@@ -64,6 +64,7 @@ impl Out {
             quiet: self.quiet,
             verbose: self.verbose,
             last_stage: std::cell::RefCell::new(String::new()),
+            last_step: std::cell::RefCell::new(None),
         }
     }
 }
@@ -74,15 +75,23 @@ pub struct Steps {
     quiet: bool,
     verbose: bool,
     last_stage: std::cell::RefCell<String>,
+    last_step: std::cell::RefCell<Option<(u64, u64)>>,
 }
 
 impl Steps {
     pub fn step(&self, p: &Progress) {
         if let Some(b) = &self.bar {
             b.set_prefix(p.stage.clone());
-            let n = match (p.current, p.total) {
-                (Some(c), Some(t)) => format!("[{c}/{t}] "),
-                _ => String::new(),
+            // Build output between two steps keeps the last step's count on screen.
+            let mut last = self.last_step.borrow_mut();
+            if p.stage != "image" {
+                *last = None;
+            } else if let (Some(c), Some(t)) = (p.current, p.total) {
+                *last = Some((c, t));
+            }
+            let n = match *last {
+                Some((c, t)) => format!("[{c}/{t}] "),
+                None => String::new(),
             };
             b.set_message(format!("{n}{}", p.message));
             if self.verbose {

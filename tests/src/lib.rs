@@ -562,3 +562,12 @@ pub fn p50(v: &mut [Duration]) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
+
+/// Human output with what differs between runs replaced by stable names, for snapshots.
+pub fn redact(env: &Env, text: &str) -> String {
+    let mut t = text.replace(&env.dir.path().display().to_string(), "[DIR]");
+    t = t.replace(&env.name, "[NAME]");
+    t = t.replace(&format!(":{}", env.port), ":[PORT]");
+    t = t.replace(&format!("port {}", env.port), "port [PORT]");
+    t
+}
