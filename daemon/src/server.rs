@@ -256,8 +256,8 @@ async fn serve_conn(
             write(&mut w, &reply).await?;
             return Ok(());
         }
-        Err(DecodeError::Malformed(m)) => {
-            write(&mut w, &Reply::error(ErrorKind::BadRequest, m)).await?;
+        Err(e @ DecodeError::Malformed(_)) => {
+            write(&mut w, &Reply::error(ErrorKind::BadRequest, e.to_string())).await?;
             return Ok(());
         }
     };

@@ -316,8 +316,12 @@ impl Supervisor {
         let was_up = self.status.borrow().state == State::Up;
         let before = self.persisted.desired;
         if before != Desired::Up {
-            self.persisted.desired = Desired::Up;
-            self.save()?;
+            let next = Persisted {
+                desired: Desired::Up,
+                ..self.persisted.clone()
+            };
+            self.save_as(&next)?;
+            self.persisted = next;
             self.set(|s| s.desired = "up".into());
         }
         let changed = match self.reconcile(say).await {
@@ -329,6 +333,7 @@ impl Supervisor {
                     let _ = self.save();
                     self.next_retry = None;
                     self.set(|s| s.desired = before.as_str().into());
+                    self.set_state(State::Down, Some(f.message.clone()));
                 }
                 return Err(f);
             }
@@ -354,7 +359,12 @@ impl Supervisor {
     }
 
     fn save(&self) -> Result<(), Failure> {
-        self.persisted.save(&self.cfg.state_dir).map_err(|e| {
+        self.save_as(&self.persisted)
+    }
+
+    /// Writes `state`; the caller takes it as its own only when this succeeded.
+    fn save_as(&self, state: &Persisted) -> Result<(), Failure> {
+        state.save(&self.cfg.state_dir).map_err(|e| {
             let what = if e.is_disk_full() {
                 "the disk holding the state dir is full: free some space and try again"
             } else {
@@ -964,8 +974,12 @@ impl Supervisor {
     /// `down`: records the desired state, removes the container and the registrations.
     async fn down(&mut self) -> Result<String, Failure> {
         let was = self.persisted.desired;
-        self.persisted.desired = Desired::Down;
-        self.save()?;
+        let next = Persisted {
+            desired: Desired::Down,
+            ..self.persisted.clone()
+        };
+        self.save_as(&next)?;
+        self.persisted = next;
         self.next_retry = None;
         self.set(|s| s.desired = "down".into());
         let mut removed_container = false;

@@ -51,7 +51,7 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 pub fn keygen(path: &Path, kind: &str) {
     let mut args = vec!["-q", "-t", kind, "-N", "", "-C", "builderd-test", "-f"];
     if kind == "rsa" {
-        args.splice(2..2, ["-b", "2048"]);
+        args.splice(3..3, ["-b", "2048"]);
     }
     let st = Command::new("ssh-keygen")
         .args(&args)

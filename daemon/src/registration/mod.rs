@@ -159,6 +159,11 @@ pub fn resolve_target(path: &Path) -> Target {
         return Target::Write(path.to_path_buf());
     };
     if !meta.file_type().is_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        // A file nobody may write was made so on purpose (root could write it anyway).
+        if meta.is_file() && meta.permissions().mode() & 0o222 == 0 {
+            return Target::Manual(format!("{} is read-only", path.display()));
+        }
         return Target::Write(path.to_path_buf());
     }
     let mut chain = Vec::new();
@@ -184,7 +189,12 @@ pub fn resolve_target(path: &Path) -> Target {
         return Target::NixDarwin;
     }
     match std::fs::metadata(&cur) {
-        Ok(m) if m.is_file() && !m.permissions().readonly() => {
+        Ok(m)
+            if m.is_file() && {
+                use std::os::unix::fs::PermissionsExt;
+                m.permissions().mode() & 0o222 != 0
+            } =>
+        {
             Target::Write(std::fs::canonicalize(&cur).unwrap_or(cur))
         }
         Ok(_) => Target::Manual(format!(
