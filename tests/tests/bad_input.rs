@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use builderd_tests::{Env, keygen, skip_docker, snapshot};
@@ -358,11 +358,7 @@ fn port_stolen_while_down() {
     let thief = std::net::TcpListener::bind(("127.0.0.1", env.port)).unwrap();
     up_fails(&env, 1, &format!("is taken by pid {}", std::process::id()));
     let st = env.status();
-    assert_eq!(
-        st["pid"].as_u64().is_some(),
-        true,
-        "the daemon keeps running"
-    );
+    assert!(st["pid"].as_u64().is_some(), "the daemon keeps running");
     drop(thief);
     env.up();
 }
