@@ -54,8 +54,20 @@ pub async fn exchange(
         protocol: protocol::PROTOCOL,
         request,
     };
-    w.write_all(&protocol::encode(&env)).await?;
+    // A daemon that refuses the request may close before it is read: its reply still counts.
+    let sent = w.write_all(&protocol::encode(&env)).await;
     let mut lines = BufReader::new(r).lines();
+    if let Err(e) = sent {
+        return match lines.next_line().await {
+            Ok(Some(line)) => match serde_json::from_str::<Reply>(&line) {
+                Ok(Reply::Error { kind, message, .. }) => {
+                    Err(ClientError::Daemon { kind, message })
+                }
+                _ => Err(e.into()),
+            },
+            _ => Err(e.into()),
+        };
+    }
     loop {
         let Some(line) = lines.next_line().await? else {
             return Err(ClientError::BadReply(

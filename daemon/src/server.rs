@@ -207,8 +207,12 @@ async fn serve_conn(
 ) -> anyhow::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (r, mut w) = stream.into_split();
+    let mut reader = BufReader::new(r);
     if !owner.allows(uid) {
         tracing::warn!(uid, "refused a client of another user");
+        // Take its request off the socket first, so that the client reads the refusal rather
+        // than a broken pipe; nothing of it is looked at.
+        let _ = tokio::time::timeout(Duration::from_secs(1), read_frame(&mut reader)).await;
         write(
             &mut w,
             &Reply::error(
@@ -222,7 +226,6 @@ async fn serve_conn(
         .await?;
         return Ok(());
     }
-    let mut reader = BufReader::new(r);
     let frame = match tokio::time::timeout(Duration::from_secs(30), read_frame(&mut reader)).await {
         Err(_) => {
             write(
