@@ -164,6 +164,18 @@ pub struct Status {
     pub registrations: Vec<RegistrationStatus>,
     /// The Docker engine builderd talks to.
     pub docker_host: String,
+    /// The last engine event about the container, and how long after the engine's own
+    /// timestamp builderd saw it.
+    #[serde(default)]
+    pub last_event: Option<EventSeen>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventSeen {
+    pub action: String,
+    pub lag_ms: f64,
+    /// Events seen since the daemon started.
+    pub count: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -193,6 +205,9 @@ pub struct HealthReport {
     pub failed_stage: Option<String>,
     pub error: Option<String>,
     pub consecutive_failures: u32,
+    /// Health checks run since the daemon started.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// Facts read from inside the builder at the last health check.

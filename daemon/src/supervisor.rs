@@ -76,6 +76,11 @@ pub enum Command {
     },
     /// Something outside changed: a container event, a file edit. Reconcile.
     Poke(&'static str),
+    /// The engine reported `action` for the container, `lag_ms` after its own timestamp.
+    Seen {
+        action: String,
+        lag_ms: f64,
+    },
 }
 
 /// The client side of the supervisor.
@@ -146,6 +151,7 @@ impl Supervisor {
             builder: None,
             registrations: Vec::new(),
             docker_host: format!("{} ({})", endpoint.host, endpoint.source),
+            last_event: None,
         };
         let (tx, rx) = watch::channel(status);
         (
@@ -272,6 +278,16 @@ impl Supervisor {
             Command::Gc { reply } => {
                 let r = self.gc().await;
                 let _ = reply.send(r);
+            }
+            Command::Seen { action, lag_ms } => {
+                self.set(|s| {
+                    let count = s.last_event.as_ref().map_or(0, |e| e.count) + 1;
+                    s.last_event = Some(crate::protocol::EventSeen {
+                        action,
+                        lag_ms,
+                        count,
+                    });
+                });
             }
             Command::Poke(why) => {
                 if self.persisted.desired == Desired::Up {
@@ -707,6 +723,13 @@ impl Supervisor {
             failed_stage: out.result.as_ref().err().map(|e| e.0.as_str().to_string()),
             error: out.result.as_ref().err().map(|e| e.1.clone()),
             consecutive_failures: failures,
+            seq: self
+                .status
+                .borrow()
+                .last_health
+                .as_ref()
+                .map_or(0, |h| h.seq)
+                + 1,
         };
         let systems = self.systems(out.result.as_ref().ok());
         self.set(|s| {
@@ -1220,6 +1243,19 @@ pub async fn watch_events(
             match ev {
                 Some(Ok(ev)) => {
                     let action = ev.action.unwrap_or_default();
+                    if let Some(nanos) = ev.time_nano {
+                        let now = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .map(|d| d.as_nanos() as i64)
+                            .unwrap_or(0);
+                        let lag_ms = (now - nanos) as f64 / 1e6;
+                        let _ = tx
+                            .send(Command::Seen {
+                                action: action.clone(),
+                                lag_ms,
+                            })
+                            .await;
+                    }
                     let asked = stopping.is_some_and(|t| t.elapsed() < Duration::from_secs(30));
                     let why = match action.as_str() {
                         "kill" | "stop" => {

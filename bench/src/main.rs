@@ -1,0 +1,498 @@
+//! builderd's benchmark. Every figure is measured next to a baseline in the same run (or as a
+//! distribution), because the machines it runs on are shared and noisy. It prints a markdown
+//! table and writes `target/bench-report.json`.
+//!
+//! Usage: `bench/run [--quick]` (`--quick` takes fewer samples, for a smoke run).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use builderd_tests::{Env, bin_dir};
+use serde_json::{Value, json};
+
+struct Figure {
+    name: &'static str,
+    unit: &'static str,
+    runs: Vec<f64>,
+    baseline_name: &'static str,
+    baseline: Vec<f64>,
+    /// How the figure is judged: the ratio p50(figure)/p50(baseline) (or the reverse), or p99.
+    target: Target,
+}
+
+enum Target {
+    /// p50(figure) / p50(baseline) at most this.
+    RatioAtMost(f64),
+    /// p50(baseline) / p50(figure) at least this (figure faster by this factor).
+    SpeedupAtLeast(f64),
+    /// p99(figure) at most this, in the figure's unit.
+    P99AtMost(f64),
+    /// p50 at most this.
+    P50AtMost(f64),
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    s[((s.len() as f64 - 1.0) * p).round() as usize]
+}
+
+impl Figure {
+    fn ratio(&self) -> Option<f64> {
+        if self.baseline.is_empty() {
+            return None;
+        }
+        Some(match self.target {
+            Target::SpeedupAtLeast(_) => pct(&self.baseline, 0.5) / pct(&self.runs, 0.5),
+            _ => pct(&self.runs, 0.5) / pct(&self.baseline, 0.5),
+        })
+    }
+
+    fn verdict(&self) -> (bool, String) {
+        match self.target {
+            Target::RatioAtMost(t) => {
+                let r = self.ratio().unwrap();
+                (r <= t, format!("ratio ≤ {t:.2}"))
+            }
+            Target::SpeedupAtLeast(t) => {
+                let r = self.ratio().unwrap();
+                (r >= t, format!("≥ {t:.0}× faster"))
+            }
+            Target::P99AtMost(t) => (
+                pct(&self.runs, 0.99) <= t,
+                format!("p99 ≤ {t} {}", self.unit),
+            ),
+            Target::P50AtMost(t) => (pct(&self.runs, 0.5) <= t, format!("≤ {t} {}", self.unit)),
+        }
+    }
+
+    fn json(&self) -> Value {
+        let (met, target) = self.verdict();
+        json!({
+            "name": self.name,
+            "unit": self.unit,
+            "runs": self.runs.len(),
+            "p50": pct(&self.runs, 0.5),
+            "p99": pct(&self.runs, 0.99),
+            "baseline": self.baseline_name,
+            "baseline_runs": self.baseline.len(),
+            "baseline_p50": if self.baseline.is_empty() { Value::Null } else { json!(pct(&self.baseline, 0.5)) },
+            "baseline_p99": if self.baseline.is_empty() { Value::Null } else { json!(pct(&self.baseline, 0.99)) },
+            "ratio": self.ratio(),
+            "target": target,
+            "met": met,
+        })
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn run(cmd: &mut Command) -> std::process::Output {
+    cmd.stdin(Stdio::null()).output().expect("command runs")
+}
+
+fn ssh_ready(env: &Env, kh: &std::path::Path) -> bool {
+    env.ssh_pinned(kh, "true").status.success()
+}
+
+fn status(env: &Env) -> Value {
+    let o = env.ctl(&["status", "--json"]);
+    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+}
+
+/// 1. `up` with the image cached, against `docker run` of the same image and flags plus polling
+///    `ssh true`.
+fn up_cached(env: &Env, n: usize) -> Figure {
+    env.up();
+    env.ctl_ok(&["down"]);
+    let mut runs = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        env.ctl_ok(&["up"]);
+        runs.push(ms(t.elapsed()));
+        env.ctl_ok(&["down"]);
+    }
+    // The floor: the docker CLI with the flags builderd uses, then ssh until it answers.
+    let image = status_image(env);
+    let kh = env.path("bench_known_hosts");
+    let mut baseline = Vec::new();
+    let name = format!("{}-floor", env.name);
+    for _ in 0..n {
+        let _ = run(Command::new("docker").args(["rm", "-f", &name]));
+        let t = Instant::now();
+        let o = run(Command::new("docker").args([
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "-p",
+            &format!("127.0.0.1:{}:22", env.port),
+            "-v",
+            &format!(
+                "{}:/var/lib/nix-builder",
+                env.path("state/volume").display()
+            ),
+            "-e",
+            "NIX_BUILDER_SANDBOX=false",
+            "-e",
+            "NIX_BUILDER_SUBSTITUTERS=",
+            &image,
+        ]));
+        assert!(
+            o.status.success(),
+            "docker run: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if !kh.exists() {
+            std::fs::write(
+                &kh,
+                format!("[localhost]:{} {}\n", env.port, env.host_key_line()),
+            )
+            .unwrap();
+        }
+        while !ssh_ready(env, &kh) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        baseline.push(ms(t.elapsed()));
+        let _ = run(Command::new("docker").args(["rm", "-f", &name]));
+    }
+    Figure {
+        name: "up, image cached → healthy",
+        unit: "ms",
+        runs,
+        baseline_name: "docker run (same flags) + polling ssh true",
+        baseline,
+        target: Target::RatioAtMost(1.10),
+    }
+}
+
+fn status_image(env: &Env) -> String {
+    let cfg = builderd::config::Config::load(&env.config).unwrap();
+    builderd::docker::image_for(&cfg).unwrap().0
+}
+
+fn health_seq(s: &Value) -> u64 {
+    s["last_health"]["seq"].as_u64().unwrap_or(0)
+}
+
+/// 2. Recovery after `docker kill`, against `docker start` of the same container plus ssh-ready.
+fn recovery(env: &Env, n: usize) -> (Figure, Figure) {
+    env.up();
+    let kh = env.path("home/.ssh/known_hosts");
+    let mut runs = Vec::new();
+    let mut lags = Vec::new();
+    for _ in 0..n {
+        let before = status(env);
+        let seq = health_seq(&before);
+        let events = before["last_event"]["count"].as_u64().unwrap_or(0);
+        let t = Instant::now();
+        run(Command::new("docker").args(["kill", &env.name]));
+        loop {
+            let s = status(env);
+            if s["healthy"] == true && health_seq(&s) > seq && s["state"] == "up" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        runs.push(ms(t.elapsed()));
+        // The lag of the "die" event (the last event may be the "start" that followed).
+        let s = status(env);
+        if s["last_event"]["count"].as_u64().unwrap_or(0) > events {
+            lags.push(s["last_event"]["lag_ms"].as_f64().unwrap_or(f64::NAN));
+        }
+    }
+    // The floor: the daemon stopped, so that only the CLI restarts the container.
+    env.ctl_ok(&["shutdown"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut baseline = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        run(Command::new("docker").args(["kill", &env.name]));
+        run(Command::new("docker").args(["start", &env.name]));
+        while !ssh_ready(env, &kh) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        baseline.push(ms(t.elapsed()));
+    }
+    env.up();
+    (
+        Figure {
+            name: "recovery after docker kill → healthy",
+            unit: "ms",
+            runs,
+            baseline_name: "docker kill + docker start + polling ssh true",
+            baseline,
+            target: Target::RatioAtMost(1.25),
+        },
+        Figure {
+            name: "Docker event seen (engine timestamp → builderd)",
+            unit: "ms",
+            runs: lags,
+            baseline_name: "",
+            baseline: vec![],
+            target: Target::P99AtMost(50.0),
+        },
+    )
+}
+
+/// 3. An outside edit of the machines file until it is correct again.
+fn repair(env: &Env, n: usize) -> Figure {
+    env.up();
+    let machines = env.path("etc/nix/machines");
+    let mut runs = Vec::new();
+    for i in 0..n {
+        let user = format!("ssh-ng://user{i} aarch64-linux - 1 1\n");
+        let t = Instant::now();
+        std::fs::write(&machines, &user).unwrap();
+        loop {
+            let text = std::fs::read_to_string(&machines).unwrap_or_default();
+            if text.contains("ssh-ng://bdt") && text.ends_with(&user) {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        runs.push(ms(t.elapsed()));
+    }
+    Figure {
+        name: "registration repair (edit → correct again)",
+        unit: "ms",
+        runs,
+        baseline_name: "",
+        baseline: vec![],
+        target: Target::P99AtMost(100.0),
+    }
+}
+
+/// 4. `builderctl status --json` against `docker inspect` of the same container.
+fn status_round_trip(env: &Env, n: usize) -> Figure {
+    env.up();
+    let ctl = bin_dir().join("builderctl");
+    let mut runs = Vec::new();
+    let mut baseline = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let o = run(Command::new(&ctl)
+            .arg("--config")
+            .arg(&env.config)
+            .args(["status", "--json"]));
+        runs.push(ms(t.elapsed()));
+        assert!(o.status.success());
+        let t = Instant::now();
+        let o = run(Command::new("docker").args(["inspect", &env.name]));
+        baseline.push(ms(t.elapsed()));
+        assert!(o.status.success());
+    }
+    Figure {
+        name: "builderctl status --json round trip",
+        unit: "ms",
+        runs,
+        baseline_name: "docker inspect (CLI) of the same container",
+        baseline,
+        target: Target::SpeedupAtLeast(20.0),
+    }
+}
+
+fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// 5. Idle footprint while up, over `secs` seconds.
+fn idle(secs: u64) -> Vec<Figure> {
+    // The default health interval (30 s): what a user runs.
+    let env = Env::new("");
+    let text = env
+        .config_text()
+        .replace("health_interval = 2", "health_interval = 30");
+    std::fs::write(&env.config, text).unwrap();
+    env.up();
+    std::thread::sleep(Duration::from_secs(2));
+    let pid: u32 = std::fs::read_to_string(env.path("state/builderd.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let tick = 100.0; // USER_HZ
+    let (c0, v0, n0) = (
+        cpu_ticks(pid),
+        proc_field(pid, "status", "voluntary_ctxt_switches:"),
+        proc_field(pid, "status", "nonvoluntary_ctxt_switches:"),
+    );
+    let mut rss = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        rss.push(proc_field(pid, "status", "VmRSS:") as f64 / 1024.0);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks(pid) - c0) as f64 / tick / wall * 100.0;
+    let switches = (proc_field(pid, "status", "voluntary_ctxt_switches:") - v0
+        + proc_field(pid, "status", "nonvoluntary_ctxt_switches:")
+        - n0) as f64
+        / wall;
+    vec![
+        Figure {
+            name: "idle RSS",
+            unit: "MiB",
+            runs: rss,
+            baseline_name: "",
+            baseline: vec![],
+            target: Target::P99AtMost(20.0),
+        },
+        Figure {
+            name: "idle CPU (% of one core)",
+            unit: "%",
+            runs: vec![cpu],
+            baseline_name: "",
+            baseline: vec![],
+            target: Target::P50AtMost(0.5),
+        },
+        Figure {
+            name: "idle wake-ups (context switches/s)",
+            unit: "/s",
+            runs: vec![switches],
+            baseline_name: "",
+            baseline: vec![],
+            target: Target::P50AtMost(20.0),
+        },
+    ]
+}
+
+/// 6. Tiny remote builds through the registered machines file (builderd's ssh_config, with
+///    connection sharing), against the same builds through a bare alias without it.
+fn nix_builds(env: &Env, n: usize) -> Figure {
+    env.up();
+    let bare = env.path("bare_ssh_config");
+    std::fs::write(
+        &bare,
+        format!(
+            "Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n  HostKeyAlias {name}\n  UserKnownHostsFile {kh}\n  StrictHostKeyChecking yes\n  BatchMode yes\n  ControlMaster no\n  ControlPath none\n",
+            name = env.name,
+            port = env.port,
+            key = env.path("home/.ssh/id_ed25519").display(),
+            kh = env.path("root/.ssh/known_hosts").display(),
+        ),
+    )
+    .unwrap();
+    let registered = env.path("root/.ssh/config");
+    let mut runs = Vec::new();
+    let mut baseline = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        env.nix_build(&registered, &format!("bench-reg-{i}"));
+        runs.push(ms(t.elapsed()));
+        let t = Instant::now();
+        env.nix_build(&bare, &format!("bench-bare-{i}"));
+        baseline.push(ms(t.elapsed()));
+    }
+    Figure {
+        name: "20 tiny remote builds via the machines file",
+        unit: "ms",
+        runs,
+        baseline_name: "the same builds through a bare alias, no connection reuse",
+        baseline,
+        target: Target::RatioAtMost(0.6),
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let n = |full: usize| {
+        if quick {
+            full.div_ceil(10).max(3)
+        } else {
+            full
+        }
+    };
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut figures = Vec::new();
+    {
+        let env = Env::new("");
+        eprintln!("bench: up with the image cached …");
+        figures.push(up_cached(&env, n(10)));
+        eprintln!("bench: recovery after docker kill …");
+        let (rec, lag) = recovery(&env, n(10));
+        figures.push(rec);
+        figures.push(lag);
+        eprintln!("bench: registration repair …");
+        figures.push(repair(&env, n(200)));
+        eprintln!("bench: status round trip …");
+        figures.push(status_round_trip(&env, n(200)));
+        eprintln!("bench: remote builds …");
+        figures.push(nix_builds(&env, n(20)));
+    }
+    eprintln!("bench: idle footprint …");
+    figures.extend(idle(if quick { 10 } else { 60 }));
+
+    let host = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!("| figure | runs | p50 | p99 | baseline p50 | ratio | target | met |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for f in &figures {
+        let (met, target) = f.verdict();
+        println!(
+            "| {} | {} | {:.2} {u} | {:.2} {u} | {} | {} | {} | {} |",
+            f.name,
+            f.runs.len(),
+            pct(&f.runs, 0.5),
+            pct(&f.runs, 0.99),
+            if f.baseline.is_empty() {
+                "–".to_string()
+            } else {
+                format!(
+                    "{:.2} {} ({})",
+                    pct(&f.baseline, 0.5),
+                    f.unit,
+                    f.baseline_name
+                )
+            },
+            f.ratio().map_or("–".to_string(), |r| format!("{r:.2}")),
+            target,
+            if met { "yes" } else { "**no**" },
+            u = f.unit,
+        );
+    }
+    println!(
+        "\n{} cores, {host}; {}",
+        cores,
+        if quick { "quick run" } else { "full run" }
+    );
+    let report = json!({
+        "started_unix": started,
+        "machine": { "cores": cores, "cpu": host },
+        "quick": quick,
+        "figures": figures.iter().map(Figure::json).collect::<Vec<_>>(),
+    });
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-report.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap()).unwrap();
+    eprintln!("bench: wrote {}", path.display());
+}
