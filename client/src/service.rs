@@ -248,8 +248,10 @@ pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool
             }
             let _ = builderd::client::request(&cfg.socket, Request::Shutdown, |_| {}).await;
         }
-        if let Err(e) = builderd::docker::purge_images(cfg).await {
-            out.error(&format!("could not remove the images: {e}"));
+        match builderd::docker::purge_image(cfg).await {
+            Ok(Some(tag)) => out.info(&format!("removed the image {tag}")),
+            Ok(None) => {}
+            Err(e) => out.error(&format!("could not remove the image: {e}")),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         match std::fs::remove_dir_all(&cfg.state_dir) {

@@ -337,15 +337,12 @@ pub async fn build_image(
     if ctx.embedded {
         buildargs.insert("BASE_IMAGE".to_string(), cfg.image.base_image.clone());
     }
-    let mut labels = HashMap::new();
-    labels.insert(LABEL_INSTANCE.to_string(), cfg.container_name.clone());
     let opts = BuildImageOptions {
         dockerfile: "Dockerfile".to_string(),
         t: tag.to_string(),
         rm: true,
         forcerm: true,
         buildargs,
-        labels,
         platform: build_platform(cfg),
         ..Default::default()
     };
@@ -687,35 +684,32 @@ pub fn logs_stream<'a>(
         .map(|r| r.map(|c| c.to_string()))
 }
 
-/// Removes every image builderd built for this instance (by label), and the base it made.
-pub async fn purge_images(cfg: &Config) -> Result<(), DockerError> {
+/// Removes the image built for `cfg`, unless another container still uses it. The base image
+/// stays: it is shared, and making it again takes a minute.
+pub async fn purge_image(cfg: &Config) -> Result<Option<String>, DockerError> {
     let docker = connect(&resolve_endpoint(cfg)).await?;
+    let (tag, _) = image_for(cfg)?;
+    if !image_exists(&docker, &tag).await? {
+        return Ok(None);
+    }
     let mut filters = HashMap::new();
-    filters.insert(
-        "label".to_string(),
-        vec![format!("{LABEL_INSTANCE}={}", cfg.container_name)],
-    );
-    let images = docker
-        .list_images(Some(bollard::image::ListImagesOptions {
-            all: false,
+    filters.insert("ancestor".to_string(), vec![tag.clone()]);
+    let users = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
             filters,
             ..Default::default()
         }))
         .await
-        .map_err(DockerError::api("listing images"))?;
-    for img in images {
-        let _ = docker
-            .remove_image(
-                &img.id,
-                Some(bollard::image::RemoveImageOptions {
-                    force: true,
-                    noprune: false,
-                }),
-                None,
-            )
-            .await;
+        .map_err(DockerError::api("listing containers"))?;
+    if !users.is_empty() {
+        return Ok(None);
     }
-    Ok(())
+    docker
+        .remove_image(&tag, None, None)
+        .await
+        .map_err(DockerError::api(format!("removing {tag}")))?;
+    Ok(Some(tag))
 }
 
 #[cfg(test)]
