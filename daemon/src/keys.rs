@@ -54,6 +54,18 @@ pub enum KeyError {
     },
 }
 
+impl KeyError {
+    /// The config key that names the file this error is about.
+    pub fn config_key(&self) -> &'static str {
+        match self {
+            KeyError::PrivateMissing(_)
+            | KeyError::PrivateUnreadable { .. }
+            | KeyError::Encrypted(_) => "private_key",
+            _ => "public_key",
+        }
+    }
+}
+
 /// A checked client key pair.
 #[derive(Clone)]
 pub struct ClientKeys {

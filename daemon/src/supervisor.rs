@@ -317,6 +317,21 @@ impl Supervisor {
         }
     }
 
+    /// The client key pair; an error names the config file, the line and the key too.
+    fn client_keys(&self) -> Result<ClientKeys, Failure> {
+        keys::load_client_keys(&self.cfg.public_key, &self.cfg.private_key).map_err(|e| {
+            let key = e.config_key();
+            let problem = e.to_string();
+            Failure::new(
+                ErrorKind::Invalid,
+                format!(
+                    "{problem}\n({})",
+                    self.cfg.key_error(key, "names this file".into())
+                ),
+            )
+        })
+    }
+
     /// Schedules a reconcile after `delay`, keeping a later one already scheduled.
     fn schedule_retry(&mut self, delay: Duration) {
         let at = Instant::now() + delay;
@@ -327,8 +342,7 @@ impl Supervisor {
     async fn up(&mut self, say: Say<'_>) -> Result<String, Failure> {
         self.deaths = 0;
         // Bad input is refused before anything is recorded or started.
-        keys::load_client_keys(&self.cfg.public_key, &self.cfg.private_key)
-            .map_err(|e| Failure::new(ErrorKind::Invalid, e))?;
+        self.client_keys()?;
         let was_up = self.status.borrow().state == State::Up;
         let before = self.persisted.desired;
         if before != Desired::Up {
@@ -447,8 +461,7 @@ impl Supervisor {
         }
 
         say(step("keys", "checking the key pair"));
-        let keys = keys::load_client_keys(&cfg.public_key, &cfg.private_key)
-            .map_err(|e| Failure::new(ErrorKind::Invalid, e))?;
+        let keys = self.client_keys()?;
 
         let docker = self.docker().await?;
         let (tag, ctx) = docker::image_for(&cfg)?;
@@ -923,6 +936,11 @@ impl Supervisor {
             Ok(_) => {
                 self.deaths = 0;
                 self.unhealthy_since = None;
+                // The builder answers, but can the engine still be reached to keep it so?
+                if self.docker().await.is_err() {
+                    let _ = self.reconcile(&|_| {}).await;
+                    return;
+                }
                 if let Some(w) = self.wanted.clone()
                     && !w.machines_listed
                 {
