@@ -297,6 +297,36 @@ fn status_round_trip(env: &Env, n: usize) -> Figure {
     }
 }
 
+/// 4b. The same question without process start-up on either side: the daemon's status over its
+///     socket, against the engine's inspect over its API.
+fn status_in_process(env: &Env, n: usize) -> Figure {
+    let cfg = builderd::config::Config::load(&env.config).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let docker = builderd::docker::connect(&builderd::docker::resolve_endpoint(&cfg)).await.unwrap();
+        let mut runs = Vec::new();
+        let mut baseline = Vec::new();
+        for _ in 0..n {
+            let t = Instant::now();
+            builderd::client::request(&cfg.socket, builderd::protocol::Request::Status, |_| {})
+                .await
+                .unwrap();
+            runs.push(ms(t.elapsed()));
+            let t = Instant::now();
+            docker.inspect_container(&cfg.container_name, None).await.unwrap();
+            baseline.push(ms(t.elapsed()));
+        }
+        Figure {
+            name: "status over the socket (library client)",
+            unit: "ms",
+            runs,
+            baseline_name: "container inspect over the engine API (bollard)",
+            baseline,
+            target: Target::SpeedupAtLeast(20.0),
+        }
+    })
+}
+
 fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .unwrap_or_default()
@@ -438,6 +468,7 @@ fn main() {
         figures.push(repair(&env, n(200)));
         eprintln!("bench: status round trip …");
         figures.push(status_round_trip(&env, n(200)));
+        figures.push(status_in_process(&env, n(200)));
         eprintln!("bench: remote builds …");
         figures.push(nix_builds(&env, n(20)));
     }
