@@ -301,9 +301,14 @@ fn status_round_trip(env: &Env, n: usize) -> Figure {
 ///     socket, against the engine's inspect over its API.
 fn status_in_process(env: &Env, n: usize) -> Figure {
     let cfg = builderd::config::Config::load(&env.config).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let docker = builderd::docker::connect(&builderd::docker::resolve_endpoint(&cfg)).await.unwrap();
+        let docker = builderd::docker::connect(&builderd::docker::resolve_endpoint(&cfg))
+            .await
+            .unwrap();
         let mut runs = Vec::new();
         let mut baseline = Vec::new();
         for _ in 0..n {
@@ -313,7 +318,10 @@ fn status_in_process(env: &Env, n: usize) -> Figure {
                 .unwrap();
             runs.push(ms(t.elapsed()));
             let t = Instant::now();
-            docker.inspect_container(&cfg.container_name, None).await.unwrap();
+            docker
+                .inspect_container(&cfg.container_name, None)
+                .await
+                .unwrap();
             baseline.push(ms(t.elapsed()));
         }
         Figure {

@@ -178,6 +178,21 @@ fn report(err: &ClientError, out: &output::Out) -> u8 {
     }
 }
 
+/// The exit code of a request whose answer is `done`.
+fn done(r: Result<Reply, ClientError>, out: &output::Out) -> u8 {
+    match r {
+        Ok(Reply::Done { message }) => {
+            out.info(&message);
+            exit::OK
+        }
+        Ok(other) => {
+            out.error(&format!("unexpected reply: {other:?}"));
+            exit::FAILURE
+        }
+        Err(e) => report(&e, out),
+    }
+}
+
 async fn run(cmd: Cmd, cfg: &Config, config_path: &Path, out: &output::Out) -> u8 {
     match cmd {
         Cmd::Up => {
@@ -195,17 +210,7 @@ async fn run(cmd: Cmd, cfg: &Config, config_path: &Path, out: &output::Out) -> u
             let progress = out.progress();
             let r = client::exchange(stream, Request::Up, |p| progress.step(&p)).await;
             progress.finish();
-            match r {
-                Ok(Reply::Done { message }) => {
-                    out.info(&message);
-                    exit::OK
-                }
-                Ok(other) => {
-                    out.error(&format!("unexpected reply: {other:?}"));
-                    exit::FAILURE
-                }
-                Err(e) => report(&e, out),
-            }
+            done(r, out)
         }
         Cmd::Down | Cmd::Shutdown | Cmd::Gc => {
             let req = match cmd {
@@ -213,17 +218,7 @@ async fn run(cmd: Cmd, cfg: &Config, config_path: &Path, out: &output::Out) -> u
                 Cmd::Gc => Request::Gc,
                 _ => Request::Shutdown,
             };
-            match client::request(&cfg.socket, req, |_| {}).await {
-                Ok(Reply::Done { message }) => {
-                    out.info(&message);
-                    exit::OK
-                }
-                Ok(other) => {
-                    out.error(&format!("unexpected reply: {other:?}"));
-                    exit::FAILURE
-                }
-                Err(e) => report(&e, out),
-            }
+            done(client::request(&cfg.socket, req, |_| {}).await, out)
         }
         Cmd::Status { json, watch } => output::status(cfg, json, watch, out).await,
         Cmd::Check => match client::request(&cfg.socket, Request::Check, |_| {}).await {

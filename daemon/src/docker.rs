@@ -455,21 +455,27 @@ pub struct Found {
     pub restart_count: u32,
 }
 
-/// Finds the container named `name` that carries builderd's label for this instance.
-pub async fn find(docker: &Docker, name: &str) -> Result<Option<Found>, DockerError> {
+/// Every container, running or not, that matches one engine filter.
+async fn list_containers(
+    docker: &Docker,
+    filter: &str,
+    value: &str,
+) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
     let mut filters = HashMap::new();
-    filters.insert(
-        "label".to_string(),
-        vec![format!("{LABEL_INSTANCE}={name}")],
-    );
-    let list = docker
+    filters.insert(filter.to_string(), vec![value.to_string()]);
+    docker
         .list_containers(Some(ListContainersOptions {
             all: true,
             filters,
             ..Default::default()
         }))
         .await
-        .map_err(DockerError::api("listing containers"))?;
+        .map_err(DockerError::api("listing containers"))
+}
+
+/// Finds the container named `name` that carries builderd's label for this instance.
+pub async fn find(docker: &Docker, name: &str) -> Result<Option<Found>, DockerError> {
+    let list = list_containers(docker, "label", &format!("{LABEL_INSTANCE}={name}")).await?;
     let Some(c) = list.into_iter().find(|c| {
         c.names
             .iter()
@@ -692,16 +698,7 @@ pub async fn purge_image(cfg: &Config) -> Result<Option<String>, DockerError> {
     if !image_exists(&docker, &tag).await? {
         return Ok(None);
     }
-    let mut filters = HashMap::new();
-    filters.insert("ancestor".to_string(), vec![tag.clone()]);
-    let users = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters,
-            ..Default::default()
-        }))
-        .await
-        .map_err(DockerError::api("listing containers"))?;
+    let users = list_containers(&docker, "ancestor", &tag).await?;
     if !users.is_empty() {
         return Ok(None);
     }

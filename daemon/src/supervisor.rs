@@ -638,21 +638,41 @@ impl Supervisor {
                 return Ok(k);
             }
             n += 1;
-            if n.is_multiple_of(10) {
-                self.ensure_running(docker, id).await?;
-            }
-            if Instant::now() > deadline {
-                return Err(Failure::new(
-                    ErrorKind::Failed,
-                    format!(
-                        "the builder did not write its host key {} within 60 s; its log:\n{}",
-                        path.display(),
-                        docker::last_logs(docker, id, 20).await
-                    ),
-                ));
-            }
+            self.keep_waiting(docker, id, n, deadline, || {
+                format!(
+                    "the builder did not write its host key {} within 60 s",
+                    path.display()
+                )
+            })
+            .await?;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// One more round of waiting for the container: every tenth round it must still run, and
+    /// past `deadline` the wait fails with `why` and the container's log.
+    async fn keep_waiting(
+        &self,
+        docker: &Docker,
+        id: &str,
+        round: u32,
+        deadline: Instant,
+        why: impl FnOnce() -> String,
+    ) -> Result<(), Failure> {
+        if round.is_multiple_of(10) {
+            self.ensure_running(docker, id).await?;
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::new(
+                ErrorKind::Failed,
+                format!(
+                    "{}; its log:\n{}",
+                    why(),
+                    docker::last_logs(docker, id, 20).await
+                ),
+            ));
+        }
+        Ok(())
     }
 
     async fn ensure_running(&self, docker: &Docker, id: &str) -> Result<(), Failure> {
@@ -698,19 +718,13 @@ impl Supervisor {
                 }
                 Err((stage, msg)) => {
                     n += 1;
-                    if n.is_multiple_of(10) {
-                        self.ensure_running(docker, id).await?;
-                    }
-                    if Instant::now() > deadline {
-                        return Err(Failure::new(
-                            ErrorKind::Failed,
-                            format!(
-                                "the builder did not become healthy within 60 s (last failure at {}: {msg}); its log:\n{}",
-                                stage.as_str(),
-                                docker::last_logs(docker, id, 20).await
-                            ),
-                        ));
-                    }
+                    self.keep_waiting(docker, id, n, deadline, || {
+                        format!(
+                            "the builder did not become healthy within 60 s (last failure at {}: {msg})",
+                            stage.as_str()
+                        )
+                    })
+                    .await?;
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
             }

@@ -571,3 +571,24 @@ pub fn redact(env: &Env, text: &str) -> String {
     t = t.replace(&format!("port {}", env.port), "port [PORT]");
     t
 }
+
+/// A copy of the embedded build context whose Dockerfile ends with `extra` (a line that makes
+/// the image this test's own).
+pub fn context_with(extra: &str) -> tempfile::TempDir {
+    let ctx = tempfile::tempdir().unwrap();
+    for (name, bytes, _) in builderd::docker::EMBEDDED_CONTEXT {
+        std::fs::write(ctx.path().join(name), bytes).unwrap();
+    }
+    let p = ctx.path().join("Dockerfile");
+    let mut df = std::fs::read_to_string(&p).unwrap();
+    df.push_str(extra);
+    df.push('\n');
+    std::fs::write(p, df).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        ctx.path().join("entrypoint.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    ctx
+}

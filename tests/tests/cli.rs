@@ -199,20 +199,10 @@ fn a_real_terminal_shows_progress_and_status_watch() {
         return;
     }
     // A context of its own, with a slow step, so that the image build is there to be seen.
-    let ctx = tempfile::tempdir().unwrap();
-    for f in ["Dockerfile", "entrypoint.sh", "sshd_config"] {
-        std::fs::copy(
-            format!("{}/../docker/{f}", env!("CARGO_MANIFEST_DIR")),
-            ctx.path().join(f),
-        )
-        .unwrap();
-    }
     let nonce = format!("{:?}", std::time::SystemTime::now());
-    let mut df = std::fs::read_to_string(ctx.path().join("Dockerfile")).unwrap();
-    df.push_str(&format!(
-        "RUN echo '{nonce}' > /etc/builderd-test-nonce && sleep 3\n"
+    let ctx = builderd_tests::context_with(&format!(
+        "RUN echo '{nonce}' > /etc/builderd-test-nonce && sleep 3"
     ));
-    std::fs::write(ctx.path().join("Dockerfile"), df).unwrap();
     let env = Env::new(&format!("[image]\ncontext = \"{}\"", ctx.path().display()));
     let session = env.name.clone();
     let ctl = builderd_tests::bin_dir().join("builderctl");

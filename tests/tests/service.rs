@@ -134,20 +134,10 @@ fn uninstall_purge_removes_the_builder_image_state_and_registrations() {
         return;
     }
     // An image of its own, so that removing it touches no other test.
-    let ctx = tempfile::tempdir().unwrap();
-    for f in ["Dockerfile", "entrypoint.sh", "sshd_config"] {
-        std::fs::copy(
-            format!("{}/../docker/{f}", env!("CARGO_MANIFEST_DIR")),
-            ctx.path().join(f),
-        )
-        .unwrap();
-    }
-    let mut df = std::fs::read_to_string(ctx.path().join("Dockerfile")).unwrap();
-    df.push_str(&format!(
-        "LABEL builderd-test-purge=\"{:?}\"\n",
+    let ctx = builderd_tests::context_with(&format!(
+        "LABEL builderd-test-purge=\"{:?}\"",
         std::time::SystemTime::now()
     ));
-    std::fs::write(ctx.path().join("Dockerfile"), df).unwrap();
     let env = Env::new(&format!("[image]\ncontext = \"{}\"", ctx.path().display()));
     std::fs::write(env.path("etc/nix/nix.conf"), "max-jobs = 2\n").unwrap();
     env.up();
