@@ -47,7 +47,10 @@ impl Wanted {
         base64::engine::general_purpose::STANDARD.encode(format!("{}\n", self.host_key_line))
     }
 
-    /// The machines line, all 8 fields.
+    /// The machines line, all 8 fields. Field 8 pins the host key for the alias form. Nix writes
+    /// it into a temporary known_hosts under the bare host name, which OpenSSH does not look up
+    /// for a non-22 port; so the `host:port` form leaves it `-` and relies on root's
+    /// known_hosts, where builderd keeps `[localhost]:PORT`.
     pub fn machines_line(&self) -> String {
         let features = if self.features.is_empty() {
             "-".to_string()
@@ -62,7 +65,17 @@ impl Wanted {
             self.max_jobs,
             self.speed_factor,
             features,
-            self.host_key_b64()
+            if self.uri.contains('@')
+                && self
+                    .uri
+                    .rsplit(':')
+                    .next()
+                    .is_some_and(|p| p.parse::<u16>().is_ok())
+            {
+                "-".to_string()
+            } else {
+                self.host_key_b64()
+            }
         )
     }
 
@@ -473,6 +486,17 @@ mod tests {
             features: vec!["big-parallel".into()],
             machines_listed: true,
         }
+    }
+
+    #[test]
+    fn host_port_form_relies_on_known_hosts() {
+        let w = Wanted {
+            uri: "ssh-ng://root@localhost:2299".into(),
+            ..wanted()
+        };
+        let l = w.machines_line();
+        assert_eq!(l.split(' ').count(), 8);
+        assert!(l.ends_with(" - -"), "{l}");
     }
 
     #[test]
