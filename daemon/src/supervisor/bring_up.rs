@@ -1,0 +1,313 @@
+//! Bringing the builder up: image, volume, container, host key, health, registrations.
+
+use super::*;
+
+impl Supervisor {
+    pub(super) async fn try_reconcile(&mut self, say: Say<'_>) -> Result<bool, Failure> {
+        let cfg = self.cfg.clone();
+        let mut changed = false;
+        if self.status.borrow().state != State::Up {
+            self.set_state(State::Starting, None);
+        }
+
+        say(step("keys", "checking the key pair"));
+        let keys = self.client_keys()?;
+
+        let docker = self.docker().await?;
+        let (tag, ctx) = docker::image_for(&cfg)?;
+        let spec = Spec::from_config(&cfg, &tag);
+        if docker::name_taken_by_other(&docker, &cfg.container_name).await? {
+            return Err(Failure::new(
+                ErrorKind::Invalid,
+                format!(
+                    "a container named {} exists that builderd did not make: remove it (`docker rm -f {0}`) or set `container_name` in the config",
+                    cfg.container_name
+                ),
+            ));
+        }
+        let mut found = docker::find(&docker, &cfg.container_name).await?;
+        if let Some(f) = &found
+            && f.spec_hash.as_deref() != Some(spec.hash().as_str())
+        {
+            say(step(
+                "container",
+                "the configuration changed: re-creating the container",
+            ));
+            docker::remove(&docker, &f.id).await?;
+            found = None;
+            changed = true;
+        }
+        if !found.as_ref().is_some_and(|f| f.running) && !crate::port::is_free(cfg.port) {
+            return Err(DockerError::PortTaken {
+                port: cfg.port,
+                holder: crate::port::holder(cfg.port)
+                    .map(|h| format!(" by {h}"))
+                    .unwrap_or_default(),
+            }
+            .into());
+        }
+
+        if !docker::image_exists(&docker, &tag).await? {
+            if ctx.embedded {
+                say(step(
+                    "base-image",
+                    format!("checking the base image {}", cfg.image.base_image),
+                ));
+                let say_base = |m: String| say(step("base-image", m));
+                crate::base_image::ensure(&docker, &cfg, &say_base)
+                    .await
+                    .map_err(|e| match e {
+                        crate::base_image::BaseError::Docker(d) => Failure::from(d),
+                        other => Failure::new(ErrorKind::Failed, other),
+                    })?;
+            }
+            say(step("image", format!("building {tag}")));
+            let say_build = |m: String, n: Option<(u64, u64)>| {
+                say(Progress {
+                    stage: "image".into(),
+                    message: m,
+                    current: n.map(|n| n.0),
+                    total: n.map(|n| n.1),
+                })
+            };
+            docker::build_image(&docker, &cfg, &tag, &ctx, &say_build).await?;
+            changed = true;
+        }
+
+        // The volume: the client's public key as host.pub.
+        let vol = cfg.volume_dir();
+        std::fs::create_dir_all(&vol).map_err(|e| {
+            Failure::new(
+                ErrorKind::Failed,
+                format!("cannot create {}: {e}", vol.display()),
+            )
+        })?;
+        let host_pub = vol.join("host.pub");
+        let line = format!("{}\n", keys.public_line);
+        let key_changed = std::fs::read_to_string(&host_pub).ok().as_deref() != Some(line.as_str());
+        if key_changed {
+            crate::fsutil::write_atomic(&host_pub, line.as_bytes(), 0o644)
+                .map_err(|e| Failure::new(ErrorKind::Failed, e))?;
+        }
+
+        let id = match found {
+            Some(f) => {
+                if !f.running {
+                    say(step("container", "starting the container"));
+                    docker::start(&docker, &f.id, cfg.port).await?;
+                    changed = true;
+                } else if key_changed {
+                    say(step(
+                        "container",
+                        "the client key changed: updating authorized_keys",
+                    ));
+                    install_client_key(&docker, &f.id).await?;
+                    changed = true;
+                }
+                f.id
+            }
+            None => {
+                say(step(
+                    "container",
+                    format!("creating container {}", cfg.container_name),
+                ));
+                let id = docker::create(&docker, &spec).await?;
+                if let Err(e) = docker::start(&docker, &id, cfg.port).await {
+                    let _ = docker::remove(&docker, &id).await;
+                    return Err(e.into());
+                }
+                changed = true;
+                id
+            }
+        };
+        self.set_container(&id, &tag, "running");
+        self.finish_up(&docker, &id, keys, say, changed).await
+    }
+
+    pub(super) fn set_container(&self, id: &str, image: &str, state: &str) {
+        let name = self.cfg.container_name.clone();
+        self.set(|s| {
+            let restarts = s.container.as_ref().map_or(0, |c| c.restarts);
+            s.container = Some(ContainerInfo {
+                name,
+                id: id.chars().take(12).collect(),
+                image: image.into(),
+                state: state.into(),
+                restarts,
+            })
+        });
+    }
+
+    pub(super) async fn finish_up(
+        &mut self,
+        docker: &Docker,
+        id: &str,
+        keys: ClientKeys,
+        say: Say<'_>,
+        mut changed: bool,
+    ) -> Result<bool, Failure> {
+        say(step("host-key", "waiting for the builder's host key"));
+        let host_key = self.wait_host_key(docker, id).await?;
+        let fp = keys::fingerprint(&host_key);
+        if let Some(old) = &self.persisted.host_key_fingerprint
+            && *old != fp
+        {
+            tracing::warn!(from = %old, to = %fp, "the builder's host key changed");
+            let change = HostKeyChange {
+                from: old.clone(),
+                to: fp.clone(),
+                at: now(),
+            };
+            self.set(|s| s.host_key_changed = Some(change));
+        }
+        self.set(|s| s.host_key_fingerprint = Some(fp.clone()));
+        self.host_key = Some(host_key.clone());
+        self.keys = Some(keys.clone());
+
+        say(step("health", "waiting for sshd to answer"));
+        let facts = self.wait_healthy(docker, id, &host_key, &keys).await?;
+
+        say(step("register", "writing the registrations"));
+        changed |= self.register(&host_key, &facts)?;
+        if self.persisted.host_key_fingerprint.as_deref() != Some(fp.as_str()) {
+            self.persisted.host_key_fingerprint = Some(fp);
+            self.save()?;
+        }
+        self.failures = 0;
+        Ok(changed)
+    }
+
+    pub(super) async fn wait_host_key(
+        &self,
+        docker: &Docker,
+        id: &str,
+    ) -> Result<PublicKey, Failure> {
+        let path = self.cfg.volume_dir().join("id_ed25519.pub");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut n = 0u32;
+        loop {
+            if let Ok(bytes) = std::fs::read(&path)
+                && let Ok(k) = keys::parse_public(&path, &bytes)
+            {
+                return Ok(k);
+            }
+            n += 1;
+            self.keep_waiting(docker, id, n, deadline, || {
+                format!(
+                    "the builder did not write its host key {} within 60 s",
+                    path.display()
+                )
+            })
+            .await?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// One more round of waiting for the container: every tenth round it must still run, and
+    /// past `deadline` the wait fails with `why` and the container's log.
+    pub(super) async fn keep_waiting(
+        &self,
+        docker: &Docker,
+        id: &str,
+        round: u32,
+        deadline: Instant,
+        why: impl FnOnce() -> String,
+    ) -> Result<(), Failure> {
+        if round.is_multiple_of(10) {
+            self.ensure_running(docker, id).await?;
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::new(
+                ErrorKind::Failed,
+                format!(
+                    "{}; its log:\n{}",
+                    why(),
+                    docker::last_logs(docker, id, 20).await
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) async fn ensure_running(&self, docker: &Docker, id: &str) -> Result<(), Failure> {
+        let c = docker.inspect_container(id, None).await.map_err(|e| {
+            Failure::new(ErrorKind::Failed, format!("inspecting the container: {e}"))
+        })?;
+        let st = c.state.unwrap_or_default();
+        if st.running == Some(true) {
+            return Ok(());
+        }
+        Err(Failure::new(
+            ErrorKind::Failed,
+            format!(
+                "the container exited (code {}); its last lines:\n{}",
+                st.exit_code.unwrap_or(-1),
+                docker::last_logs(docker, id, 20).await
+            ),
+        ))
+    }
+
+    pub(super) async fn wait_healthy(
+        &mut self,
+        docker: &Docker,
+        id: &str,
+        host_key: &PublicKey,
+        keys: &ClientKeys,
+    ) -> Result<health::Facts, Failure> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut n = 0u32;
+        loop {
+            let out = health::check(self.cfg.port, host_key, keys.private.clone()).await;
+            self.record_health(&out);
+            match out.result {
+                Ok(facts) => return Ok(facts),
+                // The wrong host key or a refused client key will not fix itself.
+                Err((stage @ (health::Stage::Auth | health::Stage::Handshake), msg))
+                    if msg.contains("pinned") || stage == health::Stage::Auth =>
+                {
+                    return Err(Failure::new(
+                        ErrorKind::Failed,
+                        format!("health check failed at {}: {msg}", stage.as_str()),
+                    ));
+                }
+                Err((stage, msg)) => {
+                    n += 1;
+                    self.keep_waiting(docker, id, n, deadline, || {
+                        format!(
+                            "the builder did not become healthy within 60 s (last failure at {}: {msg})",
+                            stage.as_str()
+                        )
+                    })
+                    .await?;
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Puts the volume's host.pub into root's authorized_keys in the running container.
+async fn install_client_key(docker: &Docker, id: &str) -> Result<(), Failure> {
+    let (code, out) = docker::exec(
+        docker,
+        id,
+        &[
+            "install",
+            "-m",
+            "600",
+            "/var/lib/nix-builder/host.pub",
+            "/root/.ssh/authorized_keys",
+        ],
+    )
+    .await?;
+    if code != 0 {
+        return Err(Failure::new(
+            ErrorKind::Failed,
+            format!(
+                "updating authorized_keys in the container failed ({code}): {}",
+                out.trim()
+            ),
+        ));
+    }
+    Ok(())
+}

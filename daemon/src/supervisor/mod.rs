@@ -1,0 +1,622 @@
+//! The one task that owns the builder. Requests from clients, Docker events, health ticks and
+//! file changes all arrive here over channels, so that everything that changes the builder or
+//! its files happens one thing at a time.
+//!
+//! Architecture invariant: the supervisor reconciles. It computes what is wanted (from the
+//! persisted desired state and the config), observes what is (the engine, the volume, the
+//! files), acts on the difference, and records only what succeeded. A failure is reported in
+//! status and retried with backoff; it never ends the daemon.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bollard::Docker;
+use russh::keys::PublicKey;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::Config;
+use crate::docker::{self, DockerError, Endpoint, Spec};
+use crate::health;
+use crate::keys::{self, ClientKeys};
+use crate::protocol::{
+    BuilderInfo, ContainerInfo, ErrorKind, HealthReport, HostKeyChange, Progress, State, Status,
+};
+use crate::registration::{self, Wanted};
+use crate::state::{Desired, Persisted};
+
+mod bring_up;
+mod events;
+mod health_tick;
+mod registrations;
+
+pub use events::watch_events;
+use registrations::restart_nix_daemon;
+
+/// A failed request: its class and the message for people.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(kind: ErrorKind, message: impl std::fmt::Display) -> Failure {
+        Failure {
+            kind,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<DockerError> for Failure {
+    fn from(e: DockerError) -> Failure {
+        let kind = match &e {
+            DockerError::Unreachable { .. } => ErrorKind::Docker,
+            DockerError::Api { source, .. } if docker::is_connection_error(source) => {
+                ErrorKind::Docker
+            }
+            DockerError::PortTaken { .. }
+            | DockerError::PrivilegedRefused { .. }
+            | DockerError::Context { .. } => ErrorKind::Invalid,
+            _ => ErrorKind::Failed,
+        };
+        Failure::new(kind, e)
+    }
+}
+
+pub type Reply = oneshot::Sender<Result<String, Failure>>;
+
+/// What the supervisor is asked to do.
+pub enum Command {
+    Up {
+        progress: mpsc::UnboundedSender<Progress>,
+        reply: Reply,
+    },
+    Down {
+        reply: Reply,
+    },
+    Check {
+        reply: Reply,
+    },
+    Gc {
+        reply: Reply,
+    },
+    /// Something outside changed: a container event, a file edit. Reconcile.
+    Poke(&'static str),
+    /// The engine reported `action` for the container, `lag_ms` after its own timestamp.
+    Seen {
+        action: String,
+        lag_ms: f64,
+    },
+}
+
+/// The client side of the supervisor.
+#[derive(Clone)]
+pub struct Handle {
+    pub commands: mpsc::Sender<Command>,
+    pub status: watch::Receiver<Status>,
+}
+
+type Say<'a> = &'a (dyn Fn(Progress) + Send + Sync);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn step(stage: &str, message: impl Into<String>) -> Progress {
+    Progress {
+        stage: stage.into(),
+        message: message.into(),
+        current: None,
+        total: None,
+    }
+}
+
+pub struct Supervisor {
+    cfg: Config,
+    endpoint: Endpoint,
+    docker: Option<Docker>,
+    persisted: Persisted,
+    status: watch::Sender<Status>,
+    keys: Option<ClientKeys>,
+    host_key: Option<PublicKey>,
+    /// Repairs per registration file path.
+    repairs: HashMap<String, u32>,
+    failures: u32,
+    /// Consecutive container deaths that builderd did not cause, for crash-loop backoff.
+    deaths: u32,
+    next_retry: Option<Instant>,
+    docker_wait_logged: bool,
+    /// What was last registered; re-applied when a file is edited.
+    wanted: Option<Wanted>,
+    watcher: Option<crate::watcher::FileWatcher>,
+    /// Since when health checks fail (for taking the machines line out).
+    unhealthy_since: Option<Instant>,
+}
+
+impl Supervisor {
+    pub fn new(cfg: Config) -> (Supervisor, watch::Receiver<Status>) {
+        let endpoint = docker::resolve_endpoint(&cfg);
+        let persisted = Persisted::load(&cfg.state_dir);
+        let status = Status {
+            version: crate::VERSION.into(),
+            protocol: crate::protocol::PROTOCOL,
+            pid: std::process::id(),
+            state: State::Down,
+            healthy: false,
+            desired: persisted.desired.as_str().into(),
+            reason: None,
+            port: cfg.port,
+            up_since: None,
+            container: None,
+            host_key_fingerprint: persisted.host_key_fingerprint.clone(),
+            host_key_changed: None,
+            last_health: None,
+            builder: None,
+            registrations: Vec::new(),
+            docker_host: format!("{} ({})", endpoint.host, endpoint.source),
+            last_event: None,
+        };
+        let (tx, rx) = watch::channel(status);
+        (
+            Supervisor {
+                cfg,
+                endpoint,
+                docker: None,
+                persisted,
+                status: tx,
+                keys: None,
+                host_key: None,
+                repairs: HashMap::new(),
+                failures: 0,
+                deaths: 0,
+                next_retry: None,
+                docker_wait_logged: false,
+                wanted: None,
+                watcher: None,
+                unhealthy_since: None,
+            },
+            rx,
+        )
+    }
+
+    fn set(&self, f: impl FnOnce(&mut Status)) {
+        self.status.send_modify(f);
+    }
+
+    fn set_state(&self, state: State, reason: Option<String>) {
+        self.set(|s| {
+            s.state = state;
+            s.reason = reason;
+            if state != State::Up && state != State::Degraded {
+                s.healthy = false;
+            }
+        });
+    }
+
+    /// Runs until `shutdown` fires. `events` carries container events from [`watch_events`].
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let (files_tx, mut files) = mpsc::channel(64);
+        match crate::watcher::FileWatcher::new(files_tx) {
+            Ok(w) => self.watcher = Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch files; edits are repaired at the next health check")
+            }
+        }
+        self.watch_files();
+        if self.persisted.desired == Desired::Up {
+            tracing::info!("desired state is up: bringing the builder back");
+            let _ = self.reconcile(&|_| {}).await;
+        } else {
+            self.ensure_down_quietly().await;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(self.cfg.health_interval));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        tick.reset();
+        // A wall-clock jump beyond the monotonic one means the machine slept.
+        let mut wall = SystemTime::now();
+        let mut mono = Instant::now();
+        loop {
+            let retry = self.next_retry;
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                cmd = commands.recv() => match cmd {
+                    None => break,
+                    Some(cmd) => self.handle(cmd).await,
+                },
+                Some(changed) = files.recv() => self.file_changed(changed.0).await,
+                _ = tick.tick() => {
+                    let slept = SystemTime::now()
+                        .duration_since(wall)
+                        .unwrap_or_default()
+                        .saturating_sub(mono.elapsed());
+                    if slept > Duration::from_secs(5) {
+                        tracing::info!(?slept, "the machine slept: checking the builder now");
+                    }
+                    wall = SystemTime::now();
+                    mono = Instant::now();
+                    if self.persisted.desired == Desired::Up {
+                        self.periodic().await;
+                    }
+                }
+                _ = sleep_until(retry), if retry.is_some() => {
+                    self.next_retry = None;
+                    if self.persisted.desired == Desired::Up {
+                        let _ = self.reconcile(&|_| {}).await;
+                    }
+                }
+            }
+        }
+        tracing::info!("supervisor stopped");
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Up { progress, reply } => {
+                let say = move |p: Progress| {
+                    let _ = progress.send(p);
+                };
+                let r = self.up(&say).await;
+                let _ = reply.send(r);
+            }
+            Command::Down { reply } => {
+                let r = self.down().await;
+                let _ = reply.send(r);
+            }
+            Command::Check { reply } => {
+                let r = if self.persisted.desired == Desired::Up {
+                    self.periodic().await;
+                    Ok("checked".to_string())
+                } else {
+                    Err(Failure::new(
+                        ErrorKind::Invalid,
+                        "the builder is down: run `builderctl up` first",
+                    ))
+                };
+                let _ = reply.send(r);
+            }
+            Command::Gc { reply } => {
+                let r = self.gc().await;
+                let _ = reply.send(r);
+            }
+            Command::Seen { action, lag_ms } => {
+                self.set(|s| {
+                    let count = s.last_event.as_ref().map_or(0, |e| e.count) + 1;
+                    s.last_event = Some(crate::protocol::EventSeen {
+                        action,
+                        lag_ms,
+                        count,
+                    });
+                });
+            }
+            Command::Poke(why) => {
+                if self.persisted.desired == Desired::Up {
+                    tracing::info!(why, "reconciling");
+                    if why == "container-died" {
+                        self.deaths += 1;
+                    }
+                    if self.deaths >= 2 && why != "container-died" {
+                        // A retry with backoff is already scheduled.
+                    } else if self.deaths >= 2 {
+                        // A container that keeps dying by itself: back off.
+                        let delay = backoff(self.deaths - 1, Duration::from_secs(60));
+                        self.schedule_retry(delay);
+                        let logs = self.container_logs().await;
+                        self.set_state(
+                            State::Degraded,
+                            Some(format!(
+                                "the container keeps exiting ({} times); next start in {:.0?}. Its last lines:\n{logs}",
+                                self.deaths, delay
+                            )),
+                        );
+                    } else {
+                        let _ = self.reconcile(&|_| {}).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The client key pair; an error names the config file, the line and the key too.
+    fn client_keys(&self) -> Result<ClientKeys, Failure> {
+        keys::load_client_keys(&self.cfg.public_key, &self.cfg.private_key).map_err(|e| {
+            let key = e.config_key();
+            let problem = e.to_string();
+            Failure::new(
+                ErrorKind::Invalid,
+                format!(
+                    "{problem}\n({})",
+                    self.cfg.key_error(key, "names this file".into())
+                ),
+            )
+        })
+    }
+
+    /// Schedules a reconcile after `delay`, keeping a later one already scheduled.
+    fn schedule_retry(&mut self, delay: Duration) {
+        let at = Instant::now() + delay;
+        self.next_retry = Some(self.next_retry.map_or(at, |t| t.max(at)));
+    }
+
+    /// An explicit `up`: records the desired state, then reconciles with progress.
+    async fn up(&mut self, say: Say<'_>) -> Result<String, Failure> {
+        self.deaths = 0;
+        // Bad input is refused before anything is recorded or started.
+        self.client_keys()?;
+        let was_up = self.status.borrow().state == State::Up;
+        let before = self.persisted.desired;
+        if before != Desired::Up {
+            let next = Persisted {
+                desired: Desired::Up,
+                ..self.persisted.clone()
+            };
+            self.save_as(&next)?;
+            self.persisted = next;
+            self.set(|s| s.desired = "up".into());
+        }
+        let changed = match self.reconcile(say).await {
+            Ok(c) => c,
+            Err(f) => {
+                if f.kind == ErrorKind::Invalid && before != Desired::Up {
+                    // Nothing will fix bad input by itself: do not keep retrying it.
+                    self.persisted.desired = before;
+                    let _ = self.save();
+                    self.next_retry = None;
+                    self.set(|s| s.desired = before.as_str().into());
+                    self.set_state(State::Down, Some(f.message.clone()));
+                }
+                return Err(f);
+            }
+        };
+        let st = self.status.borrow().clone();
+        let lat = st
+            .last_health
+            .as_ref()
+            .map(|h| format!(", health check {:.0} ms", h.latency_ms))
+            .unwrap_or_default();
+        Ok(if was_up && !changed {
+            format!(
+                "the builder is already up on 127.0.0.1:{}{lat}; nothing to do",
+                self.cfg.port
+            )
+        } else {
+            format!(
+                "the builder is up on 127.0.0.1:{} (alias `{}`){lat}",
+                self.cfg.port,
+                self.cfg.alias()
+            )
+        })
+    }
+
+    fn save(&self) -> Result<(), Failure> {
+        self.save_as(&self.persisted)
+    }
+
+    /// Writes `state`; the caller takes it as its own only when this succeeded.
+    fn save_as(&self, state: &Persisted) -> Result<(), Failure> {
+        state.save(&self.cfg.state_dir).map_err(|e| {
+            let what = if e.is_disk_full() {
+                "the disk holding the state dir is full: free some space and try again"
+            } else {
+                "check the state dir's permissions"
+            };
+            Failure::new(ErrorKind::Failed, format!("{e}: {what}"))
+        })
+    }
+
+    async fn docker(&mut self) -> Result<Docker, DockerError> {
+        if let Some(d) = &self.docker {
+            // A cheap ping tells whether the cached connection still reaches the engine.
+            if d.ping().await.is_ok() {
+                return Ok(d.clone());
+            }
+            self.docker = None;
+        }
+        let d = docker::connect(&self.endpoint).await?;
+        self.docker = Some(d.clone());
+        Ok(d)
+    }
+
+    /// Brings the builder to the desired state `up`. Returns whether anything changed.
+    async fn reconcile(&mut self, say: Say<'_>) -> Result<bool, Failure> {
+        let result = self.try_reconcile(say).await;
+        match &result {
+            Ok(_) => {
+                self.docker_wait_logged = false;
+                if self.deaths < 2 {
+                    self.next_retry = None;
+                }
+            }
+            Err(f) if f.kind == ErrorKind::Docker => {
+                if !self.docker_wait_logged {
+                    tracing::warn!(error = %f.message, "waiting for Docker");
+                    self.docker_wait_logged = true;
+                }
+                self.failures += 1;
+                self.schedule_retry(backoff(self.failures, Duration::from_secs(30)));
+                self.set_state(State::WaitingForDocker, Some(f.message.clone()));
+            }
+            Err(f) => {
+                tracing::warn!(error = %f.message, "bringing the builder up failed");
+                self.failures += 1;
+                self.schedule_retry(backoff(self.failures, Duration::from_secs(60)));
+                if self.deaths >= 2 {
+                    self.set_state(
+                        State::Degraded,
+                        Some(format!("the container keeps exiting: {}", f.message)),
+                    );
+                } else {
+                    self.set_state(State::Error, Some(f.message.clone()));
+                }
+            }
+        }
+        result
+    }
+
+    async fn container_logs(&mut self) -> String {
+        let Ok(d) = self.docker().await else {
+            return String::new();
+        };
+        match docker::find(&d, &self.cfg.container_name).await {
+            Ok(Some(f)) => docker::last_logs(&d, &f.id, 5).await,
+            _ => String::new(),
+        }
+    }
+
+    /// `down`: records the desired state, removes the container and the registrations.
+    async fn down(&mut self) -> Result<String, Failure> {
+        let was = self.persisted.desired;
+        let next = Persisted {
+            desired: Desired::Down,
+            ..self.persisted.clone()
+        };
+        self.save_as(&next)?;
+        self.persisted = next;
+        self.next_retry = None;
+        self.set(|s| s.desired = "down".into());
+        let mut removed_container = false;
+        let docker_err = match self.docker().await {
+            Ok(d) => match docker::find(&d, &self.cfg.container_name).await {
+                Ok(Some(f)) => {
+                    docker::remove(&d, &f.id).await?;
+                    removed_container = true;
+                    None
+                }
+                Ok(None) => None,
+                Err(e) => Some(e.to_string()),
+            },
+            Err(e) => Some(e.to_string()),
+        };
+        let synced = registration::sync(&self.cfg, None, &mut self.persisted.created);
+        self.save()?;
+        if synced.nix_conf_changed && self.cfg.registration.restart_nix_daemon {
+            restart_nix_daemon();
+        }
+        self.host_key = None;
+        self.set(|s| {
+            s.state = State::Down;
+            s.healthy = false;
+            s.reason = docker_err.clone();
+            s.container = None;
+            s.up_since = None;
+            s.registrations = synced.statuses.clone();
+        });
+        if let Some(e) = docker_err {
+            return Err(Failure::new(
+                ErrorKind::Docker,
+                format!("the registrations are removed, but the container could not be: {e}"),
+            ));
+        }
+        Ok(
+            if was == Desired::Down && !removed_container && !synced.changed {
+                "the builder is already down; nothing to do".to_string()
+            } else {
+                "the builder is down: container removed, registrations removed (the volume and its host key stay)".to_string()
+            },
+        )
+    }
+
+    /// At start with desired `down`: nothing of ours runs, nothing is registered.
+    async fn ensure_down_quietly(&mut self) {
+        if let Ok(d) = self.docker().await
+            && let Ok(Some(f)) = docker::find(&d, &self.cfg.container_name).await
+        {
+            let _ = docker::remove(&d, &f.id).await;
+        }
+        if !self.persisted.created.is_empty() || self.persisted.host_key_fingerprint.is_some() {
+            let _ = registration::sync(&self.cfg, None, &mut self.persisted.created);
+            let _ = self.save();
+        }
+    }
+
+    async fn gc(&mut self) -> Result<String, Failure> {
+        let (Some(host_key), Some(keys)) = (self.host_key.clone(), self.keys.clone()) else {
+            return Err(Failure::new(
+                ErrorKind::Invalid,
+                "the builder is not up: run `builderctl up` first",
+            ));
+        };
+        let out = health::run(
+            self.cfg.port,
+            &host_key,
+            keys.private.clone(),
+            "nix-collect-garbage 2>&1 | tail -n 3; du -sk /nix/store | cut -f1",
+            Duration::from_secs(3600),
+        )
+        .await
+        .map_err(|(stage, m)| {
+            Failure::new(
+                ErrorKind::Failed,
+                format!("gc failed at {}: {m}", stage.as_str()),
+            )
+        })?;
+        let kb = out
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse::<u64>().ok());
+        self.set(|s| {
+            if let Some(b) = &mut s.builder {
+                b.store_bytes = kb.map(|k| k * 1024);
+            }
+        });
+        let _ = self.periodic_facts().await;
+        Ok(out.trim().to_string())
+    }
+
+    async fn periodic_facts(&mut self) -> Option<()> {
+        let host_key = self.host_key.clone()?;
+        let keys = self.keys.clone()?;
+        let out = health::check(self.cfg.port, &host_key, keys.private.clone()).await;
+        self.record_health(&out);
+        Some(())
+    }
+}
+
+/// Exponential backoff with jitter: 0.5 s · 2^(n-1), capped.
+pub fn backoff(n: u32, cap: Duration) -> Duration {
+    let base = Duration::from_millis(500).saturating_mul(1u32 << n.saturating_sub(1).min(16));
+    let base = base.min(cap);
+    // Up to 10 % jitter from the clock's low bits, so that several instances do not align.
+    let jitter = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() % 1000)
+        .unwrap_or(0) as u64;
+    base + base.mul_f64(jitter as f64 / 10_000.0)
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Spawns the supervisor and the Docker event watcher; returns the handle.
+pub fn spawn(
+    cfg: Config,
+    shutdown: watch::Receiver<bool>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Handle {
+    let (sup, status) = Supervisor::new(cfg.clone());
+    let (tx, rx) = mpsc::channel(64);
+    let endpoint = sup.endpoint.clone();
+    tasks.spawn(sup.run(rx, shutdown.clone()));
+    tasks.spawn(watch_events(
+        endpoint,
+        cfg.container_name.clone(),
+        tx.clone(),
+        shutdown,
+    ));
+    Handle {
+        commands: tx,
+        status,
+    }
+}

@@ -1,0 +1,182 @@
+//! Keeping the registrations true: what is wanted, writing it, and following edits.
+
+use super::*;
+
+impl Supervisor {
+    pub(super) fn systems(&self, facts: Option<&health::Facts>) -> Vec<String> {
+        if let Some(s) = &self.cfg.builder.systems {
+            return s.clone();
+        }
+        match facts.map(|f| f.arch.as_str()) {
+            Some("aarch64" | "arm64") => vec!["x86_64-linux".into(), "aarch64-linux".into()],
+            _ => vec!["x86_64-linux".into()],
+        }
+    }
+
+    pub(super) fn wanted(&self, host_key: &PublicKey, facts: Option<&health::Facts>) -> Wanted {
+        let cfg = &self.cfg;
+        let host_port =
+            crate::hostnix::use_host_port(cfg.registration.uri, crate::hostnix::host_version());
+        Wanted {
+            instance: cfg.container_name.clone(),
+            port: cfg.port,
+            alias: cfg.alias().to_string(),
+            host_key_line: keys::key_line(host_key),
+            identity: cfg.private_key.clone(),
+            uri: if host_port {
+                format!("ssh-ng://root@localhost:{}", cfg.port)
+            } else {
+                format!("ssh-ng://{}", cfg.alias())
+            },
+            systems: self.systems(facts),
+            max_jobs: cfg.builder.max_jobs,
+            speed_factor: cfg.builder.speed_factor,
+            features: cfg.builder.supported_features.clone(),
+            machines_listed: true,
+        }
+    }
+
+    /// The files to follow: every registration file, the public key, the builder's host key.
+    pub(super) fn watch_files(&mut self) {
+        let Some(w) = &mut self.watcher else { return };
+        let reg = &self.cfg.registration;
+        let mut files = vec![
+            reg.machines_file.clone(),
+            reg.nix_conf.clone(),
+            reg.nix_conf.with_file_name("nix.custom.conf"),
+            self.cfg.public_key.clone(),
+            self.cfg.volume_dir().join("id_ed25519.pub"),
+        ];
+        files.extend(reg.known_hosts.iter().cloned());
+        files.extend(reg.ssh_config.iter().cloned());
+        w.set_files(files);
+    }
+
+    /// A watched file changed.
+    pub(super) async fn file_changed(&mut self, path: PathBuf) {
+        tracing::debug!(path = %path.display(), "a watched file changed");
+        if self.persisted.desired != Desired::Up {
+            return;
+        }
+        let is = |p: &Path| p == path || std::fs::canonicalize(p).is_ok_and(|c| c == path);
+        if is(&self.cfg.public_key) {
+            self.client_key_changed().await;
+        } else if is(&self.cfg.volume_dir().join("id_ed25519.pub")) {
+            tracing::info!("the builder's host key file changed");
+            let _ = self.reconcile(&|_| {}).await;
+        } else if let Some(w) = self.wanted.clone() {
+            self.resync(&w, Some(&path));
+        }
+    }
+
+    /// Re-applies the registrations; with `edited`, each file that had to be written counts as
+    /// a repair.
+    pub(super) fn resync(&mut self, wanted: &Wanted, edited: Option<&Path>) {
+        tracing::debug!(?edited, "re-applying the registrations");
+        let synced = registration::sync(&self.cfg, Some(wanted), &mut self.persisted.created);
+        let _ = self.save();
+        if edited.is_some() {
+            for w in &synced.written {
+                let key = w.display().to_string();
+                tracing::info!(file = %key, "repaired builderd's entries after an outside edit");
+                *self.repairs.entry(key).or_default() += 1;
+            }
+        }
+        if synced.nix_conf_changed && self.cfg.registration.restart_nix_daemon {
+            restart_nix_daemon();
+        }
+        self.publish_registrations(synced.statuses);
+        self.watch_files();
+    }
+
+    pub(super) fn publish_registrations(
+        &self,
+        mut statuses: Vec<crate::protocol::RegistrationStatus>,
+    ) {
+        for s in &mut statuses {
+            s.repairs = self.repairs.get(&s.path).copied().unwrap_or(0);
+        }
+        let failed: Vec<String> = statuses
+            .iter()
+            .filter(|s| s.state != "ok")
+            .map(|s| format!("{} {}: {}", s.kind, s.path, s.state))
+            .collect();
+        let healthy = self.status.borrow().healthy;
+        self.set(|s| {
+            s.registrations = statuses;
+            // Only a healthy builder's state follows its registrations; waiting for Docker or a
+            // failed start stays what it is.
+            if !healthy || !matches!(s.state, State::Up | State::Degraded | State::Starting) {
+                return;
+            }
+            if failed.is_empty() {
+                s.state = State::Up;
+                s.reason = None;
+            } else {
+                s.state = State::Degraded;
+                s.reason = Some(format!(
+                    "some registrations need you (see `builderctl status`): {}",
+                    failed.join("; ")
+                ));
+            }
+        });
+    }
+
+    /// The user's public key file changed: a new key goes to the container's authorized_keys
+    /// in place; a key that does not match the private key is refused and the old one kept.
+    pub(super) async fn client_key_changed(&mut self) {
+        let keys = match keys::load_client_keys(&self.cfg.public_key, &self.cfg.private_key) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "the public key changed, but it cannot be used; keeping the old one");
+                self.set(|s| {
+                    s.reason = Some(format!(
+                        "the public key changed, but builderd keeps the old one: {e}"
+                    ));
+                });
+                return;
+            }
+        };
+        if self
+            .keys
+            .as_ref()
+            .is_some_and(|k| k.public_line == keys.public_line)
+        {
+            return;
+        }
+        tracing::info!(fingerprint = %keys.fingerprint, "the client key changed");
+        let _ = self.reconcile(&|_| {}).await;
+    }
+
+    /// Writes the registrations. Returns whether a file changed.
+    pub(super) fn register(
+        &mut self,
+        host_key: &PublicKey,
+        facts: &health::Facts,
+    ) -> Result<bool, Failure> {
+        let wanted = self.wanted(host_key, Some(facts));
+        self.unhealthy_since = None;
+        let synced = registration::sync(&self.cfg, Some(&wanted), &mut self.persisted.created);
+        self.wanted = Some(wanted);
+        self.watch_files();
+        self.save()?;
+        if synced.nix_conf_changed && self.cfg.registration.restart_nix_daemon {
+            restart_nix_daemon();
+        }
+        let up_since = self.status.borrow().up_since.unwrap_or_else(now);
+        self.set(|s| s.up_since = Some(up_since));
+        self.publish_registrations(synced.statuses);
+        Ok(synced.changed)
+    }
+}
+
+pub(super) fn restart_nix_daemon() {
+    let runner = builderd_launchd::System;
+    let os = builderd_launchd::Os::current();
+    if let Some(cmd) = builderd_launchd::nix_daemon_restart(os, &runner) {
+        match builderd_launchd::Runner::run(&runner, &cmd) {
+            Ok(_) => tracing::info!(command = %cmd.join(" "), "restarted the nix-daemon"),
+            Err(e) => tracing::warn!(error = %e, "could not restart the nix-daemon"),
+        }
+    }
+}
