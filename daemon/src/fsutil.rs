@@ -100,6 +100,7 @@ pub fn edit_file(
     }
     let _lock = lock_dir(dir)?;
     clean_stale_temps_locked(dir);
+    wait_quiet(path);
     for _ in 0..8 {
         let before = read_optional(path)?;
         let wanted = edit(before.as_deref());
@@ -139,6 +140,29 @@ pub fn edit_file(
         path,
         io::Error::other("the file kept changing under the edit"),
     ))
+}
+
+/// How long a file must go unmodified before builderd replaces it.
+const QUIET: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// Waits (at most half a second) until `path` has not been modified for [`QUIET`]. A writer that
+/// truncates a file and then writes it (`echo > file`, most in-place editors) leaves a moment in
+/// which the file looks empty; replacing it then would send the writer's bytes to the old,
+/// unlinked file. Such writers finish within microseconds, so a file quiet for a moment is whole.
+fn wait_quiet(path: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    while std::time::Instant::now() < deadline {
+        let Ok(modified) = fs::metadata(path).and_then(|m| m.modified()) else {
+            return;
+        };
+        let age = std::time::SystemTime::now()
+            .duration_since(modified)
+            .unwrap_or_default();
+        if age >= QUIET {
+            return;
+        }
+        std::thread::sleep(QUIET - age);
+    }
 }
 
 fn write_temp(

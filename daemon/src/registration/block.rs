@@ -80,10 +80,14 @@ pub fn remove(text: &str, instance: &str) -> String {
 
 /// The lines inside `instance`'s first complete block, without line endings.
 pub fn body(text: &str, instance: &str) -> Option<Vec<String>> {
-    let e = end(instance);
-    let r = spans(text, instance)
-        .into_iter()
-        .find(|r| content(text[r.clone()].lines().last().unwrap_or("")) == e)?;
+    let (b, e) = (begin(instance), end(instance));
+    // A complete block starts with the begin marker and ends with the end marker; an orphan
+    // marker is a span of one line and holds no body.
+    let r = spans(text, instance).into_iter().find(|r| {
+        let mut lines = text[r.clone()].lines();
+        lines.next().map(content) == Some(b.as_str())
+            && lines.last().map(content) == Some(e.as_str())
+    })?;
     let lines: Vec<&str> = text[r].lines().collect();
     Some(
         lines[1..lines.len() - 1]
@@ -174,6 +178,18 @@ mod tests {
         assert_eq!(apply(&edited, "nb", &v(&["old"])), with);
         let orphan = format!("{}\nu\n", begin("nb"));
         assert_eq!(remove(&orphan, "nb"), "u\n");
+    }
+
+    /// Found by fuzzing: a stray end marker alone made `body` index out of bounds.
+    #[test]
+    fn a_stray_end_marker_is_not_a_block() {
+        let stray = "# <<< builderd fz <<<";
+        assert_eq!(body(stray, "fz"), None);
+        let with = apply(stray, "fz", &v(&["machines line"]));
+        assert_eq!(body(&with, "fz"), Some(v(&["machines line"])));
+        assert_eq!(apply(&with, "fz", &v(&["machines line"])), with);
+        let lone_begin = format!("{}\n", begin("fz"));
+        assert_eq!(body(&lone_begin, "fz"), None);
     }
 
     #[test]
