@@ -124,3 +124,36 @@ fn an_unhealthy_builder_leaves_the_machines_file_until_it_recovers() {
     );
     env.nix_build(&env.path("root/.ssh/config"), "relisted");
 }
+
+#[test]
+fn failing_health_checks_restart_the_container() {
+    if skip_docker() {
+        return;
+    }
+    let env = Env::new("health_failures_before_restart = 2");
+    env.up();
+    let started = |env: &Env| {
+        let o = env.docker(&["inspect", "-f", "{{.State.StartedAt}}", &env.name]);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let before = started(&env);
+    // sshd stops taking the key; the container itself keeps running.
+    assert!(
+        env.docker(&["exec", &env.name, "rm", "/root/.ssh/authorized_keys"])
+            .status
+            .success()
+    );
+    env.wait_status(Duration::from_secs(30), "a failed health check", |s| {
+        s["healthy"] == false
+    });
+    // Two failures in a row restart it; its entrypoint puts the key back, and it is healthy.
+    env.wait_status(Duration::from_secs(60), "healthy after the restart", |s| {
+        s["state"] == "up" && s["healthy"] == true
+    });
+    assert_ne!(started(&env), before, "the container was restarted");
+    let log = env.daemon_log();
+    assert!(
+        log.contains("restarting the container after 2 failed health checks"),
+        "{log}"
+    );
+}
