@@ -370,6 +370,19 @@ impl Config {
         Ok(())
     }
 
+    /// The config file again, when its text changed since this was read (`Ok(None)`: unchanged,
+    /// or read from no file).
+    pub fn reloaded(&self) -> Result<Option<Config>, ConfigError> {
+        if self.file.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+        if text == self.text {
+            return Ok(None);
+        }
+        Config::from_toml(&self.file, &text).map(Some)
+    }
+
     /// An error about `key`, naming this config's file and the key's line.
     pub fn key_error(&self, key: &str, problem: String) -> ConfigError {
         ConfigError::Invalid {

@@ -175,3 +175,34 @@ fn privileged_mode_works_or_is_refused_with_the_fix() {
         assert!(!env.path("etc/nix/machines").exists());
     }
 }
+
+#[test]
+fn up_after_a_config_edit_uses_the_new_config() {
+    if skip_docker() {
+        return;
+    }
+    let mut env = Env::new("");
+    env.up();
+    let old = env.port;
+    env.port = builderd_tests::free_port();
+    env.write_config();
+    let out = env.up();
+    assert!(out.contains(&format!("127.0.0.1:{}", env.port)), "{out}");
+    let st = env.status();
+    assert_eq!(st["port"], env.port);
+    let kh = std::fs::read_to_string(env.path("home/.ssh/known_hosts")).unwrap();
+    assert!(
+        kh.contains(&format!("[localhost]:{} ", env.port))
+            && !kh.contains(&format!("[localhost]:{old} ")),
+        "{kh}"
+    );
+    let o = env.ssh_pinned(&env.path("home/.ssh/known_hosts"), "echo 123");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A broken edit is refused with the line named, and the builder stays as it was.
+    std::fs::write(&env.config, format!("{}\nbogus = 1\n", env.config_text())).unwrap();
+    let o = env.ctl(&["up"]);
+    assert_eq!(o.status.code(), Some(2));
+    env.write_config();
+    let o = env.ctl(&["up"]);
+    assert!(o.status.success());
+}

@@ -325,6 +325,33 @@ impl Supervisor {
         }
     }
 
+    /// Takes up an edited config file, so that `up` after an edit uses it. What names this
+    /// daemon (its socket and state dir) cannot change under it.
+    fn reload_config(&mut self) -> Result<(), Failure> {
+        let new = match self.cfg.reloaded() {
+            Ok(Some(new)) => new,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(Failure::new(ErrorKind::Invalid, e)),
+        };
+        if new.socket != self.cfg.socket
+            || new.state_dir != self.cfg.state_dir
+            || new.container_name != self.cfg.container_name
+        {
+            return Err(Failure::new(
+                ErrorKind::Invalid,
+                "`socket`, `state_dir` or `container_name` changed in the config: with the old config, run `builderctl down` and `builderctl shutdown`; then `builderctl up`",
+            ));
+        }
+        tracing::info!(file = %new.file.display(), "the config changed: using it");
+        self.endpoint = docker::resolve_endpoint(&new);
+        self.docker = None;
+        self.cfg = new;
+        let port = self.cfg.port;
+        self.set(|s| s.port = port);
+        self.watch_files();
+        Ok(())
+    }
+
     /// The client key pair; an error names the config file, the line and the key too.
     fn client_keys(&self) -> Result<ClientKeys, Failure> {
         keys::load_client_keys(&self.cfg.public_key, &self.cfg.private_key).map_err(|e| {
@@ -349,6 +376,7 @@ impl Supervisor {
     /// An explicit `up`: records the desired state, then reconciles with progress.
     async fn up(&mut self, say: Say<'_>) -> Result<String, Failure> {
         self.deaths = 0;
+        self.reload_config()?;
         // Bad input is refused before anything is recorded or started.
         self.client_keys()?;
         let was_up = self.status.borrow().state == State::Up;
