@@ -230,10 +230,34 @@ impl Default for Config {
     }
 }
 
+/// The user's home. Under `sudo` (which may set HOME to root's) it is the invoking user's, so
+/// that `sudo builderctl install` serves the user's keys, files and Docker.
 pub fn home_dir() -> PathBuf {
+    if rustix::process::geteuid().is_root()
+        && let Ok(user) = std::env::var("SUDO_USER")
+        && !user.is_empty()
+        && user != "root"
+    {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        return passwd_home(&passwd, &user).unwrap_or_else(|| {
+            if cfg!(target_os = "macos") {
+                PathBuf::from("/Users").join(&user)
+            } else {
+                PathBuf::from("/home").join(&user)
+            }
+        });
+    }
     directories::BaseDirs::new()
         .map(|b| b.home_dir().to_path_buf())
         .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// `user`'s home directory in an /etc/passwd text.
+fn passwd_home(passwd: &str, user: &str) -> Option<PathBuf> {
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 7 && f[0] == user && !f[5].is_empty()).then(|| PathBuf::from(f[5]))
+    })
 }
 
 impl Config {
@@ -496,6 +520,13 @@ mod tests {
     fn relative_path_is_refused() {
         let e = load("state_dir = \"state\"\n").unwrap_err().to_string();
         assert!(e.contains("`state_dir` is the relative path state"), "{e}");
+    }
+
+    #[test]
+    fn passwd_homes() {
+        let p = "root:x:0:0:root:/root:/bin/sh\nme:x:1000:1000:Me,,,:/home/me:/bin/zsh\n";
+        assert_eq!(passwd_home(p, "me"), Some(PathBuf::from("/home/me")));
+        assert_eq!(passwd_home(p, "nobody"), None);
     }
 
     #[test]
