@@ -21,21 +21,29 @@ pub fn effective(
     read: &dyn Fn(&Path) -> Option<String>,
 ) -> Option<Setting> {
     let mut found = None;
-    walk(path, key, read, &mut found, 0);
+    walk(path, key, read, &mut found, &mut Vec::new(), &mut 0);
     found
 }
+
+/// Files read at most, however the includes are arranged.
+const MAX_FILES: usize = 64;
 
 fn walk(
     path: &Path,
     key: &str,
     read: &dyn Fn(&Path) -> Option<String>,
     found: &mut Option<Setting>,
-    depth: usize,
+    stack: &mut Vec<PathBuf>,
+    files: &mut usize,
 ) {
-    if depth > 16 {
+    // A file that includes itself (directly or not) is not followed again, and the number of
+    // files read is bounded: a few self-includes would otherwise make exponentially many reads.
+    if stack.iter().any(|p| p == path) || *files >= MAX_FILES {
         return;
     }
+    *files += 1;
     let Some(text) = read(path) else { return };
+    stack.push(path.to_path_buf());
     let in_block = block::all_block_lines(&text);
     for (i, (line, inside)) in text.split_inclusive('\n').zip(in_block).enumerate() {
         if inside {
@@ -53,7 +61,7 @@ fn walk(
             } else {
                 path.parent().unwrap_or(Path::new("/")).join(inc)
             };
-            walk(&inc, key, read, found, depth + 1);
+            walk(&inc, key, read, found, stack, files);
             continue;
         }
         if let Some((k, v)) = line.split_once('=')
@@ -66,6 +74,7 @@ fn walk(
             });
         }
     }
+    stack.pop();
 }
 
 /// Determinate Nix manages nix.conf and reads user settings from `nix.custom.conf` beside it.
@@ -130,6 +139,15 @@ mod tests {
             effective(Path::new("/n.conf"), "builders-use-substitutes", &r),
             None
         );
+    }
+
+    /// Found by fuzzing: a file including itself several times made exponentially many reads.
+    #[test]
+    fn self_includes_end() {
+        let text = "include /n.conf\n".repeat(8) + "builders-use-substitutes = true\n";
+        let r = reader(&[("/n.conf", &text)]);
+        let s = effective(Path::new("/n.conf"), "builders-use-substitutes", &r).unwrap();
+        assert_eq!(s.value, "true");
     }
 
     #[test]
