@@ -221,7 +221,11 @@ impl Supervisor {
         let mut tick = tokio::time::interval(Duration::from_secs(self.cfg.health_interval));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         tick.reset();
-        // A wall-clock jump beyond the monotonic one means the machine slept.
+        // A wall-clock jump beyond the monotonic one means the machine slept: the monotonic clock
+        // stands still in sleep, so the health tick may be a whole interval away. A cheap look at
+        // both clocks every few seconds sees the wake-up soon after it.
+        let mut clocks = tokio::time::interval(SLEEP_LOOK);
+        clocks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut wall = SystemTime::now();
         let mut mono = Instant::now();
         loop {
@@ -234,18 +238,21 @@ impl Supervisor {
                 },
                 Some(changed) = files.recv() => self.file_changed(changed.0).await,
                 _ = tick.tick() => {
-                    let slept = SystemTime::now()
-                        .duration_since(wall)
-                        .unwrap_or_default()
-                        .saturating_sub(mono.elapsed());
-                    if slept > Duration::from_secs(5) {
-                        tracing::info!(?slept, "the machine slept: checking the builder now");
-                    }
-                    wall = SystemTime::now();
-                    mono = Instant::now();
                     if self.persisted.desired == Desired::Up {
                         self.periodic().await;
                     }
+                }
+                _ = clocks.tick() => {
+                    let now = SystemTime::now();
+                    if let Some(slept) = slept(wall, now, mono.elapsed()) {
+                        tracing::info!(?slept, "the machine slept: checking the builder now");
+                        if self.persisted.desired == Desired::Up {
+                            self.periodic().await;
+                            tick.reset();
+                        }
+                    }
+                    wall = now;
+                    mono = Instant::now();
                 }
                 _ = sleep_until(retry), if retry.is_some() => {
                     self.next_retry = None;
@@ -608,6 +615,21 @@ impl Supervisor {
     }
 }
 
+/// How often the clocks are compared to notice a wake-up from sleep.
+const SLEEP_LOOK: Duration = Duration::from_secs(5);
+
+/// How long the machine slept between two looks at the clocks: the wall clock ran on while the
+/// monotonic clock stood still. Small differences are clock adjustments, not sleep.
+pub fn slept(
+    wall_before: SystemTime,
+    wall_now: SystemTime,
+    mono_elapsed: Duration,
+) -> Option<Duration> {
+    let wall = wall_now.duration_since(wall_before).unwrap_or_default();
+    let gap = wall.saturating_sub(mono_elapsed);
+    (gap > Duration::from_secs(3)).then_some(gap)
+}
+
 /// Exponential backoff with jitter: 0.5 s · 2^(n-1), capped.
 pub fn backoff(n: u32, cap: Duration) -> Duration {
     let base = Duration::from_millis(500).saturating_mul(1u32 << n.saturating_sub(1).min(16));
@@ -646,5 +668,40 @@ pub fn spawn(
     Handle {
         commands: tx,
         status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sleep_is_a_wall_clock_jump_beyond_the_monotonic_one() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        // Awake: both clocks ran 5 s.
+        assert_eq!(
+            slept(t0, t0 + Duration::from_secs(5), Duration::from_secs(5)),
+            None
+        );
+        // Slept 10 minutes between two looks 5 s apart in monotonic time.
+        assert_eq!(
+            slept(t0, t0 + Duration::from_secs(605), Duration::from_secs(5)),
+            Some(Duration::from_secs(600))
+        );
+        // The wall clock set back: not sleep.
+        assert_eq!(
+            slept(t0, t0 - Duration::from_secs(60), Duration::from_secs(5)),
+            None
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let cap = Duration::from_secs(30);
+        let b1 = backoff(1, cap);
+        let b3 = backoff(3, cap);
+        assert!(b1 >= Duration::from_millis(500) && b1 < Duration::from_millis(560));
+        assert!(b3 >= Duration::from_secs(2) && b3 < Duration::from_millis(2210));
+        assert!(backoff(20, cap) <= cap + cap / 10);
     }
 }
