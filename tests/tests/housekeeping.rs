@@ -41,19 +41,15 @@ fn an_unhealthy_builder_leaves_the_machines_file_until_it_recovers() {
     if skip_docker() {
         return;
     }
-    let env = Env::new(
-        "health_failures_before_restart = 1000\n[registration]\nunlist_unhealthy_after = 1",
-    );
-    // The extra [registration] table above would clash with the harness's own; merge them.
-    let text = env.config_text();
-    let (head, reg) = text
-        .split_once("[registration]\nunlist_unhealthy_after = 1\n")
-        .unwrap();
-    let text = format!("{head}{reg}").replace(
-        "[registration]\n",
-        "[registration]\nunlist_unhealthy_after = 1\n",
-    );
-    std::fs::write(&env.config, text).unwrap();
+    let env = Env::new("health_failures_before_restart = 1000");
+    std::fs::write(
+        &env.config,
+        env.config_text().replace(
+            "[registration]\n",
+            "[registration]\nunlist_unhealthy_after = 1\n",
+        ),
+    )
+    .unwrap();
     env.up();
     let machines = env.path("etc/nix/machines");
     assert!(
