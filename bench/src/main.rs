@@ -2,7 +2,8 @@
 //! distribution), because the machines it runs on are shared and noisy. It prints a markdown
 //! table and writes `target/bench-report.json`.
 //!
-//! Usage: `bench/run [--quick]` (`--quick` takes fewer samples, for a smoke run).
+//! Usage: `bench/run [--quick] [--only NAME]` (`--quick` takes fewer samples, for a smoke run;
+//! `--only` runs the figures whose group is NAME: up, recovery, repair, status, builds, idle).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -463,7 +464,14 @@ fn nix_builds(env: &Env, n: usize) -> Figure {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--only up` runs the figures whose name contains "up" (and their baselines).
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let want = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
     let n = |full: usize| {
         if quick {
             full.div_ceil(10).max(3)
@@ -478,22 +486,34 @@ fn main() {
     let mut figures = Vec::new();
     {
         let env = Env::new("");
-        eprintln!("bench: up with the image cached …");
-        figures.push(up_cached(&env, n(10)));
-        eprintln!("bench: recovery after docker kill …");
-        let (rec, lag) = recovery(&env, n(10));
-        figures.push(rec);
-        figures.push(lag);
-        eprintln!("bench: registration repair …");
-        figures.push(repair(&env, n(200)));
-        eprintln!("bench: status round trip …");
-        figures.push(status_round_trip(&env, n(200)));
-        figures.push(status_in_process(&env, n(200)));
-        eprintln!("bench: remote builds …");
-        figures.push(nix_builds(&env, n(20)));
+        if want("up") {
+            eprintln!("bench: up with the image cached …");
+            figures.push(up_cached(&env, n(10)));
+        }
+        if want("recovery") {
+            eprintln!("bench: recovery after docker kill …");
+            let (rec, lag) = recovery(&env, n(10));
+            figures.push(rec);
+            figures.push(lag);
+        }
+        if want("repair") {
+            eprintln!("bench: registration repair …");
+            figures.push(repair(&env, n(200)));
+        }
+        if want("status") {
+            eprintln!("bench: status round trip …");
+            figures.push(status_round_trip(&env, n(200)));
+            figures.push(status_in_process(&env, n(200)));
+        }
+        if want("builds") {
+            eprintln!("bench: remote builds …");
+            figures.push(nix_builds(&env, n(20)));
+        }
     }
-    eprintln!("bench: idle footprint …");
-    figures.extend(idle(if quick { 10 } else { 60 }));
+    if want("idle") {
+        eprintln!("bench: idle footprint …");
+        figures.extend(idle(if quick { 10 } else { 60 }));
+    }
 
     let host = std::fs::read_to_string("/proc/cpuinfo")
         .ok()

@@ -279,7 +279,7 @@ impl Supervisor {
                         )
                     })
                     .await?;
-                    tokio::time::sleep(Duration::from_millis(25)).await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
         }

@@ -136,6 +136,8 @@ pub struct Supervisor {
     watcher: Option<crate::watcher::FileWatcher>,
     /// Since when health checks fail (for taking the machines line out).
     unhealthy_since: Option<Instant>,
+    /// The host's Nix version, asked once (`nix --version` is a process start per question).
+    host_nix: std::sync::OnceLock<Option<(u32, u32, u32)>>,
 }
 
 impl Supervisor {
@@ -179,6 +181,7 @@ impl Supervisor {
                 wanted: None,
                 watcher: None,
                 unhealthy_since: None,
+                host_nix: std::sync::OnceLock::new(),
             },
             rx,
         )

@@ -15,8 +15,10 @@ impl Supervisor {
 
     pub(super) fn wanted(&self, host_key: &PublicKey, facts: Option<&health::Facts>) -> Wanted {
         let cfg = &self.cfg;
-        let host_port =
-            crate::hostnix::use_host_port(cfg.registration.uri, crate::hostnix::host_version());
+        let host_port = crate::hostnix::use_host_port(
+            cfg.registration.uri,
+            *self.host_nix.get_or_init(crate::hostnix::host_version),
+        );
         Wanted {
             instance: cfg.container_name.clone(),
             port: cfg.port,
