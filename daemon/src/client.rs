@@ -134,7 +134,8 @@ pub async fn connect_or_start(
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    // The daemon leaves this terminal's session itself (setsid), which it may only do while it
+    // leads no process group: so no process_group(0) here.
     let mut child = cmd
         .spawn()
         .map_err(|e| ClientError::Start(format!("cannot run {}: {e}", daemon.display())))?;

@@ -132,9 +132,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (shutdown_req_tx, mut shutdown_req) = mpsc::channel::<()>(1);
     let mut conns = JoinSet::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // A hang-up (a closed terminal) is not a reason to stop.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = hangup.recv() => tracing::info!("SIGHUP ignored"),
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = shutdown_req.recv() => { tracing::info!("shutdown requested"); break; }
             accepted = listener.accept() => match accepted {

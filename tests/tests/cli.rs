@@ -247,6 +247,9 @@ fn a_real_terminal_shows_progress_and_status_watch() {
     assert!(!done.contains("waiting for sshd"), "{done}");
     tmux(&["kill-session", "-t", &session]);
 
+    // The daemon that `up` started in that terminal outlives it.
+    env.ctl_ok(&["status"]);
+    let session = format!("{session}-watch");
     let cmd = format!(
         "{} --config {} status --watch",
         ctl.display(),
@@ -264,18 +267,21 @@ fn a_real_terminal_shows_progress_and_status_watch() {
         &cmd,
     ]);
     let mut screens = Vec::new();
+    let mut last = String::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline && screens.len() < 2 {
         let s = tmux(&["capture-pane", "-p", "-t", &session]);
         if s.contains("refreshing every second") && screens.last() != Some(&s) {
-            screens.push(s);
+            screens.push(s.clone());
         }
+        last = s;
         std::thread::sleep(Duration::from_millis(300));
     }
     tmux(&["kill-session", "-t", &session]);
     assert!(
         screens.len() >= 2,
-        "status --watch did not refresh: {screens:?}"
+        "status --watch did not refresh; last screen:\n{last}\ndaemon log:\n{}",
+        env.daemon_log()
     );
     assert!(screens[0].contains("state  up"), "{}", screens[0]);
 }

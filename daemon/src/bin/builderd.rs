@@ -28,6 +28,9 @@ fn main() -> ExitCode {
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
+    // A daemon started from a terminal (by `builderctl up`) leaves its session, so that closing
+    // the terminal does not hang it up. Under launchd or systemd it already leads its own.
+    let _ = rustix::process::setsid();
     let path = builderd::config::resolve_config_path(args.config.as_deref());
     let cfg = match builderd::config::Config::load(&path) {
         Ok(c) => c,
