@@ -258,6 +258,17 @@ impl Env {
             .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
     }
 
+    /// How many containers, running or not, carry this environment's instance label.
+    pub fn containers_of_ours(&self) -> usize {
+        let o = self.docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=io.builderd.instance={}", self.name),
+        ]);
+        String::from_utf8_lossy(&o.stdout).lines().count()
+    }
+
     pub fn docker(&self, args: &[&str]) -> Output {
         Command::new("docker")
             .args(args)

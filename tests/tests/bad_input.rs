@@ -515,14 +515,8 @@ fn socket_a_hundred_concurrent_clients() {
         assert!(last["type"] == "status" || last["type"] == "done", "{out}");
     }
     still_serving(&env);
-    let o = env.docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=io.builderd.instance={}", env.name),
-    ]);
     assert_eq!(
-        String::from_utf8_lossy(&o.stdout).lines().count(),
+        env.containers_of_ours(),
         1,
         "concurrent ups made one container"
     );

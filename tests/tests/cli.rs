@@ -31,6 +31,18 @@ fn settings() -> insta::Settings {
     s
 }
 
+/// nix.conf says `builders-use-substitutes = false`, which builderd reports and leaves alone.
+fn say_substitutes_false(env: &Env) {
+    std::fs::write(
+        env.path("etc/nix/nix.conf"),
+        "builders-use-substitutes = false\n",
+    )
+    .unwrap();
+    env.wait_status(Duration::from_secs(10), "degraded", |s| {
+        s["state"] == "degraded"
+    });
+}
+
 fn text(o: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -57,14 +69,7 @@ fn status_in_each_state() {
     insta::assert_snapshot!("status_up", redact(&env, &text(&o)));
 
     // A registration builderd must not override: degraded, with the reason.
-    std::fs::write(
-        env.path("etc/nix/nix.conf"),
-        "builders-use-substitutes = false\n",
-    )
-    .unwrap();
-    env.wait_status(Duration::from_secs(10), "degraded", |s| {
-        s["state"] == "degraded"
-    });
+    say_substitutes_false(&env);
     let o = env.ctl(&["status"]);
     insta::assert_snapshot!("status_degraded", redact(&env, &text(&o)));
     std::fs::write(env.path("etc/nix/nix.conf"), "").unwrap();
@@ -98,14 +103,7 @@ fn doctor_passes_and_each_failure_prints_its_fix() {
     insta::assert_snapshot!("doctor_ok", redact(&env, &text(&o)));
 
     // nix.conf says false.
-    std::fs::write(
-        env.path("etc/nix/nix.conf"),
-        "builders-use-substitutes = false\n",
-    )
-    .unwrap();
-    env.wait_status(Duration::from_secs(10), "degraded", |s| {
-        s["state"] == "degraded"
-    });
+    say_substitutes_false(&env);
     let o = env.ctl(&["doctor"]);
     assert_eq!(o.status.code(), Some(4));
     let out = text(&o);

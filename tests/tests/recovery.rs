@@ -54,13 +54,7 @@ fn killed_and_removed_containers_come_back_with_the_same_host_key() {
     let o = env.ssh_pinned(&env.path("root/.ssh/known_hosts"), "echo 123");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Exactly one container of ours.
-    let o = env.docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=io.builderd.instance={}", env.name),
-    ]);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1);
+    assert_eq!(env.containers_of_ours(), 1);
 }
 
 #[test]
@@ -154,13 +148,7 @@ fn a_docker_outage_is_waited_out() {
         p50(&mut times)
     );
     // One container, and the wait was logged once per outage, not in a loop.
-    let o = env.docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=io.builderd.instance={}", env.name),
-    ]);
-    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1);
+    assert_eq!(env.containers_of_ours(), 1);
     let log = env.daemon_log();
     let waits = log.matches("waiting for Docker").count();
     assert!((1..=12).contains(&waits), "{waits} wait lines:\n{log}");
