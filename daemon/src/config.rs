@@ -8,10 +8,45 @@ use serde::{Deserialize, Serialize};
 
 /// Where the config file is looked for when neither `--config` nor `BUILDERD_CONFIG` names one.
 pub fn default_config_path() -> PathBuf {
-    match directories::ProjectDirs::from("", "", "builderd") {
-        Some(d) => d.config_dir().join("config.toml"),
-        None => PathBuf::from("/etc/builderd/config.toml"),
+    app_dirs().0.join("config.toml")
+}
+
+/// builderd's config and data directories: the platform's, for the user whose home
+/// [`home_dir`] names (under `sudo`, the invoking user's, not root's).
+fn app_dirs() -> (PathBuf, PathBuf) {
+    if sudo_user().is_some() {
+        return app_dirs_in(&home_dir());
     }
+    match directories::ProjectDirs::from("", "", "builderd") {
+        Some(d) => (
+            d.config_dir().to_path_buf(),
+            d.data_local_dir().to_path_buf(),
+        ),
+        None => app_dirs_in(&home_dir()),
+    }
+}
+
+/// The platform's config and data directories of builderd under `home`.
+fn app_dirs_in(home: &Path) -> (PathBuf, PathBuf) {
+    if cfg!(target_os = "macos") {
+        let d = home.join("Library/Application Support/builderd");
+        (d.clone(), d)
+    } else {
+        (
+            home.join(".config/builderd"),
+            home.join(".local/share/builderd"),
+        )
+    }
+}
+
+/// The user who ran `sudo`, when this runs as root under it.
+fn sudo_user() -> Option<String> {
+    if !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    std::env::var("SUDO_USER")
+        .ok()
+        .filter(|u| !u.is_empty() && u != "root")
 }
 
 /// The config file to use: the flag, then `BUILDERD_CONFIG`, then the platform default.
@@ -208,9 +243,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         let home = home_dir();
-        let state_dir = directories::ProjectDirs::from("", "", "builderd")
-            .map(|d| d.data_local_dir().to_path_buf())
-            .unwrap_or_else(|| home.join(".local/share/builderd"));
+        let state_dir = app_dirs().1;
         Self {
             port: 2222,
             public_key: home.join(".ssh/id_ed25519.pub"),
@@ -233,11 +266,7 @@ impl Default for Config {
 /// The user's home. Under `sudo` (which may set HOME to root's) it is the invoking user's, so
 /// that `sudo builderctl install` serves the user's keys, files and Docker.
 pub fn home_dir() -> PathBuf {
-    if rustix::process::geteuid().is_root()
-        && let Ok(user) = std::env::var("SUDO_USER")
-        && !user.is_empty()
-        && user != "root"
-    {
+    if let Some(user) = sudo_user() {
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         return passwd_home(&passwd, &user).unwrap_or_else(|| {
             if cfg!(target_os = "macos") {
@@ -520,6 +549,20 @@ mod tests {
     fn relative_path_is_refused() {
         let e = load("state_dir = \"state\"\n").unwrap_err().to_string();
         assert!(e.contains("`state_dir` is the relative path state"), "{e}");
+    }
+
+    #[test]
+    fn app_dirs_under_a_home() {
+        let (c, d) = app_dirs_in(Path::new("/home/me"));
+        if cfg!(target_os = "macos") {
+            assert_eq!(
+                c,
+                PathBuf::from("/home/me/Library/Application Support/builderd")
+            );
+        } else {
+            assert_eq!(c, PathBuf::from("/home/me/.config/builderd"));
+            assert_eq!(d, PathBuf::from("/home/me/.local/share/builderd"));
+        }
     }
 
     #[test]
