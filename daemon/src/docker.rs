@@ -452,7 +452,6 @@ pub struct Found {
     pub running: bool,
     pub state: String,
     pub image: String,
-    pub restart_count: u32,
 }
 
 /// Every container, running or not, that matches one engine filter.
@@ -492,7 +491,7 @@ pub async fn find(docker: &Docker, name: &str) -> Result<Option<Found>, DockerEr
         running: state == "running",
         state,
         image: c.image.unwrap_or_default(),
-        restart_count: 0,
+
         id,
     }))
 }

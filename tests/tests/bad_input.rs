@@ -223,6 +223,11 @@ fn key_unreadable_by_the_daemon() {
 
 // ---- config ----------------------------------------------------------------------------
 
+/// This environment's config with one piece of text replaced.
+fn config_with(env: &Env, from: &str, to: &str) -> String {
+    env.config_text().replace(from, to)
+}
+
 fn config_fails(env: &Env, extra_text: &str, needle: &str) {
     std::fs::write(&env.config, extra_text).unwrap();
     let before = Unchanged::take(env);
@@ -241,43 +246,36 @@ fn config_fails(env: &Env, extra_text: &str, needle: &str) {
 #[test]
 fn config_unknown_key() {
     let env = Env::new("");
-    let text = env
-        .config_text()
-        .replace("health_interval = 2", "health_intervall = 2");
+    let text = config_with(&env, "health_interval = 2", "health_intervall = 2");
     config_fails(&env, &text, "unknown field `health_intervall`");
 }
 
 #[test]
 fn config_wrong_type() {
     let env = Env::new("");
-    let text = env
-        .config_text()
-        .replace(&format!("port = {}", env.port), "port = \"2222\"");
+    let text = config_with(&env, &format!("port = {}", env.port), "port = \"2222\"");
     config_fails(&env, &text, "line 1");
 }
 
 #[test]
 fn config_port_zero() {
     let env = Env::new("");
-    let text = env
-        .config_text()
-        .replace(&format!("port = {}", env.port), "port = 0");
+    let text = config_with(&env, &format!("port = {}", env.port), "port = 0");
     config_fails(&env, &text, "line 1: `port` is 0: choose a free port");
 }
 
 #[test]
 fn config_port_22() {
     let env = Env::new("");
-    let text = env
-        .config_text()
-        .replace(&format!("port = {}", env.port), "port = 22");
+    let text = config_with(&env, &format!("port = {}", env.port), "port = 22");
     config_fails(&env, &text, "`port` is 22, the host's own SSH port");
 }
 
 #[test]
 fn config_relative_path() {
     let env = Env::new("");
-    let text = env.config_text().replace(
+    let text = config_with(
+        &env,
         &format!("state_dir = \"{}/state\"", env.dir.path().display()),
         "state_dir = \"state\"",
     );

@@ -183,6 +183,21 @@ fn doctor_passes_and_each_failure_prints_its_fix() {
     drop(thief);
 }
 
+/// Runs `cmd` in a new detached tmux session of `height` lines, 120 columns wide.
+fn tmux_session(session: &str, height: &str, cmd: &str) {
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        session,
+        "-x",
+        "120",
+        "-y",
+        height,
+        cmd,
+    ]);
+}
+
 fn tmux(args: &[&str]) -> String {
     let o = Command::new("tmux")
         .args(args)
@@ -209,17 +224,7 @@ fn a_real_terminal_shows_progress_and_status_watch() {
         ctl.display(),
         env.config.display()
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "120",
-        "-y",
-        "20",
-        &cmd,
-    ]);
+    tmux_session(&session, "20", &cmd);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut saw_progress = String::new();
     let mut done = String::new();
@@ -253,17 +258,7 @@ fn a_real_terminal_shows_progress_and_status_watch() {
         ctl.display(),
         env.config.display()
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "120",
-        "-y",
-        "30",
-        &cmd,
-    ]);
+    tmux_session(&session, "30", &cmd);
     let mut screens = Vec::new();
     let mut last = String::new();
     let deadline = Instant::now() + Duration::from_secs(10);
