@@ -51,6 +51,9 @@ fn killed_and_removed_containers_come_back_with_the_same_host_key() {
         p50(&mut rm_times)
     );
     assert_eq!(env.status()["host_key_fingerprint"], fp);
+    // Ten times brought back: each one a restart in status.
+    let restarts = env.status()["container"]["restarts"].as_u64().unwrap();
+    assert!(restarts >= 10, "{restarts} restarts counted");
     let o = env.ssh_pinned(&env.path("root/.ssh/known_hosts"), "echo 123");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Exactly one container of ours.

@@ -90,12 +90,16 @@ impl Supervisor {
                 .map_err(|e| Failure::new(ErrorKind::Failed, e))?;
         }
 
+        // A start or re-creation after the builder had been up is a restart, shown in status.
+        let had_been_up = self.status.borrow().up_since.is_some();
+        let mut started = false;
         let id = match found {
             Some(f) => {
                 if !f.running {
                     say(step("container", "starting the container"));
                     docker::start(&docker, &f.id, cfg.port).await?;
                     changed = true;
+                    started = true;
                 } else if key_changed {
                     say(step(
                         "container",
@@ -117,22 +121,23 @@ impl Supervisor {
                     return Err(e.into());
                 }
                 changed = true;
+                started = true;
                 id
             }
         };
-        self.set_container(&id, &tag, "running");
+        self.set_container(&id, &tag, started && had_been_up);
         self.finish_up(&docker, &id, keys, say, changed).await
     }
 
-    pub(super) fn set_container(&self, id: &str, image: &str, state: &str) {
+    pub(super) fn set_container(&self, id: &str, image: &str, restarted: bool) {
         let name = self.cfg.container_name.clone();
         self.set(|s| {
-            let restarts = s.container.as_ref().map_or(0, |c| c.restarts);
+            let restarts = s.container.as_ref().map_or(0, |c| c.restarts) + u32::from(restarted);
             s.container = Some(ContainerInfo {
                 name,
                 id: id.chars().take(12).collect(),
                 image: image.into(),
-                state: state.into(),
+                state: "running".into(),
                 restarts,
             })
         });
