@@ -69,6 +69,9 @@ sandbox=${NIX_BUILDER_SANDBOX:-true}
   echo "sandbox = $sandbox"
   # A sandbox that cannot start must fail the build, never be skipped silently.
   echo "sandbox-fallback = false"
+  # Builds expect /bin/sh; inside the sandbox it is this static shell (some Nix builds of
+  # Debian have it compiled in, others not).
+  [ -x /usr/bin/bash-static ] && echo "sandbox-paths = /bin/sh=/usr/bin/bash-static"
   echo "substituters = ${NIX_BUILDER_SUBSTITUTERS-https://cache.nixos.org/}"
   [ -n "${NIX_BUILDER_TRUSTED_PUBLIC_KEYS:-}" ] && echo "trusted-public-keys = $NIX_BUILDER_TRUSTED_PUBLIC_KEYS"
   echo "min-free = ${NIX_BUILDER_MIN_FREE:-1073741824}"

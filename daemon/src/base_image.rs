@@ -71,10 +71,25 @@ pub fn offline_tag(suite: &str) -> String {
     format!("{OFFLINE_REPOSITORY}:{suite}")
 }
 
-/// Whether builderd may make a local stand-in when `base` cannot be pulled: on Linux, for the
-/// default base only (a base the user chose is theirs to provide).
-pub fn may_make_locally(os: HostOs, base: &str) -> bool {
-    os == HostOs::Linux && base == DEFAULT_BASE
+/// The Debian suite of an official Debian image (`debian:SUITE` or `debian:SUITE-slim`): the
+/// bases builderd can stand in for with debootstrap. Any other base is the user's to provide.
+pub fn debian_suite_of(base: &str) -> Option<&str> {
+    let tag = base
+        .strip_prefix("debian:")
+        .or_else(|| base.strip_prefix("docker.io/library/debian:"))
+        .or_else(|| base.strip_prefix("library/debian:"))?;
+    let suite = tag.strip_suffix("-slim").unwrap_or(tag);
+    (!suite.is_empty()
+        && suite
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+    .then_some(suite)
+}
+
+/// The suite builderd may make a local stand-in of when `base` cannot be pulled: on Linux, for
+/// an official Debian image.
+pub fn may_make_locally(os: HostOs, base: &str) -> Option<&str> {
+    debian_suite_of(base).filter(|_| os == HostOs::Linux)
 }
 
 /// What to do when `base` cannot be pulled and no local stand-in may be made.
@@ -113,14 +128,14 @@ pub async fn ensure(
         Err(e) => e,
     };
     tracing::info!(image, reason = %pull, "the base image cannot be pulled");
-    if !may_make_locally(os, image) {
+    let Some(suite) = may_make_locally(os, image) else {
         return Err(BaseError::CannotPull {
             image: image.to_string(),
             pull,
             what_to_do: cannot_pull_advice(os, image),
         });
-    }
-    let local = offline_tag(&cfg.image.debian_suite);
+    };
+    let local = offline_tag(suite);
     if image_exists(docker, &local).await? {
         say(format!(
             "{image} cannot be pulled ({pull}); building from the local {local}"
@@ -143,8 +158,7 @@ pub async fn ensure(
         return Err(cannot(
             "debootstrap needs root".into(),
             &format!(
-                "Run `sudo builderctl up` once, or make it yourself: `sudo debootstrap --variant=minbase {suite} DIR && sudo tar -C DIR -c . | docker import - {local}`.",
-                suite = cfg.image.debian_suite
+                "Run `sudo builderctl up` once, or make it yourself: `sudo debootstrap --variant=minbase {suite} DIR && sudo tar -C DIR -c . | docker import - {local}`."
             ),
         ));
     }
@@ -156,7 +170,7 @@ pub async fn ensure(
     std::fs::create_dir_all(&cfg.state_dir).map_err(|e| BaseError::Import(e.to_string()))?;
     let (repo, tag) = local.rsplit_once(':').expect("offline_tag has a tag");
     let result = async {
-        debootstrap_into(&debootstrap, cfg, &work, say).await?;
+        debootstrap_into(&debootstrap, cfg, suite, &work, say).await?;
         say(format!("importing {local}"));
         import_rootfs(docker, repo, tag, &work).await
     }
@@ -196,12 +210,13 @@ fn which(bin: &str) -> Option<PathBuf> {
 async fn debootstrap_into(
     bin: &Path,
     cfg: &Config,
+    suite: &str,
     dir: &Path,
     say: &(dyn Fn(String) + Send + Sync),
 ) -> Result<(), BaseError> {
     say(format!(
-        "making the base with debootstrap ({} from {}); this takes about a minute",
-        cfg.image.debian_suite, cfg.image.debian_mirror
+        "making the base with debootstrap ({suite} from {}); this takes about half a minute",
+        cfg.image.debian_mirror
     ));
     let arch = format!(
         "--arch={}",
@@ -215,7 +230,7 @@ async fn debootstrap_into(
         .arg("--variant=minbase")
         .arg(format!("--include={PACKAGES}"))
         .arg(arch)
-        .arg(&cfg.image.debian_suite)
+        .arg(suite)
         .arg(dir)
         .arg(&cfg.image.debian_mirror)
         .stdin(std::process::Stdio::null())
@@ -324,13 +339,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_linux_makes_the_default_base_locally() {
-        assert!(may_make_locally(HostOs::Linux, DEFAULT_BASE));
-        assert!(!may_make_locally(HostOs::MacOs, DEFAULT_BASE));
-        assert!(!may_make_locally(
-            HostOs::Linux,
-            "registry.example/debian:trixie-slim"
-        ));
+    fn only_linux_makes_an_official_debian_base_locally() {
+        assert_eq!(
+            may_make_locally(HostOs::Linux, DEFAULT_BASE),
+            Some("trixie")
+        );
+        assert_eq!(
+            may_make_locally(HostOs::Linux, "debian:bookworm"),
+            Some("bookworm")
+        );
+        assert_eq!(may_make_locally(HostOs::MacOs, DEFAULT_BASE), None);
+        assert_eq!(
+            may_make_locally(HostOs::Linux, "registry.example/debian:trixie-slim"),
+            None
+        );
+        assert_eq!(
+            may_make_locally(HostOs::Linux, "debian:trixie; rm -rf /"),
+            None
+        );
         let mac = cannot_pull_advice(HostOs::MacOs, DEFAULT_BASE);
         assert!(mac.contains("Docker Desktop"), "{mac}");
         assert!(mac.contains("docker pull debian:trixie-slim"), "{mac}");

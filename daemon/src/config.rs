@@ -109,8 +109,10 @@ pub struct ImageConfig {
     pub base_image: String,
     /// `linux/arm64` or `linux/amd64`; the host's own architecture when unset.
     pub platform: Option<String>,
-    /// Debian mirror and suite for the offline base image.
+    /// The Debian mirror debootstrap uses for a local base, when an official Debian base
+    /// (`debian:SUITE[-slim]`) cannot be pulled (Linux only).
     pub debian_mirror: String,
+    /// Kept so that older configs still load; the suite now comes from `base_image`.
     pub debian_suite: String,
 }
 
