@@ -159,7 +159,12 @@ pub async fn run(cfg: &Config, build_test: bool, out: &Out) -> u8 {
             // Without the daemon, ask the engine about the container directly.
             let ep = builderd::docker::resolve_endpoint(cfg);
             if let Ok(d) = builderd::docker::connect(&ep).await
-                && let Ok(Some(c)) = builderd::docker::find(&d, &cfg.container_name).await
+                && let Ok(Some(c)) = builderd::docker::find(
+                    &d,
+                    &cfg.container_name,
+                    &builderd::docker::owner_id(&cfg.state_dir),
+                )
+                .await
                 && !c.running
             {
                 checks.push(fail(

@@ -20,6 +20,17 @@ use crate::config::Config;
 pub const LABEL_INSTANCE: &str = "io.builderd.instance";
 /// A hash of everything the container was created from; a different one means re-create.
 pub const LABEL_SPEC: &str = "io.builderd.spec";
+/// Which builderd made the container: a hash of its state dir. Two configs that name the same
+/// container never take each other's.
+pub const LABEL_OWNER: &str = "io.builderd.owner";
+/// The state dir of the builderd that made the container, for the message to the other one.
+pub const LABEL_STATE_DIR: &str = "io.builderd.state-dir";
+
+/// The owner label's value for the builderd whose state dir is `state_dir`.
+pub fn owner_id(state_dir: &Path) -> String {
+    let dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    hex(&Sha256::digest(dir.as_os_str().as_encoded_bytes()))[..16].to_string()
+}
 
 /// The embedded build context.
 pub const EMBEDDED_CONTEXT: &[(&str, &[u8], u32)] = &[
@@ -66,6 +77,10 @@ pub enum DockerError {
         "port {port} on 127.0.0.1 is taken{holder}: stop that, or set `port` in the config to a free port"
     )]
     PortTaken { port: u16, holder: String },
+    #[error(
+        "the container {name} belongs to another builderd, whose state dir is {state_dir}: builderd leaves it alone. Give this config another `container_name` (and `port`), or stop that one (`builderctl --config ITS_CONFIG down`)"
+    )]
+    OwnedByOther { name: String, state_dir: String },
     #[error("{action}: {source}")]
     Api {
         action: String,
@@ -426,6 +441,9 @@ fn parse_step(line: &str) -> Option<(u64, u64)> {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Spec {
     pub name: String,
+    /// [`owner_id`] of the state dir, and the state dir itself.
+    pub owner: String,
+    pub state_dir: PathBuf,
     pub image: String,
     pub port: u16,
     pub volume: PathBuf,
@@ -496,6 +514,8 @@ impl Spec {
         }
         Spec {
             name: cfg.container_name.clone(),
+            owner: owner_id(&cfg.state_dir),
+            state_dir: cfg.state_dir.clone(),
             image: image.to_string(),
             port: cfg.port,
             volume: cfg.volume_dir(),
@@ -515,6 +535,11 @@ impl Spec {
         let mut labels = HashMap::new();
         labels.insert(LABEL_INSTANCE.to_string(), self.name.clone());
         labels.insert(LABEL_SPEC.to_string(), self.hash());
+        labels.insert(LABEL_OWNER.to_string(), self.owner.clone());
+        labels.insert(
+            LABEL_STATE_DIR.to_string(),
+            self.state_dir.display().to_string(),
+        );
         let mut bindings = HashMap::new();
         bindings.insert(
             "22/tcp".to_string(),
@@ -572,8 +597,10 @@ async fn list_containers(
         .map_err(DockerError::api("listing containers"))
 }
 
-/// Finds the container named `name` that carries builderd's label for this instance.
-pub async fn find(docker: &Docker, name: &str) -> Result<Option<Found>, DockerError> {
+/// Finds the container named `name` that carries builderd's label for this instance and was
+/// made by the builderd of `owner` ([`owner_id`]); one made by another is an error, so that
+/// nothing of it is touched. A container without an owner label (an older release's) is ours.
+pub async fn find(docker: &Docker, name: &str, owner: &str) -> Result<Option<Found>, DockerError> {
     let list = list_containers(docker, "label", &format!("{LABEL_INSTANCE}={name}")).await?;
     let Some(c) = list.into_iter().find(|c| {
         c.names
@@ -585,6 +612,17 @@ pub async fn find(docker: &Docker, name: &str) -> Result<Option<Found>, DockerEr
     };
     let id = c.id.unwrap_or_default();
     let labels = c.labels.unwrap_or_default();
+    if let Some(other) = labels.get(LABEL_OWNER)
+        && other != owner
+    {
+        return Err(DockerError::OwnedByOther {
+            name: name.to_string(),
+            state_dir: labels
+                .get(LABEL_STATE_DIR)
+                .cloned()
+                .unwrap_or_else(|| "unknown".into()),
+        });
+    }
     let state = c.state.unwrap_or_default();
     Ok(Some(Found {
         spec_hash: labels.get(LABEL_SPEC).cloned(),

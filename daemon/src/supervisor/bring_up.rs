@@ -25,7 +25,12 @@ impl Supervisor {
                 ),
             ));
         }
-        let mut found = docker::find(&docker, &cfg.container_name).await?;
+        let mut found = docker::find(
+            &docker,
+            &cfg.container_name,
+            &docker::owner_id(&cfg.state_dir),
+        )
+        .await?;
         if let Some(f) = &found
             && f.spec_hash.as_deref() != Some(spec.hash().as_str())
         {

@@ -60,6 +60,7 @@ impl From<DockerError> for Failure {
             DockerError::PortTaken { .. }
             | DockerError::PrivilegedRefused { .. }
             | DockerError::SandboxRefused { .. }
+            | DockerError::OwnedByOther { .. }
             | DockerError::Context { .. } => ErrorKind::Invalid,
             _ => ErrorKind::Failed,
         };
@@ -502,7 +503,13 @@ impl Supervisor {
         let Ok(d) = self.docker().await else {
             return String::new();
         };
-        match docker::find(&d, &self.cfg.container_name).await {
+        match docker::find(
+            &d,
+            &self.cfg.container_name,
+            &docker::owner_id(&self.cfg.state_dir),
+        )
+        .await
+        {
             Ok(Some(f)) => docker::last_logs(&d, &f.id, 5).await,
             _ => String::new(),
         }
@@ -521,7 +528,13 @@ impl Supervisor {
         self.set(|s| s.desired = "down".into());
         let mut removed_container = false;
         let docker_err = match self.docker().await {
-            Ok(d) => match docker::find(&d, &self.cfg.container_name).await {
+            Ok(d) => match docker::find(
+                &d,
+                &self.cfg.container_name,
+                &docker::owner_id(&self.cfg.state_dir),
+            )
+            .await
+            {
                 Ok(Some(f)) => {
                     docker::remove(&d, &f.id).await?;
                     removed_container = true;
@@ -564,7 +577,12 @@ impl Supervisor {
     /// At start with desired `down`: nothing of ours runs, nothing is registered.
     async fn ensure_down_quietly(&mut self) {
         if let Ok(d) = self.docker().await
-            && let Ok(Some(f)) = docker::find(&d, &self.cfg.container_name).await
+            && let Ok(Some(f)) = docker::find(
+                &d,
+                &self.cfg.container_name,
+                &docker::owner_id(&self.cfg.state_dir),
+            )
+            .await
         {
             let _ = docker::remove(&d, &f.id).await;
         }
