@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::config::Config;
-use crate::docker::{DockerError, image_exists};
+use crate::docker::DockerError;
 
 /// The base the embedded context builds from unless configured otherwise: pinned by suite.
 pub const DEFAULT_BASE: &str = "debian:trixie-slim";
@@ -114,10 +114,18 @@ pub async fn ensure(
     say: &(dyn Fn(String) + Send + Sync),
 ) -> Result<String, BaseError> {
     let image = cfg.image.base_image.as_str();
-    if image_exists(docker, image).await? {
-        return Ok(image.to_string());
-    }
     let platform = cfg.platform();
+    let want_arch = platform.rsplit('/').next().unwrap_or_default();
+    // A local copy of another architecture (an amd64 image on Apple Silicon) is pulled again
+    // for the builder's own.
+    if let Some(arch) = crate::docker::image_arch(docker, image).await? {
+        if arch == want_arch {
+            return Ok(image.to_string());
+        }
+        say(format!(
+            "the local {image} is {arch}, the builder is {want_arch}: pulling {want_arch}"
+        ));
+    }
     say(format!("pulling the base image {image} ({platform})"));
     let started = std::time::Instant::now();
     let pull = match pull(docker, image, &platform).await {
@@ -136,7 +144,7 @@ pub async fn ensure(
         });
     };
     let local = offline_tag(suite);
-    if image_exists(docker, &local).await? {
+    if crate::docker::image_arch(docker, &local).await?.as_deref() == Some(want_arch) {
         say(format!(
             "{image} cannot be pulled ({pull}); building from the local {local}"
         ));

@@ -334,6 +334,29 @@ pub fn image_for(cfg: &Config) -> Result<(String, Context), DockerError> {
     Ok((tag, ctx))
 }
 
+/// Whether an image for `platform` runs emulated on a host of `host_arch` (Rust's
+/// `std::env::consts::ARCH` names): then Nix itself runs under Rosetta or qemu.
+pub fn image_is_emulated(platform: &str, host_arch: &str) -> bool {
+    let image_arch = match platform.rsplit('/').next() {
+        Some("arm64" | "aarch64") => "aarch64",
+        Some("amd64" | "x86_64") => "x86_64",
+        _ => return false,
+    };
+    image_arch != host_arch
+}
+
+/// The architecture of a local image as the engine names it (`amd64`, `arm64`), or `None` when
+/// there is no such image.
+pub async fn image_arch(docker: &Docker, tag: &str) -> Result<Option<String>, DockerError> {
+    match docker.inspect_image(tag).await {
+        Ok(i) => Ok(Some(i.architecture.unwrap_or_default())),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(DockerError::api(format!("inspecting image {tag}"))(e)),
+    }
+}
+
 /// The platform passed to the build: always on Apple Silicon (linux/arm64), and when configured.
 pub fn build_platform(cfg: &Config) -> String {
     match &cfg.image.platform {
@@ -511,6 +534,9 @@ impl Spec {
         ];
         if let Some(k) = &b.trusted_public_keys {
             env.push(format!("NIX_BUILDER_TRUSTED_PUBLIC_KEYS={k}"));
+        }
+        if image_is_emulated(&cfg.platform(), std::env::consts::ARCH) {
+            env.push("NIX_BUILDER_EMULATED=1".into());
         }
         Spec {
             name: cfg.container_name.clone(),
@@ -887,6 +913,35 @@ mod tests {
         let mut b = a.clone();
         b.files[0].1.push(b'\n');
         assert_ne!(h1, b.hash(&[("BASE_IMAGE", "x")]));
+    }
+
+    #[test]
+    fn nix_runs_emulated_only_when_the_image_is_of_another_architecture() {
+        assert!(!image_is_emulated("linux/arm64", "aarch64"));
+        assert!(image_is_emulated("linux/amd64", "aarch64"));
+        assert!(!image_is_emulated("linux/amd64", "x86_64"));
+        assert!(image_is_emulated("linux/arm64", "x86_64"));
+        assert!(!image_is_emulated("", "x86_64"));
+    }
+
+    #[test]
+    fn the_sandbox_privileges_are_the_narrow_set() {
+        let h = Privileges::Sandbox.host_config();
+        assert_eq!(h.privileged, Some(false));
+        assert_eq!(h.cap_add, Some(vec!["SYS_ADMIN".to_string()]));
+        assert_eq!(
+            h.security_opt,
+            Some(vec![
+                "seccomp=unconfined".to_string(),
+                "apparmor=unconfined".to_string()
+            ])
+        );
+        // Empty, not absent: absent means the engine's default masks.
+        let json = serde_json::to_value(&h).unwrap();
+        assert_eq!(json["MaskedPaths"], serde_json::json!([]));
+        assert_eq!(json["ReadonlyPaths"], serde_json::json!([]));
+        assert_eq!(Privileges::for_builder(true, false), Privileges::Privileged);
+        assert_eq!(Privileges::for_builder(false, false), Privileges::Default);
     }
 
     #[test]
