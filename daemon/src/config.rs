@@ -121,7 +121,7 @@ impl Default for ImageConfig {
         Self {
             context: None,
             repository: "nix-builder".into(),
-            base_image: crate::base_image::DEFAULT_BASE.into(),
+            base_image: crate::docker::base::DEFAULT_BASE.into(),
             platform: None,
             debian_mirror: "http://deb.debian.org/debian".into(),
             debian_suite: "trixie".into(),

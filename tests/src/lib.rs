@@ -611,8 +611,11 @@ pub fn redact(env: &Env, text: &str) -> String {
 /// the image this test's own).
 pub fn context_with(extra: &str) -> tempfile::TempDir {
     let ctx = tempfile::tempdir().unwrap();
-    for (name, bytes, _) in builderd::docker::EMBEDDED_CONTEXT {
-        std::fs::write(ctx.path().join(name), bytes).unwrap();
+    for (name, bytes, mode) in builderd::docker::Context::embedded().files {
+        let p = ctx.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
     let p = ctx.path().join("Dockerfile");
     let mut df = std::fs::read_to_string(&p).unwrap();

@@ -15,7 +15,7 @@ impl Supervisor {
 
         let docker = self.docker().await?;
         let (tag, ctx) = docker::image_for(&cfg)?;
-        let spec = Spec::from_config(&cfg, &tag);
+        let spec = docker::spec(&cfg, &tag);
         if docker::name_taken_by_other(&docker, &cfg.container_name).await? {
             return Err(Failure::new(
                 ErrorKind::Invalid,
@@ -60,17 +60,12 @@ impl Supervisor {
                     format!("checking the base image {}", cfg.image.base_image),
                 ));
                 let say_base = |m: String| say(step("base-image", m));
-                let base = crate::base_image::ensure(
-                    &docker,
-                    &cfg,
-                    crate::base_image::HostOs::current(),
-                    &say_base,
-                )
-                .await
-                .map_err(|e| match e {
-                    crate::base_image::BaseError::Docker(d) => Failure::from(d),
-                    other => Failure::new(ErrorKind::Failed, other),
-                })?;
+                let base = docker::ensure_base(&docker, &cfg, &say_base)
+                    .await
+                    .map_err(|e| match e {
+                        docker::base::BaseError::Docker(d) => Failure::from(d),
+                        other => Failure::new(ErrorKind::Failed, other),
+                    })?;
                 Some(base)
             } else {
                 None

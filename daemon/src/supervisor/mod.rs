@@ -16,7 +16,7 @@ use russh::keys::PublicKey;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
-use crate::docker::{self, DockerError, Endpoint, Spec};
+use crate::docker::{self, DockerError, Endpoint};
 use crate::health;
 use crate::keys::{self, ClientKeys};
 use crate::protocol::{
