@@ -29,6 +29,7 @@ pub mod keys;
 pub mod port;
 pub mod protocol;
 pub mod registration;
+pub mod relay;
 pub mod server;
 pub mod state;
 pub mod supervisor;
