@@ -80,7 +80,8 @@ pub fn spec(cfg: &Config, image: &str) -> Spec {
         owner: owner_id(&cfg.state_dir),
         state_dir: cfg.state_dir.clone(),
         image: image.to_string(),
-        port: cfg.port,
+        // On demand, builderd holds the port and relays to one the engine picks.
+        port: if cfg.on_demand { 0 } else { cfg.port },
         volume: cfg.volume_dir(),
         privileges: Privileges::for_builder(b.privileged, b.sandbox),
         env,

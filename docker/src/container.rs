@@ -41,6 +41,7 @@ pub struct Spec {
     pub owner: String,
     pub state_dir: PathBuf,
     pub image: String,
+    /// The host port sshd is published on, on 127.0.0.1; 0 for one the engine picks.
     pub port: u16,
     pub volume: PathBuf,
     pub privileges: Privileges,
@@ -118,7 +119,12 @@ impl Spec {
             "22/tcp".to_string(),
             Some(vec![PortBinding {
                 host_ip: Some("127.0.0.1".into()),
-                host_port: Some(self.port.to_string()),
+                // 0: a port the engine picks (builderd relays to it).
+                host_port: Some(if self.port == 0 {
+                    String::new()
+                } else {
+                    self.port.to_string()
+                }),
             }]),
         );
         let mut exposed = HashMap::new();
@@ -282,6 +288,42 @@ pub async fn start(
             })
         }
         Err(e) => Err(DockerError::api("starting the container")(e)),
+    }
+}
+
+/// The host port the container's sshd is published on (the engine's pick, for a spec with
+/// port 0), while it runs.
+pub async fn published_port(docker: &Docker, id: &str) -> Result<Option<u16>, DockerError> {
+    let c = docker
+        .inspect_container(id, None::<InspectContainerOptions>)
+        .await
+        .map_err(DockerError::api("inspecting the container"))?;
+    Ok(c.network_settings
+        .and_then(|n| n.ports)
+        .and_then(|p| p.get("22/tcp").cloned().flatten())
+        .and_then(|b| b.into_iter().find_map(|b| b.host_port?.parse().ok())))
+}
+
+/// Stops the container (SIGTERM, then SIGKILL after `grace`), keeping it and its store.
+pub async fn stop(
+    docker: &Docker,
+    id: &str,
+    grace: std::time::Duration,
+) -> Result<(), DockerError> {
+    match docker
+        .stop_container(
+            id,
+            Some(bollard::container::StopContainerOptions {
+                t: grace.as_secs() as i64,
+            }),
+        )
+        .await
+    {
+        Ok(())
+        | Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 304, ..
+        }) => Ok(()),
+        Err(e) => Err(DockerError::api("stopping the container")(e)),
     }
 }
 

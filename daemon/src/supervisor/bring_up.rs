@@ -42,7 +42,12 @@ impl Supervisor {
             found = None;
             changed = true;
         }
-        if !found.as_ref().is_some_and(|f| f.running) && !crate::port::is_free(cfg.port) {
+        // On demand the relay holds the port; the container's own is one the engine picks.
+        self.ensure_relay()?;
+        if !cfg.on_demand
+            && !found.as_ref().is_some_and(|f| f.running)
+            && !crate::port::is_free(cfg.port)
+        {
             return Err(DockerError::PortTaken {
                 port: cfg.port,
                 holder: crate::port::holder(cfg.port)
@@ -142,7 +147,23 @@ impl Supervisor {
             }
         };
         self.set_container(&id, &tag, started && had_been_up);
-        self.finish_up(&docker, &id, keys, say, changed).await
+        self.sshd_port = if cfg.on_demand {
+            docker::container::published_port(&docker, &id)
+                .await?
+                .ok_or_else(|| {
+                    Failure::new(
+                        ErrorKind::Failed,
+                        "the engine did not say which port the container's sshd is published on",
+                    )
+                })?
+        } else {
+            cfg.port
+        };
+        let up = self.finish_up(&docker, &id, keys, say, changed).await;
+        if up.is_ok() {
+            self.relay_awake();
+        }
+        up
     }
 
     pub(super) fn set_container(&self, id: &str, image: &str, restarted: bool) {
@@ -278,7 +299,7 @@ impl Supervisor {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut n = 0u32;
         loop {
-            let out = health::check(self.cfg.port, host_key, keys.private.clone()).await;
+            let out = health::check(self.sshd_port, host_key, keys.private.clone()).await;
             self.record_health(&out);
             match out.result {
                 Ok(facts) => return Ok(facts),

@@ -57,6 +57,10 @@ impl Supervisor {
 
     /// A periodic health check while up; restarts the container after repeated failures.
     pub(super) async fn periodic(&mut self) {
+        if self.on_demand.sleeping {
+            // A health check must not wake it: that is a connection's job.
+            return;
+        }
         if self.next_retry.is_some() {
             // A retry with backoff is already scheduled; checking now would defeat it.
             return;
@@ -65,7 +69,7 @@ impl Supervisor {
             let _ = self.reconcile(&|_| {}).await;
             return;
         };
-        let out = health::check(self.cfg.port, &host_key, keys.private.clone()).await;
+        let out = health::check(self.sshd_port, &host_key, keys.private.clone()).await;
         self.record_health(&out);
         match out.result {
             Ok(_) => {

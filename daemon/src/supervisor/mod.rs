@@ -29,6 +29,7 @@ use crate::state::{Desired, Persisted};
 mod bring_up;
 mod events;
 mod health_tick;
+mod on_demand;
 mod registrations;
 
 pub use events::watch_events;
@@ -139,6 +140,12 @@ pub struct Supervisor {
     watcher: Option<crate::watcher::FileWatcher>,
     /// Since when health checks fail (for taking the machines line out).
     unhealthy_since: Option<Instant>,
+    /// Where the container's sshd answers: the configured port, or on demand the one the
+    /// engine picked (the relay holds the configured one).
+    sshd_port: u16,
+    on_demand: on_demand::OnDemand,
+    /// Taken by `run`: connections asking to wake the builder.
+    relay_events: Option<mpsc::Receiver<crate::relay::RelayEvent>>,
 }
 
 impl Supervisor {
@@ -165,8 +172,13 @@ impl Supervisor {
             last_event: None,
         };
         let (tx, rx) = watch::channel(status);
+        let (relay_tx, relay_rx) = mpsc::channel(64);
+        let activity = watch::channel(crate::relay::Activity { open: 0, total: 0 }).0;
         (
             Supervisor {
+                sshd_port: cfg.port,
+                on_demand: on_demand::OnDemand::new(relay_tx, activity),
+                relay_events: Some(relay_rx),
                 cfg,
                 endpoint,
                 docker: None,
@@ -215,6 +227,8 @@ impl Supervisor {
             }
         }
         self.watch_files();
+        let mut relay_events = self.relay_events.take().expect("run is called once");
+        let mut activity = self.on_demand.activity.subscribe();
         if self.persisted.desired == Desired::Up {
             tracing::info!("desired state is up: bringing the builder back");
             let _ = self.reconcile(&|_| {}).await;
@@ -233,8 +247,15 @@ impl Supervisor {
         let mut mono = Instant::now();
         loop {
             let retry = self.next_retry;
+            let idle = self.on_demand.idle_deadline;
             tokio::select! {
                 _ = shutdown.changed() => break,
+                Some(crate::relay::RelayEvent::Wake) = relay_events.recv() => self.wake().await,
+                Ok(()) = activity.changed() => {
+                    let a = *activity.borrow_and_update();
+                    self.note_activity(a);
+                }
+                _ = sleep_until(idle), if idle.is_some() => self.go_to_sleep().await,
                 cmd = commands.recv() => match cmd {
                     None => break,
                     Some(cmd) => self.handle(cmd).await,
@@ -259,12 +280,13 @@ impl Supervisor {
                 }
                 _ = sleep_until(retry), if retry.is_some() => {
                     self.next_retry = None;
-                    if self.persisted.desired == Desired::Up {
+                    if self.persisted.desired == Desired::Up && !self.on_demand.sleeping {
                         let _ = self.reconcile(&|_| {}).await;
                     }
                 }
             }
         }
+        self.stop_relay();
         tracing::info!("supervisor stopped");
     }
 
@@ -282,7 +304,9 @@ impl Supervisor {
                 let _ = reply.send(r);
             }
             Command::Check { reply } => {
-                let r = if self.persisted.desired == Desired::Up {
+                let r = if self.on_demand.sleeping {
+                    Ok("the builder sleeps (on demand); a connection wakes it".to_string())
+                } else if self.persisted.desired == Desired::Up {
                     self.periodic().await;
                     Ok("checked".to_string())
                 } else {
@@ -308,7 +332,11 @@ impl Supervisor {
                 });
             }
             Command::Poke(why) => {
-                if self.persisted.desired == Desired::Up {
+                if self.on_demand.sleeping {
+                    // Its own stop, or anything else while it sleeps: the next connection
+                    // brings it back through the same reconcile.
+                    tracing::debug!(why, "the builder sleeps: nothing to do");
+                } else if self.persisted.desired == Desired::Up {
                     tracing::info!(why, "reconciling");
                     if why == "container-died" {
                         self.deaths += 1;
@@ -545,6 +573,7 @@ impl Supervisor {
             },
             Err(e) => Some(e.to_string()),
         };
+        self.stop_relay();
         let synced = registration::sync(&self.cfg, None, &mut self.persisted.created);
         self.save()?;
         if synced.nix_conf_changed && self.cfg.registration.restart_nix_daemon {
@@ -593,6 +622,12 @@ impl Supervisor {
     }
 
     async fn gc(&mut self) -> Result<String, Failure> {
+        if self.on_demand.sleeping {
+            return Err(Failure::new(
+                ErrorKind::Invalid,
+                "the builder sleeps (on demand): wake it with a connection (`builderctl ssh -- true`), then run gc",
+            ));
+        }
         let (Some(host_key), Some(keys)) = (self.host_key.clone(), self.keys.clone()) else {
             return Err(Failure::new(
                 ErrorKind::Invalid,
@@ -600,7 +635,7 @@ impl Supervisor {
             ));
         };
         let out = health::run(
-            self.cfg.port,
+            self.sshd_port,
             &host_key,
             keys.private.clone(),
             "nix-collect-garbage 2>&1 | tail -n 3; du -sk /nix/store | cut -f1",
@@ -629,7 +664,7 @@ impl Supervisor {
     async fn periodic_facts(&mut self) -> Option<()> {
         let host_key = self.host_key.clone()?;
         let keys = self.keys.clone()?;
-        let out = health::check(self.cfg.port, &host_key, keys.private.clone()).await;
+        let out = health::check(self.sshd_port, &host_key, keys.private.clone()).await;
         self.record_health(&out);
         Some(())
     }
