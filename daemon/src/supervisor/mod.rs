@@ -219,6 +219,7 @@ impl Supervisor {
         mut commands: mpsc::Receiver<Command>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        crate::fault::maybe_panic("supervisor");
         let (files_tx, mut files) = mpsc::channel(64);
         match crate::watcher::FileWatcher::new(files_tx) {
             Ok(w) => self.watcher = Some(w),
@@ -258,7 +259,12 @@ impl Supervisor {
                 _ = sleep_until(idle), if idle.is_some() => self.go_to_sleep().await,
                 cmd = commands.recv() => match cmd {
                     None => break,
-                    Some(cmd) => self.handle(cmd).await,
+                    // A long request (an image build) gives way to shutdown; what it left half
+                    // done, the next reconcile finishes.
+                    Some(cmd) => tokio::select! {
+                        _ = self.handle(cmd) => {}
+                        _ = shutdown.changed() => break,
+                    },
                 },
                 Some(changed) = files.recv() => self.file_changed(changed.0).await,
                 _ = tick.tick() => {
