@@ -71,6 +71,34 @@ impl From<DockerError> for Failure {
 
 pub type Reply = oneshot::Sender<Result<String, Failure>>;
 
+/// What made the supervisor look again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poke {
+    /// The container exited without being asked to: counts towards a crash loop.
+    ContainerDied,
+    /// The container stopped after a kill or stop was asked for.
+    ContainerStopped,
+    ContainerRemoved,
+    /// The engine answers again after an outage.
+    DockerBack,
+    DockerUnreachable,
+    /// The engine's event stream ended (the engine restarted or went away).
+    EventsEnded,
+}
+
+impl Poke {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Poke::ContainerDied => "container-died",
+            Poke::ContainerStopped => "container-stopped",
+            Poke::ContainerRemoved => "container-removed",
+            Poke::DockerBack => "docker-back",
+            Poke::DockerUnreachable => "docker-unreachable",
+            Poke::EventsEnded => "docker-events-ended",
+        }
+    }
+}
+
 /// What the supervisor is asked to do.
 pub enum Command {
     Up {
@@ -86,8 +114,8 @@ pub enum Command {
     Gc {
         reply: Reply,
     },
-    /// Something outside changed: a container event, a file edit. Reconcile.
-    Poke(&'static str),
+    /// Something outside changed: a container event, the engine. Reconcile.
+    Poke(Poke),
     /// The engine reported `action` for the container, `lag_ms` after its own timestamp.
     Seen {
         action: String,
@@ -341,13 +369,13 @@ impl Supervisor {
                 if self.on_demand.sleeping {
                     // Its own stop, or anything else while it sleeps: the next connection
                     // brings it back through the same reconcile.
-                    tracing::debug!(why, "the builder sleeps: nothing to do");
+                    tracing::debug!(why = why.as_str(), "the builder sleeps: nothing to do");
                 } else if self.persisted.desired == Desired::Up {
-                    tracing::info!(why, "reconciling");
-                    if why == "container-died" {
+                    tracing::info!(why = why.as_str(), "reconciling");
+                    if why == Poke::ContainerDied {
                         self.deaths += 1;
                     }
-                    if self.deaths >= 2 && why != "container-died" {
+                    if self.deaths >= 2 && why != Poke::ContainerDied {
                         // A retry with backoff is already scheduled.
                     } else if self.deaths >= 2 {
                         // A container that keeps dying by itself: back off.
