@@ -123,7 +123,7 @@ impl Supervisor {
             return;
         }
         self.on_demand.sleeping = true;
-        self.next_retry = None;
+        self.retry.cancel();
         let owner = docker::owner_id(&self.cfg.state_dir);
         let stopped = match self.docker().await {
             Ok(d) => match docker::find(&d, &self.cfg.container_name, &owner).await {

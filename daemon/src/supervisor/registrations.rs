@@ -178,7 +178,7 @@ impl Supervisor {
                 ),
             ));
         }
-        self.unhealthy_since = None;
+        self.retry.registered();
         let synced = registration::sync(&self.cfg, Some(&wanted), &mut self.persisted.created);
         self.wanted = Some(wanted);
         self.watch_files();
