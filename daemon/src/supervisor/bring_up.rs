@@ -230,7 +230,7 @@ impl Supervisor {
         }
 
         say(step("register", "writing the registrations"));
-        changed |= self.register(&host_key, &facts)?;
+        changed |= self.register(&host_key, &facts).await?;
         if self.persisted.host_key_fingerprint.as_deref() != Some(fp.as_str()) {
             self.persisted.host_key_fingerprint = Some(fp);
             self.save()?;

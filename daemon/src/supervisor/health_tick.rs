@@ -90,13 +90,13 @@ impl Supervisor {
                         ..w
                     };
                     self.wanted = Some(w.clone());
-                    self.resync(&w, None);
+                    self.resync(&w, None).await;
                 }
                 if self.status.borrow().state != State::Up {
                     let _ = self.reconcile(&|_| {}).await;
                 } else if let Some(w) = self.wanted.clone() {
                     // Files are watched; this also repairs what a watcher could not see.
-                    self.resync(&w, Some(Path::new("")));
+                    self.resync(&w, Some(Path::new(""))).await;
                 }
             }
             Err((stage, msg)) => {
@@ -130,7 +130,7 @@ impl Supervisor {
                         ..w
                     };
                     self.wanted = Some(w.clone());
-                    self.resync(&w, None);
+                    self.resync(&w, None).await;
                 }
                 if n >= self.cfg.health_failures_before_restart {
                     tracing::warn!("restarting the container after {n} failed health checks");

@@ -606,10 +606,10 @@ impl Supervisor {
             Err(e) => Some(e.to_string()),
         };
         self.stop_relay();
-        let synced = registration::sync(&self.cfg, None, &mut self.persisted.created);
+        let synced = self.sync_files(None).await;
         self.save()?;
         if synced.nix_conf_changed && self.cfg.registration.restart_nix_daemon {
-            restart_nix_daemon();
+            restart_nix_daemon().await;
         }
         self.host_key = None;
         self.set(|s| {
@@ -648,7 +648,7 @@ impl Supervisor {
             let _ = docker::remove(&d, &f.id).await;
         }
         if !self.persisted.created.is_empty() || self.persisted.host_key_fingerprint.is_some() {
-            let _ = registration::sync(&self.cfg, None, &mut self.persisted.created);
+            let _ = self.sync_files(None).await;
             let _ = self.save();
         }
     }

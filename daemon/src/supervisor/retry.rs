@@ -159,7 +159,10 @@ mod tests {
         assert!(about(d, 30_000), "the engine's cap is 30 s: {d:?}");
         // Due once the cap and its jitter (at most 10 %) have passed, not before.
         tokio::time::advance(Duration::from_secs(29)).await;
-        assert!(r.due().unwrap() > Instant::now(), "not due before the delay");
+        assert!(
+            r.due().unwrap() > Instant::now(),
+            "not due before the delay"
+        );
         tokio::time::advance(Duration::from_secs(5)).await;
         assert!(r.due().unwrap() <= Instant::now(), "due after the delay");
         assert_eq!(r.reconciled(), 13);
