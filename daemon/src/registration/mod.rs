@@ -255,14 +255,40 @@ fn sync_block(
     kind: &str,
     path: &Path,
     instance: &str,
-    wanted: Option<&dyn Fn(&str) -> String>,
+    wanted: Option<&(dyn Fn(&str) -> String + Sync)>,
     manual_lines: &str,
     created: &mut Created,
     out: &mut Synced,
 ) -> Outcome {
-    let target = match resolve_target(path) {
-        Target::Write(p) => p,
-        Target::NixDarwin => {
+    // Resolved and written with the identity of whoever controls the path, so that a link in
+    // the user's files never leads root to a file the user could not write.
+    let mode = if kind == "ssh_config" { 0o600 } else { 0o644 };
+    let known: &Created = created;
+    let done = fsutil::as_owner_of(path, || {
+        Ok(match resolve_target(path) {
+            Target::Write(target) => {
+                let was_created = known.contains(&target);
+                let r = fsutil::edit_file(&target, mode, |cur| match (wanted, cur) {
+                    (Some(f), cur) => Some(f(cur.unwrap_or(""))),
+                    // Nothing there and nothing of ours: a missing file stays missing.
+                    (None, None) => None,
+                    (None, Some(cur)) => {
+                        let rest = block::remove(cur, instance);
+                        if was_created && rest.trim().is_empty() {
+                            None
+                        } else {
+                            Some(rest)
+                        }
+                    }
+                });
+                (Target::Write(target), Some(r))
+            }
+            other => (other, None),
+        })
+    });
+    let (target, result) = match done {
+        Ok((Target::Write(t), Some(r))) => (t, r),
+        Ok((Target::NixDarwin, _)) => {
             out.statuses.push(status(
                 kind,
                 path,
@@ -274,7 +300,7 @@ fn sync_block(
             ));
             return Outcome::Unchanged;
         }
-        Target::Manual(why) => {
+        Ok((Target::Manual(why), _)) => {
             out.statuses.push(status(
                 kind,
                 path,
@@ -285,22 +311,9 @@ fn sync_block(
             ));
             return Outcome::Unchanged;
         }
+        Ok((Target::Write(t), None)) => unreachable!("{} was resolved but not edited", t.display()),
+        Err(e) => (path.to_path_buf(), Err(e)),
     };
-    let was_created = created.contains(&target);
-    let mode = if kind == "ssh_config" { 0o600 } else { 0o644 };
-    let result = fsutil::edit_file(&target, mode, |cur| match (wanted, cur) {
-        (Some(f), cur) => Some(f(cur.unwrap_or(""))),
-        // Nothing there and nothing of ours: a missing file stays missing.
-        (None, None) => None,
-        (None, Some(cur)) => {
-            let rest = block::remove(cur, instance);
-            if was_created && rest.trim().is_empty() {
-                None
-            } else {
-                Some(rest)
-            }
-        }
-    });
     match result {
         Ok(outcome) => {
             match (&outcome, wanted.is_some()) {
@@ -358,7 +371,7 @@ pub fn sync(cfg: &Config, wanted: Option<&Wanted>, created: &mut Created) -> Syn
         .unwrap_or_default();
     let manual = wanted.map(|w| w.nix_darwin_snippet()).unwrap_or_default();
     let apply_machines = |t: &str| block::apply(t, instance, &machines_body);
-    let machines_fn: Option<&dyn Fn(&str) -> String> =
+    let machines_fn: Option<&(dyn Fn(&str) -> String + Sync)> =
         if wanted.is_some() && !machines_body.is_empty() {
             Some(&apply_machines)
         } else {
@@ -437,7 +450,7 @@ fn sync_nix_conf(
     let line = format!("{KEY} = true");
     let apply = |t: &str| block::apply(t, instance, std::slice::from_ref(&line));
     let needed = wanted.is_some() && user_setting.is_none();
-    let f: Option<&dyn Fn(&str) -> String> = if needed { Some(&apply) } else { None };
+    let f: Option<&(dyn Fn(&str) -> String + Sync)> = if needed { Some(&apply) } else { None };
     let before = out.statuses.len();
     let outcome = sync_block("nix.conf", &target, instance, f, manual, created, out);
     if outcome != Outcome::Unchanged {
