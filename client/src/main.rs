@@ -142,7 +142,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let config_path = builderd::config::resolve_config_path(cli.config.as_deref());
-    let cfg = match Config::load(&config_path) {
+    let cfg = match Config::load_from(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("builderctl: {e}");

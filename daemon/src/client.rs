@@ -129,9 +129,12 @@ pub async fn connect_or_start(
         .map_err(|e| ClientError::Start(format!("cannot open {}: {e}", log.display())))?;
     let start_len = out.metadata().map(|m| m.len()).unwrap_or(0);
     let mut cmd = std::process::Command::new(daemon);
-    cmd.arg("--config")
-        .arg(config_path)
-        .stdin(std::process::Stdio::null())
+    // A missing config is the default one (a named one that is missing is refused before
+    // this): the daemon finds that default itself, and may not be told a missing file.
+    if config_path.exists() {
+        cmd.arg("--config").arg(config_path);
+    }
+    cmd.stdin(std::process::Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
     // The daemon leaves this terminal's session itself (setsid), which it may only do while it

@@ -116,3 +116,108 @@ fn planted_links_never_redirect_root() {
     assert_untouched(&by_temp);
     assert_untouched(&by_known_hosts);
 }
+
+#[test]
+fn a_root_daemon_reads_only_a_config_only_root_can_change() {
+    let (env, user) = Env::root_served("");
+    use std::os::unix::fs::PermissionsExt;
+    // The user's own file (what the default path in their home would be).
+    user.give(&env.config);
+    let e = env.start_root_daemon(user.uid).unwrap_err();
+    assert!(e.contains("exit status: 2"), "{e}");
+    assert!(
+        e.contains(&format!(
+            "a root builderd serving uid {} reads only a config that only root can change",
+            user.uid
+        )),
+        "{e}"
+    );
+    assert!(e.contains("sudo builderctl install"), "{e}");
+    // Root's file, but anyone may write it.
+    std::os::unix::fs::chown(&env.config, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&env.config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let e = env.start_root_daemon(user.uid).unwrap_err();
+    assert!(e.contains("writable by others than root"), "{e}");
+    assert!(!env.path("state/builderd.sock").exists());
+    // Root's file that only root may write: served.
+    std::fs::set_permissions(&env.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    env.start_root_daemon(user.uid).unwrap();
+    let o = env.ctl_as(&user, &["status", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn config_values_cannot_add_lines_to_roots_files() {
+    for (extra, key, line) in [
+        (
+            "[builder]\nprivileged = false\nsandbox = false\nsubstituters = \"\"\nsupported_features = [\"kvm - -\\nssh-ng://evil x86_64-linux\"]\n",
+            "supported_features",
+            12,
+        ),
+        (
+            "[builder]\nprivileged = false\nsandbox = false\nsubstituters = \"\"\nsystems = [\"x86_64-linux\\n\"]\n",
+            "systems",
+            12,
+        ),
+    ] {
+        let (env, user) = Env::root_served(extra);
+        let e = env.start_root_daemon(user.uid).unwrap_err();
+        assert!(e.contains("exit status: 2"), "{e}");
+        assert!(e.contains(&format!("line {line}: `{key}`")), "{e}");
+        let o = env.ctl_as(&user, &["status"]);
+        assert_eq!(o.status.code(), Some(2));
+        assert!(!env.path("etc/nix/machines").exists());
+    }
+    // A path that would end a line of root's ssh_config.
+    let text = "[registration]\nknown_hosts = [\"/tmp/kh\\n  ProxyCommand /bin/sh -c id\"]\n";
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("c.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let o = std::process::Command::new(builderd_tests::bin_dir().join("builderd"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("line 2: `known_hosts`"), "{err}");
+}
+
+#[test]
+fn a_named_config_that_does_not_exist_is_a_usage_error() {
+    let home = tempfile::tempdir().unwrap();
+    let ctl = builderd_tests::bin_dir().join("builderctl");
+    let run = |args: &[&str], env: Option<&str>| {
+        let mut c = std::process::Command::new(&ctl);
+        c.args(args)
+            .env_remove("BUILDERD_CONFIG")
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join(".config"))
+            .env("XDG_DATA_HOME", home.path().join(".local/share"));
+        if let Some(v) = env {
+            c.env("BUILDERD_CONFIG", v);
+        }
+        c.output().unwrap()
+    };
+    for (o, by) in [
+        (
+            run(&["--config", "/gone/builderd.toml", "down"], None),
+            "--config",
+        ),
+        (
+            run(&["down"], Some("/gone/builderd.toml")),
+            "BUILDERD_CONFIG",
+        ),
+    ] {
+        assert_eq!(o.status.code(), Some(2), "{o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!(
+                "config /gone/builderd.toml does not exist (named by {by})"
+            )),
+            "{err}"
+        );
+    }
+    // Nothing was started or made for the default instance.
+    assert_eq!(std::fs::read_dir(home.path()).unwrap().count(), 0);
+}

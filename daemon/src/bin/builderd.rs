@@ -32,7 +32,9 @@ fn main() -> ExitCode {
     // the terminal does not hang it up. Under launchd or systemd it already leads its own.
     let _ = rustix::process::setsid();
     let path = builderd::config::resolve_config_path(args.config.as_deref());
-    let cfg = match builderd::config::Config::load(&path) {
+    let loaded = builderd::config::check_trusted(&path)
+        .and_then(|()| builderd::config::Config::load_from(args.config.as_deref()));
+    let cfg = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("builderd: {e}");
