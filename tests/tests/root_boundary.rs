@@ -117,6 +117,97 @@ fn planted_links_never_redirect_root() {
     assert_untouched(&by_known_hosts);
 }
 
+/// `ssh -G ALIAS` with the user's ssh config: the option's value as ssh resolves it.
+fn ssh_g(env: &Env, user: &builderd_tests::TestUser, option: &str) -> String {
+    let o = user
+        .command("ssh")
+        .arg("-G")
+        .arg("-F")
+        .arg(env.path("home/.ssh/config"))
+        .arg(&env.name)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some(option))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn global_ssh_options_do_not_reach_the_alias() {
+    if skip_docker() {
+        return;
+    }
+    let (env, user) = Env::root_served("");
+    env.start_root_daemon(user.uid).unwrap();
+    let o = env.ctl_as(&user, &["up"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg = env.path("home/.ssh/config");
+    let global = "Host *\n  ProxyJump evil@127.0.0.1:1\n  ProxyCommand /bin/false %h\n  LocalCommand /bin/touch /tmp/pwned\n  PermitLocalCommand yes\n  RemoteCommand /bin/false\n  GlobalKnownHostsFile /tmp/planted-known-hosts\n  HostName 192.0.2.1\n  ForwardAgent yes\n";
+    // Planted below the block, then above it (as the user, who owns the file).
+    let below = format!("{}{global}", std::fs::read_to_string(&cfg).unwrap());
+    user.sh(&format!(
+        "printf '%s' '{below}' > {f}.new && mv {f}.new {f}",
+        f = cfg.display()
+    ));
+    let first_line = |t: &str| t.lines().next().unwrap_or("").to_string();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let above = format!("{global}{}", std::fs::read_to_string(&cfg).unwrap());
+    user.sh(&format!(
+        "printf '%s' '{above}' > {f}.new && mv {f}.new {f}",
+        f = cfg.display()
+    ));
+    // builderd puts its block back on top.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !first_line(&std::fs::read_to_string(&cfg).unwrap()).starts_with("# >>> builderd") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the block stayed below the user's Host *:\n{}",
+            std::fs::read_to_string(&cfg).unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert_eq!(text.matches("ProxyJump evil").count(), 2, "{text}");
+    for (option, want) in [
+        ("proxyjump", ""),
+        ("proxycommand", ""),
+        ("permitlocalcommand", "permitlocalcommand no"),
+        ("remotecommand", ""),
+        ("globalknownhostsfile", "globalknownhostsfile /dev/null"),
+        ("hostname", "hostname 127.0.0.1"),
+        ("forwardagent", "forwardagent no"),
+    ] {
+        assert_eq!(ssh_g(&env, &user, option), want, "{option} in:\n{text}");
+    }
+    // And the real ssh, as the user, reaches the builder through that file.
+    let o = user
+        .command("ssh")
+        .arg("-F")
+        .arg(&cfg)
+        .arg(&env.name)
+        .arg("echo reached")
+        .env("HOME", env.path("home"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("reached"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!Path::new("/tmp/pwned").exists());
+    let _ = user
+        .command("ssh")
+        .arg("-F")
+        .arg(&cfg)
+        .args(["-O", "exit", &env.name])
+        .output();
+    let o = env.ctl_as(&user, &["down"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 #[test]
 fn a_root_daemon_reads_only_a_config_only_root_can_change() {
     let (env, user) = Env::root_served("");

@@ -99,6 +99,29 @@ impl Wanted {
         v.extend(
             [
                 "  StrictHostKeyChecking yes",
+                // ssh keeps the first value it reads, and this block comes first: options a
+                // `Host *` sets for every host cannot reach the builder.
+                "  IgnoreUnknown KnownHostsCommand,SessionType,StdinNull,ForkAfterAuthentication",
+                "  ProxyJump none",
+                "  ProxyCommand none",
+                "  PermitLocalCommand no",
+                "  RemoteCommand none",
+                "  RequestTTY auto",
+                "  ForwardAgent no",
+                "  ForwardX11 no",
+                "  ClearAllForwardings yes",
+                "  Tunnel no",
+                "  GlobalKnownHostsFile /dev/null",
+                "  KnownHostsCommand none",
+                "  UpdateHostKeys no",
+                "  VerifyHostKeyDNS no",
+                "  CanonicalizeHostname no",
+                "  PKCS11Provider none",
+                "  IdentityAgent none",
+                "  AddKeysToAgent no",
+                "  SessionType default",
+                "  StdinNull no",
+                "  ForkAfterAuthentication no",
                 "  BatchMode yes",
                 "  ConnectTimeout 10",
                 "  ServerAliveInterval 15",
@@ -106,9 +129,10 @@ impl Wanted {
             ]
             .map(String::from),
         );
+        let dir = control_dir.display().to_string().replace('%', "%%");
         v.push(format!(
             "  ControlPath {}",
-            quote(&control_dir.join("builderd-%C"))
+            quote_escaped(&format!("{}/builderd-%C", dir.trim_end_matches('/')))
         ));
         v.push("  ControlPersist 120".into());
         v.push("Host *".into());
@@ -146,12 +170,17 @@ impl Wanted {
     }
 }
 
+/// A path as one ssh_config argument: `%` escaped (these keywords expand `%` tokens), quoted
+/// when it holds a space. The config refuses quotes and control characters in paths.
 fn quote(p: &Path) -> String {
-    let s = p.display().to_string();
+    quote_escaped(&p.display().to_string().replace('%', "%%"))
+}
+
+fn quote_escaped(s: &str) -> String {
     if s.contains(char::is_whitespace) {
         format!("\"{s}\"")
     } else {
-        s
+        s.to_string()
     }
 }
 
@@ -411,7 +440,7 @@ pub fn sync(cfg: &Config, wanted: Option<&Wanted>, created: &mut Created) -> Syn
             let dir = p.parent().unwrap_or(Path::new("/"));
             let body = w.ssh_config_lines(reg.known_hosts.get(i).map(PathBuf::as_path), dir);
             let manual = body.join("\n");
-            let f = |t: &str| block::apply(t, instance, &body);
+            let f = |t: &str| block::apply_first(t, instance, &body);
             sync_block(
                 "ssh_config",
                 p,
