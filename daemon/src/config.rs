@@ -75,6 +75,11 @@ pub fn system_dir() -> PathBuf {
     }
 }
 
+/// The only PATH a root builderd uses to find the tools it runs (`nix`, `launchctl`,
+/// `systemctl`, `lsof`, `debootstrap`): directories only root can change, never the PATH of
+/// whoever started it.
+pub const ROOT_PATH: &str = "/usr/bin:/bin:/usr/sbin:/sbin:/nix/var/nix/profiles/default/bin";
+
 /// The root service's copy of the config.
 pub fn system_config_path() -> PathBuf {
     system_dir().join("config.toml")

@@ -724,11 +724,18 @@ impl Env {
     /// Starts a root `builderd` serving `uid` and waits until its socket answers; `Err` holds
     /// its output when it exits instead.
     pub fn start_root_daemon(&self, uid: u32) -> Result<(), String> {
+        self.start_root_daemon_with(uid, &[])
+    }
+
+    /// [`Env::start_root_daemon`] with more environment variables (what the user may have left
+    /// in the environment `sudo` passes on).
+    pub fn start_root_daemon_with(&self, uid: u32, vars: &[(&str, &str)]) -> Result<(), String> {
         let log = self.path("root-daemon.log");
         let f = File::create(&log).unwrap();
         let mut child = Command::new(bin_dir().join("builderd"))
             .arg("--config")
             .arg(&self.config)
+            .envs(vars.iter().copied())
             .env("BUILDERD_OWNER_UID", uid.to_string())
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())

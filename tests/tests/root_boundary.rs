@@ -43,7 +43,17 @@ fn planted_links_never_redirect_root() {
         by_pidfile.display(),
         state.display()
     ));
-    env.start_root_daemon(user.uid).unwrap();
+    // Tools of the user's own on the PATH root was started with.
+    let bin = env.path("home/bin");
+    let marker = env.path("ran-as-root");
+    user.sh(&format!(
+        "mkdir -p {b} && for t in nix nix-store lsof launchctl systemctl debootstrap; do printf '#!/bin/sh\ntouch {m}\nexit 1\n' > {b}/$t; chmod 755 {b}/$t; done",
+        b = bin.display(),
+        m = marker.display()
+    ));
+    let path = format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display());
+    env.start_root_daemon_with(user.uid, &[("PATH", &path)])
+        .unwrap();
     assert_untouched(&by_pidfile);
     let pid = std::fs::read_to_string(state.join("builderd.pid")).unwrap();
     let pid = pid.trim();
@@ -88,6 +98,7 @@ fn planted_links_never_redirect_root() {
     assert_untouched(&by_pidfile);
     assert_untouched(&by_temp);
     assert_untouched(&by_known_hosts);
+    assert!(!marker.exists(), "root ran a program from the user's PATH");
 
     // What the user could write is written, as theirs; what they could not is reported.
     let st = env.status();
@@ -311,4 +322,39 @@ fn a_named_config_that_does_not_exist_is_a_usage_error() {
     }
     // Nothing was started or made for the default instance.
     assert_eq!(std::fs::read_dir(home.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn the_root_service_runs_roots_own_copies_with_a_fixed_path() {
+    let (env, user) = Env::root_served("");
+    let planted = env.path("home/bin");
+    let o = std::process::Command::new(builderd_tests::bin_dir().join("builderctl"))
+        .arg("--config")
+        .arg(&env.config)
+        .args(["install", "--print"])
+        .env("SUDO_USER", &user.name)
+        .env("SUDO_UID", user.uid.to_string())
+        .env("PATH", format!("{}:/usr/bin:/bin", planted.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let unit = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        unit.contains(
+            "ExecStart=/usr/local/lib/builderd/builderd --config /usr/local/lib/builderd/config.toml"
+        ),
+        "{unit}"
+    );
+    assert!(
+        unit.contains(&format!(
+            "Environment=\"PATH={}\"",
+            builderd::config::ROOT_PATH
+        )),
+        "{unit}"
+    );
+    assert!(!unit.contains(&planted.display().to_string()), "{unit}");
+    assert!(
+        unit.contains(&format!("BUILDERD_OWNER_UID={}", user.uid)),
+        "{unit}"
+    );
 }

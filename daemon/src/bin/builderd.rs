@@ -18,7 +18,12 @@ struct Args {
     config: Option<PathBuf>,
 }
 
+#[allow(unsafe_code)]
 fn main() -> ExitCode {
+    if rustix::process::geteuid().is_root() {
+        // SAFETY: no other thread exists yet. Root runs only tools from root's directories.
+        unsafe { std::env::set_var("PATH", builderd::config::ROOT_PATH) };
+    }
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
