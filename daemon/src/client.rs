@@ -24,6 +24,10 @@ pub enum ClientError {
     BadReply(String),
     #[error("the connection to builderd broke: {0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "builderd stopped before it answered (it was stopped or it crashed: `builderctl logs` tells which); what it was doing may be half done, and `builderctl up` or `down` finishes it"
+    )]
+    Closed,
 }
 
 impl ClientError {
@@ -69,10 +73,14 @@ pub async fn exchange(
         };
     }
     loop {
-        let Some(line) = lines.next_line().await? else {
-            return Err(ClientError::BadReply(
-                "the daemon closed the connection without a reply".into(),
-            ));
+        let line = match lines.next_line().await {
+            Ok(Some(line)) => line,
+            // A reset is a daemon that died as much as a clean end of the stream is.
+            Ok(None) => return Err(ClientError::Closed),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(ClientError::Closed);
+            }
+            Err(e) => return Err(e.into()),
         };
         if line.len() > protocol::MAX_FRAME * 16 {
             return Err(ClientError::BadReply("the reply is too large".into()));

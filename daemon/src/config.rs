@@ -517,6 +517,19 @@ impl Config {
                 ));
             }
         }
+        // sockaddr_un's path: 104 bytes on macOS, 108 on Linux, the final NUL included.
+        let max = if cfg!(target_os = "macos") { 103 } else { 107 };
+        let len = self.socket.as_os_str().len();
+        if len > max {
+            return Err(bad(
+                "socket",
+                format!(
+                    "is {} bytes long ({}), more than the {max} a Unix socket path may have here: set `socket` to a shorter path",
+                    len,
+                    self.socket.display()
+                ),
+            ));
+        }
         if let Some(c) = &self.image.context
             && !c.join("Dockerfile").is_file()
         {
@@ -833,6 +846,18 @@ mod tests {
             "[builder]\nsupported_features = [\"kvm\", \"gccarch-armv8-a\"]\nsystems = [\"x86_64-linux\"]\n",
         );
         assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn a_socket_path_too_long_for_the_os_is_refused() {
+        let long = format!("/tmp/{}/s.sock", "d".repeat(120));
+        let e = load(&format!("\nsocket = \"{long}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2: `socket` is 132 bytes long"), "{e}");
+        assert!(e.contains("set `socket` to a shorter path"), "{e}");
+        let fits = if cfg!(target_os = "macos") { 98 } else { 102 };
+        load(&format!("socket = \"/tmp/{}\"\n", "d".repeat(fits))).unwrap();
     }
 
     #[test]

@@ -59,3 +59,55 @@ fn a_damaged_state_file_never_removes_the_builder() {
     }
     env.ctl_ok(&["down"]);
 }
+
+#[test]
+fn a_socket_path_too_long_is_a_config_error() {
+    let long = format!("/tmp/{}/builderd.sock", "s".repeat(110));
+    let env = Env::new("");
+    // The harness's `socket`, replaced.
+    let text = env.config_text().replace(
+        &format!("socket = \"{}\"", env.path("state/builderd.sock").display()),
+        &format!("socket = \"{long}\""),
+    );
+    std::fs::write(&env.config, text).unwrap();
+    for args in [&["status"][..], &["up"], &["down"]] {
+        let o = env.ctl(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("line 5: `socket` is 129 bytes long"), "{err}");
+        assert!(!err.contains("no builderd answers"), "{err}");
+    }
+}
+
+#[test]
+fn a_daemon_killed_during_up_is_reported_as_such() {
+    if skip_docker() {
+        return;
+    }
+    let env = Env::new("");
+    // The image first, so that the kill lands while the container starts.
+    env.up();
+    env.ctl_ok(&["down"]);
+    let child = std::process::Command::new(builderd_tests::bin_dir().join("builderctl"))
+        .arg("--config")
+        .arg(&env.config)
+        .arg("up")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while env.container_state().is_none() {
+        assert!(std::time::Instant::now() < deadline, "no container");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    env.kill_daemon();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("builderd stopped before it answered"), "{err}");
+    assert!(!err.contains("protocol"), "{err}");
+    // And `up` finishes it.
+    env.up();
+}
