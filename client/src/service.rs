@@ -28,7 +28,12 @@ pub fn ssh_argv(cfg: &Config, known_hosts: &Path, command: &[String]) -> Vec<Str
         "-o".into(),
         "StrictHostKeyChecking=yes".into(),
         "-o".into(),
-        format!("UserKnownHostsFile={}", known_hosts.display()),
+        // Quoted: ssh splits an option's value at spaces (this one takes several files), and
+        // the state dir may hold one (`~/Library/Application Support/builderd`).
+        format!(
+            "UserKnownHostsFile=\"{}\"",
+            known_hosts.display().to_string().replace('%', "%%")
+        ),
         "-o".into(),
         format!("HostKeyAlias={}", cfg.alias()),
     ];

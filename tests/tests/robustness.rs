@@ -111,3 +111,53 @@ fn a_daemon_killed_during_up_is_reported_as_such() {
     // And `up` finishes it.
     env.up();
 }
+
+#[test]
+fn a_state_dir_with_a_space_and_a_long_ssh_config_dir_work() {
+    if skip_docker() {
+        return;
+    }
+    let env = Env::new("");
+    let spaced = env.path("Library/Application Support/builderd");
+    std::fs::create_dir_all(&spaced).unwrap();
+    // The harness finds its daemon through `state`.
+    std::os::unix::fs::symlink(&spaced, env.path("state")).unwrap();
+    let long_dir = env.path(&format!("root/{}", "deep/".repeat(12)));
+    std::fs::create_dir_all(&long_dir).unwrap();
+    let long_cfg = long_dir.join("config");
+    let text = env
+        .config_text()
+        .replace(
+            &format!("\"{}/", env.path("state").display()),
+            &format!("\"{}/", spaced.display()),
+        )
+        .replace(
+            &format!("state_dir = \"{}\"", env.path("state").display()),
+            &format!("state_dir = \"{}\"", spaced.display()),
+        )
+        .replace(
+            &env.path("root/.ssh/config").display().to_string(),
+            &long_cfg.display().to_string(),
+        );
+    assert!(text.contains("Application Support"), "{text}");
+    std::fs::write(&env.config, text).unwrap();
+    env.up();
+    let o = env.ctl(&["ssh", "--", "echo", "through-builderctl"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("through-builderctl"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The alias in an ssh_config whose directory is too deep for a control socket.
+    let o = env.ssh(
+        &["-F", long_cfg.to_str().unwrap(), &env.name],
+        "echo through-alias",
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("through-alias"),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        std::fs::read_to_string(&long_cfg).unwrap()
+    );
+    env.ctl_ok(&["down"]);
+}

@@ -125,16 +125,24 @@ impl Wanted {
                 "  BatchMode yes",
                 "  ConnectTimeout 10",
                 "  ServerAliveInterval 15",
-                "  ControlMaster auto",
             ]
             .map(String::from),
         );
-        let dir = control_dir.display().to_string().replace('%', "%%");
-        v.push(format!(
-            "  ControlPath {}",
-            quote_escaped(&format!("{}/builderd-%C", dir.trim_end_matches('/')))
-        ));
-        v.push("  ControlPersist 120".into());
+        let dir = control_dir.display().to_string();
+        let dir = dir.trim_end_matches('/');
+        if control_path_fits(dir) {
+            v.push("  ControlMaster auto".into());
+            v.push(format!(
+                "  ControlPath {}",
+                quote_escaped(&format!("{}/builderd-%C", dir.replace('%', "%%")))
+            ));
+            v.push("  ControlPersist 120".into());
+        } else {
+            // The master's socket would not fit a Unix socket path, and ssh would fail: no
+            // connection sharing rather than no connection.
+            v.push("  ControlMaster no".into());
+            v.push("  ControlPath none".into());
+        }
         v.push("Host *".into());
         v
     }
@@ -168,6 +176,13 @@ impl Wanted {
             self.host_key_b64(),
         )
     }
+}
+
+/// Whether `DIR/builderd-%C` fits a Unix socket path once expanded: `%C` is 40 hex digits, and
+/// ssh binds the master first under a name 17 bytes longer (`.XXXXXXXXXXXXXXXX`).
+fn control_path_fits(dir: &str) -> bool {
+    let max = if cfg!(target_os = "macos") { 103 } else { 107 };
+    dir.len() + "/builderd-".len() + 40 + 17 <= max
 }
 
 /// A path as one ssh_config argument: `%` escaped (these keywords expand `%` tokens), quoted
