@@ -296,13 +296,18 @@ pub async fn install(cfg: &Config, config_path: &Path, print: bool, user: bool, 
     }
 }
 
-/// Stops a daemon that already serves this config (one a plain `builderctl up` started), so
-/// that the service's daemon can take the state dir's lock instead of exiting and being
-/// restarted in a loop. The builder itself stays as it is; the service adopts it.
+/// Stops a daemon that already serves this config as a user (one a plain `builderctl up`
+/// started), so that the service's daemon can take the state dir's lock instead of exiting and
+/// being restarted in a loop. The builder itself stays as it is; the service adopts it. A root
+/// daemon answering is the service already installed: `bootout` replaces it.
 async fn hand_over(cfg: &Config) -> Result<(), String> {
-    if builderd::client::connect(&cfg.socket).await.is_err() {
+    let Ok(stream) = builderd::client::connect(&cfg.socket).await else {
+        return Ok(());
+    };
+    if stream.peer_cred().is_ok_and(|c| c.uid() == 0) {
         return Ok(());
     }
+    drop(stream);
     let _ = builderd::client::request(&cfg.socket, Request::Shutdown, |_| {}).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while builderd::client::connect(&cfg.socket).await.is_ok()

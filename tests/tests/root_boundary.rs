@@ -358,3 +358,51 @@ fn the_root_service_runs_roots_own_copies_with_a_fixed_path() {
         "{unit}"
     );
 }
+
+#[test]
+fn install_hands_over_from_a_daemon_the_user_started() {
+    let (env, user) = Env::root_served("");
+    // The user's own daemon, as a plain `builderctl up` starts it.
+    let mut own = user
+        .command(builderd_tests::bin_dir().join("builderd"))
+        .arg("--config")
+        .arg(&env.config)
+        .env("HOME", env.path("home"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = env.path("state/builderd.sock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the user's daemon did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = env.ctl_as(&user, &["install", "--user"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    // The daemon the user started is gone before the service is loaded, so the service's daemon
+    // finds the state dir free.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let status = loop {
+        if let Some(st) = own.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the user's daemon still runs after install: {err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "it shut down cleanly: {status}");
+    assert!(std::os::unix::net::UnixStream::connect(&sock).is_err());
+    if o.status.success() {
+        // A machine with a user systemd: take the unit away again.
+        let _ = env.ctl_as(&user, &["uninstall", "--user"]);
+    } else {
+        // This machine runs no systemd: the install stops at systemctl, after the hand-over.
+        assert!(err.contains("systemctl --user daemon-reload"), "{err}");
+    }
+}
