@@ -406,3 +406,37 @@ fn install_hands_over_from_a_daemon_the_user_started() {
         assert!(err.contains("systemctl --user daemon-reload"), "{err}");
     }
 }
+
+#[test]
+fn root_reads_only_the_key_files_the_user_could_read() {
+    if skip_docker() {
+        return;
+    }
+    let (env, user) = Env::root_served("");
+    // A key pair only root may read, and the user's key files as links to it.
+    let roots = env.path("root/.ssh/id_ed25519");
+    builderd_tests::keygen(&roots, "ed25519");
+    for (link, target) in [
+        ("home/.ssh/id_ed25519", roots.clone()),
+        ("home/.ssh/id_ed25519.pub", roots.with_extension("pub")),
+    ] {
+        std::fs::remove_file(env.path(link)).unwrap();
+        user.sh(&format!(
+            "ln -s {} {}",
+            target.display(),
+            env.path(link).display()
+        ));
+    }
+    env.start_root_daemon(user.uid).unwrap();
+    let o = env.ctl_as(&user, &["up"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "root used a key the user cannot read");
+    assert!(
+        err.contains(&format!(
+            "cannot load private key {}: Permission denied",
+            env.path("home/.ssh/id_ed25519").display()
+        )),
+        "{err}"
+    );
+    assert_eq!(env.containers_of_ours(), 0);
+}
