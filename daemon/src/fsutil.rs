@@ -467,4 +467,41 @@ mod tests {
         assert!(e.to_string().contains("not UTF-8"), "{e}");
         assert_eq!(fs::read(&p).unwrap(), b"\xff\xfe");
     }
+
+    #[test]
+    fn a_directory_a_user_controls_is_written_as_that_user() {
+        if current_euid() != 0 {
+            eprintln!("not root: nothing to switch from");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(controller_of(&d.path().join("x/y")).0, 0);
+        let theirs = d.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        assert_eq!(controller_of(&theirs.join("a/b")), (65534, 65534));
+        // A file of theirs: written as them.
+        write_atomic(&theirs.join("f"), b"x", 0o644).unwrap();
+        assert_eq!(fs::metadata(theirs.join("f")).unwrap().uid(), 65534);
+        // Their link to a file only root may write: the edit fails as it would for them.
+        let roots = d.path().join("roots");
+        fs::write(&roots, "root's\n").unwrap();
+        std::os::unix::fs::symlink(&roots, theirs.join("link")).unwrap();
+        let link = theirs.join("link");
+        let e = as_owner_of(&link, || {
+            let crate::registration::Target::Write(target) =
+                crate::registration::resolve_target(&link)
+            else {
+                panic!("a link to a plain file is followed");
+            };
+            edit_file(&target, 0o644, |_| Some("evil\n".into()))
+        })
+        .unwrap_err();
+        assert!(e.source.kind() == io::ErrorKind::PermissionDenied, "{e}");
+        assert_eq!(fs::read_to_string(&roots).unwrap(), "root's\n");
+        // This thread stayed root.
+        assert_eq!(current_euid(), 0);
+    }
 }
