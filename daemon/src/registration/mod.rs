@@ -294,6 +294,13 @@ fn status(kind: &str, path: &Path, state: &str, detail: Option<String>) -> Regis
     }
 }
 
+/// What resolving and editing one registration file came to.
+enum Done {
+    Edited(PathBuf, Result<Outcome, fsutil::FsError>),
+    NixDarwin,
+    Manual(String),
+}
+
 /// Applies (`Some`) or removes (`None`) builderd's block in one file.
 fn sync_block(
     kind: &str,
@@ -325,14 +332,15 @@ fn sync_block(
                         }
                     }
                 });
-                (Target::Write(target), Some(r))
+                Done::Edited(target, r)
             }
-            other => (other, None),
+            Target::NixDarwin => Done::NixDarwin,
+            Target::Manual(why) => Done::Manual(why),
         })
     });
     let (target, result) = match done {
-        Ok((Target::Write(t), Some(r))) => (t, r),
-        Ok((Target::NixDarwin, _)) => {
+        Ok(Done::Edited(t, r)) => (t, r),
+        Ok(Done::NixDarwin) => {
             out.statuses.push(status(
                 kind,
                 path,
@@ -344,7 +352,7 @@ fn sync_block(
             ));
             return Outcome::Unchanged;
         }
-        Ok((Target::Manual(why), _)) => {
+        Ok(Done::Manual(why)) => {
             out.statuses.push(status(
                 kind,
                 path,
@@ -355,7 +363,6 @@ fn sync_block(
             ));
             return Outcome::Unchanged;
         }
-        Ok((Target::Write(t), None)) => unreachable!("{} was resolved but not edited", t.display()),
         Err(e) => (path.to_path_buf(), Err(e)),
     };
     match result {
