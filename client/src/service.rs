@@ -296,6 +296,17 @@ pub async fn install(cfg: &Config, config_path: &Path, print: bool, user: bool, 
     }
 }
 
+/// Removes what [`install_copies`] put in `dir`; with `purge` the logs too, and `dir` itself.
+pub fn remove_copies(dir: &Path, purge: bool) {
+    for name in ["builderd", "config.toml"] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    if purge {
+        let _ = std::fs::remove_dir_all(dir.join("logs"));
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
 /// Stops a daemon that already serves this config as a user (one a plain `builderctl up`
 /// started), so that the service's daemon can take the state dir's lock instead of exiting and
 /// being restarted in a loop. The builder itself stays as it is; the service adopts it. A root
@@ -345,6 +356,9 @@ pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool
     if let Err(e) = svc.uninstall(Os::current(), &home, &System) {
         out.error(&e.to_string());
         return exit::FAILURE;
+    }
+    if !user && builderd::fsutil::current_euid() == 0 {
+        remove_copies(&builderd::config::system_dir(), purge);
     }
     out.info("the service is removed");
     if purge {
@@ -425,5 +439,12 @@ mod tests {
         std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
         let e = install_copies(&theirs.join("builderd"), &program, &config).unwrap_err();
         assert!(e.contains("uid 65534 controls it"), "{e}");
+        assert!(!theirs.join("builderd").exists(), "nothing made there");
+        // Uninstalling removes the copies, and with --purge the logs and the directory.
+        remove_copies(&dir, false);
+        assert!(!dir.join("builderd").exists() && !copy.exists());
+        assert!(dir.join("logs").is_dir());
+        remove_copies(&dir, true);
+        assert!(!dir.exists());
     }
 }
