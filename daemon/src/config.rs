@@ -112,7 +112,13 @@ pub fn check_trusted(path: &Path) -> Result<(), ConfigError> {
     use std::os::unix::fs::MetadataExt;
     let meta =
         std::fs::metadata(path).map_err(|e| untrusted(format!("it cannot be read ({e})")))?;
-    let (owner, _) = crate::fsutil::controller_of(path);
+    // The path as given and where its links lead: both must be root's alone.
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let owner = [path, real.as_path()]
+        .into_iter()
+        .map(|p| crate::fsutil::controller_of(p).0)
+        .find(|&o| o != 0)
+        .unwrap_or(0);
     if owner != 0 {
         return Err(untrusted(format!(
             "uid {owner} owns it or a directory above it"

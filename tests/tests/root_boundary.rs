@@ -241,8 +241,21 @@ fn a_root_daemon_reads_only_a_config_only_root_can_change() {
     let e = env.start_root_daemon(user.uid).unwrap_err();
     assert!(e.contains("writable by others than root"), "{e}");
     assert!(!env.path("state/builderd.sock").exists());
-    // Root's file that only root may write: served.
+    // Root's link to a root file in a directory the user controls (who could swap the file).
     std::fs::set_permissions(&env.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let in_home = env.path("home/builderd.toml");
+    std::fs::copy(&env.config, &in_home).unwrap();
+    let real = env.path("builderd.toml.real");
+    std::fs::rename(&env.config, &real).unwrap();
+    std::os::unix::fs::symlink(&in_home, &env.config).unwrap();
+    let e = env.start_root_daemon(user.uid).unwrap_err();
+    assert!(
+        e.contains(&format!("uid {} owns it or a directory above it", user.uid)),
+        "{e}"
+    );
+    std::fs::remove_file(&env.config).unwrap();
+    std::fs::rename(&real, &env.config).unwrap();
+    // Root's file that only root may write: served.
     env.start_root_daemon(user.uid).unwrap();
     let o = env.ctl_as(&user, &["status", "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
