@@ -416,15 +416,7 @@ impl ImageBuildLock {
         let Ok((tag, _)) = builderd::docker::image_for(&cfg) else {
             return ImageBuildLock { _held: None };
         };
-        let exists = |t: &str| {
-            Command::new("docker")
-                .args(["image", "inspect", t])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if exists(&tag) {
+        if image_exists(&tag) {
             return ImageBuildLock { _held: None };
         }
         let f = File::create(std::env::temp_dir().join("builderd-tests-image.lock")).unwrap();
@@ -607,18 +599,32 @@ pub fn redact(env: &Env, text: &str) -> String {
     t
 }
 
+/// Whether the engine holds the image `tag`.
+pub fn image_exists(tag: &str) -> bool {
+    Command::new("docker")
+        .args(["image", "inspect", tag])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A build context of one Dockerfile: `FROM` [`local_base`], then `rest`.
+pub fn context_from_base(rest: &str) -> tempfile::TempDir {
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {}\n{rest}\n", local_base()),
+    )
+    .unwrap();
+    ctx
+}
+
 /// The base the default config builds from on this machine, made by a default `up` first if
 /// there is none yet: `debian:trixie-slim` where it can be pulled, else the local
 /// `builderd-base:trixie`.
 pub fn local_base() -> String {
-    let exists = |t: &str| {
-        Command::new("docker")
-            .args(["image", "inspect", t])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
+    let exists = image_exists;
     let pulled = builderd::docker::base::DEFAULT_BASE;
     let local = builderd::docker::base::offline_tag("trixie");
     if !exists(pulled) && !exists(&local) {

@@ -163,15 +163,9 @@ fn a_crash_loop_backs_off_and_is_degraded() {
         return;
     }
     // An image with the same contract whose entrypoint exits at once.
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        format!(
-            "FROM {}\nENTRYPOINT [\"/bin/sh\", \"-c\", \"echo crashing on purpose >&2; exit 3\"]\n",
-            builderd_tests::local_base()
-        ),
-    )
-    .unwrap();
+    let ctx = builderd_tests::context_from_base(
+        "ENTRYPOINT [\"/bin/sh\", \"-c\", \"echo crashing on purpose >&2; exit 3\"]",
+    );
     let env = Env::new(&format!("[image]\ncontext = \"{}\"", ctx.path().display()));
     let o = env.ctl(&["up"]);
     assert!(!o.status.success());

@@ -98,7 +98,7 @@ fn install_print_shows_the_definition_and_the_commands() {
     assert!(o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
     let expected_exec = format!(
-        "ExecStart={} --config {}",
+        "ExecStart=\"{}\" --config \"{}\"",
         bin_dir().join("builderd").display(),
         env.config.display()
     );

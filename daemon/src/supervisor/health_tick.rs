@@ -134,14 +134,7 @@ impl Supervisor {
                 }
                 if n >= self.cfg.health_failures_before_restart {
                     tracing::warn!("restarting the container after {n} failed health checks");
-                    if let Ok(d) = self.docker().await
-                        && let Ok(Some(f)) = docker::find(
-                            &d,
-                            &self.cfg.container_name,
-                            &docker::owner_id(&self.cfg.state_dir),
-                        )
-                        .await
-                    {
+                    if let Ok(Some((d, f))) = self.our_container().await {
                         let _ = d.restart_container(&f.id, None).await;
                     }
                     let _ = self.reconcile(&|_| {}).await;

@@ -572,18 +572,18 @@ impl Supervisor {
         result
     }
 
+    /// This builderd's container, if there is one, with the engine connection that found it.
+    async fn our_container(&mut self) -> Result<Option<(Docker, docker::Found)>, DockerError> {
+        let d = self.docker().await?;
+        let owner = docker::owner_id(&self.cfg.state_dir);
+        Ok(docker::find(&d, &self.cfg.container_name, &owner)
+            .await?
+            .map(|f| (d, f)))
+    }
+
     async fn container_logs(&mut self) -> String {
-        let Ok(d) = self.docker().await else {
-            return String::new();
-        };
-        match docker::find(
-            &d,
-            &self.cfg.container_name,
-            &docker::owner_id(&self.cfg.state_dir),
-        )
-        .await
-        {
-            Ok(Some(f)) => docker::last_logs(&d, &f.id, 5).await,
+        match self.our_container().await {
+            Ok(Some((d, f))) => docker::last_logs(&d, &f.id, 5).await,
             _ => String::new(),
         }
     }
@@ -600,22 +600,13 @@ impl Supervisor {
         self.retry.cancel();
         self.set(|s| s.desired = "down".into());
         let mut removed_container = false;
-        let docker_err = match self.docker().await {
-            Ok(d) => match docker::find(
-                &d,
-                &self.cfg.container_name,
-                &docker::owner_id(&self.cfg.state_dir),
-            )
-            .await
-            {
-                Ok(Some(f)) => {
-                    docker::remove(&d, &f.id).await?;
-                    removed_container = true;
-                    None
-                }
-                Ok(None) => None,
-                Err(e) => Some(e.to_string()),
-            },
+        let docker_err = match self.our_container().await {
+            Ok(Some((d, f))) => {
+                docker::remove(&d, &f.id).await?;
+                removed_container = true;
+                None
+            }
+            Ok(None) => None,
             Err(e) => Some(e.to_string()),
         };
         self.stop_relay();
@@ -650,14 +641,7 @@ impl Supervisor {
 
     /// At start with desired `down`: nothing of ours runs, nothing is registered.
     async fn ensure_down_quietly(&mut self) {
-        if let Ok(d) = self.docker().await
-            && let Ok(Some(f)) = docker::find(
-                &d,
-                &self.cfg.container_name,
-                &docker::owner_id(&self.cfg.state_dir),
-            )
-            .await
-        {
+        if let Ok(Some((d, f))) = self.our_container().await {
             let _ = docker::remove(&d, &f.id).await;
         }
         if !self.persisted.created.is_empty() || self.persisted.host_key_fingerprint.is_some() {
