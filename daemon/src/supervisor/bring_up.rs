@@ -125,11 +125,15 @@ impl Supervisor {
                 id
             }
         };
-        self.set_container(&id, &tag, started && had_been_up);
+        let state = match docker::find(&docker, &cfg.container_name).await {
+            Ok(Some(f)) => f.state,
+            _ => "unknown".to_string(),
+        };
+        self.set_container(&id, &tag, started && had_been_up, state);
         self.finish_up(&docker, &id, keys, say, changed).await
     }
 
-    pub(super) fn set_container(&self, id: &str, image: &str, restarted: bool) {
+    pub(super) fn set_container(&self, id: &str, image: &str, restarted: bool, state: String) {
         let name = self.cfg.container_name.clone();
         self.set(|s| {
             let restarts = s.container.as_ref().map_or(0, |c| c.restarts) + u32::from(restarted);
@@ -137,9 +141,26 @@ impl Supervisor {
                 name,
                 id: id.chars().take(12).collect(),
                 image: image.into(),
-                state: "running".into(),
+                state,
                 restarts,
             })
+        });
+    }
+
+    /// Puts the engine's own word on the container's state in status.
+    pub(super) async fn refresh_container_state(&mut self) {
+        let Ok(d) = self.docker().await else {
+            return;
+        };
+        let state = match docker::find(&d, &self.cfg.container_name).await {
+            Ok(Some(f)) => f.state,
+            Ok(None) => "removed".to_string(),
+            Err(_) => return,
+        };
+        self.set(|s| {
+            if let Some(c) = &mut s.container {
+                c.state = state;
+            }
         });
     }
 
