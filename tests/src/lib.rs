@@ -144,6 +144,45 @@ impl Env {
             .expect("builderctl runs")
     }
 
+    /// Runs builderctl with these environment variables set (or removed, for `None`).
+    pub fn ctl_env(&self, args: &[&str], vars: &[(&str, Option<&str>)]) -> Output {
+        let mut c = Command::new(bin_dir().join("builderctl"));
+        c.arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        for (k, v) in vars {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c.output().expect("builderctl runs")
+    }
+
+    /// `builderctl doctor ARGS` as root, with this environment's `root/` in place of root's
+    /// home: a private mount namespace binds it over the real one, so root's plain `ssh` reads
+    /// this environment's root ssh_config, and no other process sees the change.
+    pub fn doctor(&self, args: &[&str]) -> Output {
+        let root = self.path("root");
+        let home = root_home();
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount --bind \"$0\" \"$1\" && shift && exec \"$@\"")
+            .arg(&root)
+            .arg(&home)
+            .arg(bin_dir().join("builderctl"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("doctor")
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("unshare runs")
+    }
+
     /// Runs builderctl and asserts it succeeded; returns stdout.
     pub fn ctl_ok(&self, args: &[&str]) -> String {
         let o = self.ctl(args);
@@ -311,7 +350,14 @@ impl Env {
                 "build-users-group",
                 "",
             ])
-            .env("NIX_SSHOPTS", format!("-F {}", ssh_config.display()))
+            // No shared connection: each build goes through the host key and key checks.
+            .env(
+                "NIX_SSHOPTS",
+                format!(
+                    "-F {} -o ControlMaster=no -o ControlPath=none",
+                    ssh_config.display()
+                ),
+            )
             .stdin(Stdio::null())
             .output()
             .expect("nix-build runs (tests/run installs nix-bin)");
@@ -379,6 +425,18 @@ impl Drop for Env {
             eprintln!("kept the test's files in {}", kept.display());
         }
     }
+}
+
+/// root's home directory, from the password database.
+pub fn root_home() -> PathBuf {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 7 && f[2] == "0").then(|| PathBuf::from(f[5]))
+        })
+        .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
 /// Serializes `up` across test processes while the image for a config is not built yet.
