@@ -591,7 +591,7 @@ impl Supervisor {
             &host_key,
             keys.private.clone(),
             // The collector's exit status is its own, not that of a pipe's last command.
-            "out=$(nix-collect-garbage 2>&1); rc=$?; printf '%s\\n' \"$out\" | tail -n 3; [ $rc -eq 0 ] || exit $rc; du -sk /nix/store | cut -f1",
+            "out=$(nix-collect-garbage 2>&1); rc=$?; if [ $rc -ne 0 ]; then printf '%s\\n' \"$out\" | tail -n 3 >&2; exit $rc; fi; printf '%s\\n' \"$out\" | tail -n 3; du -sk /nix/store | cut -f1",
             Duration::from_secs(3600),
         )
         .await
