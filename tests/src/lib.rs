@@ -381,6 +381,37 @@ impl Env {
         );
         text
     }
+
+    /// A remote build through `machines` that must fail, with no shared connection; returns
+    /// Nix's error output.
+    pub fn nix_build_fails(&self, machines: &Path, ssh_config: &Path) -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let expr = format!(
+            "derivation {{ name = \"builderd-refused\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; nonce = \"{nanos}\"; args = [ \"-c\" \"echo > $out\" ]; }}"
+        );
+        let o = Command::new("nix-build")
+            .args(["-E", &expr, "--max-jobs", "0", "--no-out-link"])
+            .arg("--builders")
+            .arg(format!("@{}", machines.display()))
+            .args(["--option", "substituters", ""])
+            .args(["--option", "build-users-group", ""])
+            .env(
+                "NIX_SSHOPTS",
+                format!(
+                    "-F {} -o ControlMaster=no -o ControlPath=none",
+                    ssh_config.display()
+                ),
+            )
+            .stdin(Stdio::null())
+            .output()
+            .expect("nix-build runs");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "the build passed: {err}");
+        err
+    }
 }
 
 impl Drop for Env {
@@ -425,6 +456,12 @@ impl Drop for Env {
             eprintln!("kept the test's files in {}", kept.display());
         }
     }
+}
+
+/// Standard base64, as in a machines line's field 8.
+pub fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
 }
 
 /// root's home directory, from the password database.

@@ -343,7 +343,7 @@ fn doctor_checks_the_files_and_the_line_themselves() {
     assert!(!field8.is_empty());
     std::fs::write(
         &machines,
-        text_before.replace(field8, &b64(&format!("{stranger}\n"))),
+        text_before.replace(field8, &builderd_tests::b64(&format!("{stranger}\n"))),
     )
     .unwrap();
     assert_ne!(stranger, ours);
@@ -405,26 +405,6 @@ fn doctor_checks_the_files_and_the_line_themselves() {
         )),
         "{out}"
     );
-}
-
-/// Standard base64, for a machines line's field 8.
-fn b64(s: &str) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut o = String::new();
-    for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                o.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                o.push('=');
-            }
-        }
-    }
-    o
 }
 
 /// Runs `cmd` in a new detached tmux session of `height` lines, 120 columns wide.
