@@ -1,6 +1,6 @@
 #!/bin/sh
-# nix-builder entrypoint: host key and client key from the volume, Nix settings from the
-# environment, then sshd in the foreground (tini is PID 1).
+# nix-builder entrypoint: host key and client key from the volume, the systems that really run,
+# Nix settings from the environment, then sshd in the foreground (tini is PID 1).
 set -eu
 V=/var/lib/nix-builder
 
@@ -16,32 +16,62 @@ fi
 install -d -m 700 /root/.ssh
 install -m 600 "$V/host.pub" /root/.ssh/authorized_keys
 
+# Which systems run here, and how. The native one always; a foreign one only when its probe
+# program really runs (exits 42). binfmt_misc is not mounted in a container; where it can be
+# mounted, its handler names say what runs the foreign system (rosetta, qemu-*).
 native=$(uname -m)
 case "$native" in
-  x86_64) system=x86_64-linux; foreign=aarch64-linux ;;
-  aarch64|arm64) system=aarch64-linux; foreign=x86_64-linux ;;
-  *) system="$native-linux"; foreign= ;;
+  arm64) native=aarch64 ;;
 esac
-extra=
-# An emulator registered with binfmt_misc (Rosetta on Apple Silicon, or qemu) runs the foreign system.
-if [ -n "$foreign" ] && [ -d /proc/sys/fs/binfmt_misc ]; then
-  for f in /proc/sys/fs/binfmt_misc/*; do
+case "$native" in
+  x86_64) foreign=aarch64 ;;
+  aarch64) foreign=x86_64 ;;
+  *) foreign= ;;
+esac
+how_foreign() {
+  d=/proc/sys/fs/binfmt_misc
+  [ -e "$d/status" ] || mount -t binfmt_misc binfmt_misc "$d" 2>/dev/null || true
+  for f in "$d"/*; do
+    [ -f "$f" ] && grep -qs '^enabled' "$f" || continue
     case "$(basename "$f")" in
-      rosetta|qemu-x86_64|qemu-aarch64) grep -qs '^enabled' "$f" && extra=$foreign ;;
+      rosetta*) echo rosetta; return ;;
     esac
   done
+  for f in "$d"/*; do
+    [ -f "$f" ] && grep -qs '^enabled' "$f" || continue
+    case "$(basename "$f")" in
+      qemu-"$1"*) echo qemu; return ;;
+    esac
+  done
+  echo emulated
+}
+mkdir -p /run/nix-builder
+systems="$native-linux native"
+extra=
+if [ -n "$foreign" ] && [ -x "/usr/local/lib/nix-builder/probe-$foreign" ]; then
+  rc=0
+  "/usr/local/lib/nix-builder/probe-$foreign" 2>/dev/null || rc=$?
+  if [ "$rc" -eq 42 ]; then
+    extra="$foreign-linux"
+    systems="$systems
+$foreign-linux $(how_foreign "$foreign")"
+  fi
 fi
+printf '%s\n' "$systems" > /run/nix-builder/systems
 
 sandbox=${NIX_BUILDER_SANDBOX:-true}
 {
   echo "build-users-group = nixbld"
   echo "trusted-users = root"
   echo "experimental-features = nix-command flakes"
-  echo "system = $system"
+  echo "system = $native-linux"
   [ -n "$extra" ] && echo "extra-platforms = $extra"
   echo "sandbox = $sandbox"
-  [ "$sandbox" = false ] || echo "sandbox-fallback = false"
-  [ -n "$extra" ] && [ "$extra" = x86_64-linux ] && echo "filter-syscalls = false"
+  # A sandbox that cannot start must fail the build, never be skipped silently.
+  echo "sandbox-fallback = false"
+  # Builds expect /bin/sh; inside the sandbox it is this static shell (some Nix builds of
+  # Debian have it compiled in, others not).
+  [ -x /usr/bin/bash-static ] && echo "sandbox-paths = /bin/sh=/usr/bin/bash-static"
   echo "substituters = ${NIX_BUILDER_SUBSTITUTERS-https://cache.nixos.org/}"
   [ -n "${NIX_BUILDER_TRUSTED_PUBLIC_KEYS:-}" ] && echo "trusted-public-keys = $NIX_BUILDER_TRUSTED_PUBLIC_KEYS"
   echo "min-free = ${NIX_BUILDER_MIN_FREE:-1073741824}"

@@ -228,9 +228,20 @@ pub fn render_status(st: &Status, color: bool) -> String {
         ));
     }
     if let Some(b) = &st.builder {
+        let how = |sys: &str| {
+            b.platforms
+                .iter()
+                .find(|p| p.system == sys)
+                .map_or("not reported", |p| p.how.as_str())
+                .to_string()
+        };
         rows.push((
             "systems".into(),
-            format!("{} (x86_64: {})", b.systems.join(", "), b.x86_64),
+            b.systems
+                .iter()
+                .map(|s| format!("{s} ({})", how(s)))
+                .collect::<Vec<_>>()
+                .join(", "),
         ));
         rows.push(("nix".into(), b.nix_version.clone()));
         if let (Some(free), Some(total)) = (b.disk_free_bytes, b.disk_total_bytes) {

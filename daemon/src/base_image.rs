@@ -1,6 +1,8 @@
-//! The base image of the embedded context: a Debian rootfs with `nix-bin`, `openssh-server` and
-//! `tini`. Where it can be pulled, it is; where no registry answers, builderd makes it locally
-//! with debootstrap from Debian's mirror and imports it.
+//! The base image of the embedded context. The default is the official, multi-arch
+//! `debian:trixie-slim`, pulled for the builder's platform; the image build then installs Nix,
+//! sshd and tini from Debian's mirror. Where no registry answers, on Linux only, builderd makes
+//! the same suite locally with debootstrap (`builderd-base:SUITE`) and builds from that instead.
+//! A Mac has no debootstrap: there the error says what a Docker Desktop user can do.
 
 use std::path::{Path, PathBuf};
 
@@ -12,17 +14,43 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use crate::config::Config;
 use crate::docker::{DockerError, image_exists};
 
-/// The base builderd makes itself when it is missing.
-pub const DEFAULT_BASE: &str = "builderd-base:trixie";
+/// The base the embedded context builds from unless configured otherwise: pinned by suite.
+pub const DEFAULT_BASE: &str = "debian:trixie-slim";
 
-/// Packages the base carries. `libdbi-perl` must be named: debootstrap does not resolve the
-/// virtual package `perl-dbdabi-94` that nix-bin's dependencies need.
-pub const PACKAGES: &str = "nix-bin,libdbi-perl,openssh-server,tini,ca-certificates";
+/// The repository of the local stand-in for [`DEFAULT_BASE`], tagged by suite.
+pub const OFFLINE_REPOSITORY: &str = "builderd-base";
+
+/// What the local stand-in is made with: Debian's minimal variant, like the slim image. The
+/// image build installs the rest, whichever base it starts from.
+pub const PACKAGES: &str = "ca-certificates";
+
+/// The operating systems whose base-image behaviour differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostOs {
+    Linux,
+    MacOs,
+}
+
+impl HostOs {
+    pub fn current() -> HostOs {
+        if cfg!(target_os = "macos") {
+            HostOs::MacOs
+        } else {
+            HostOs::Linux
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BaseError {
+    #[error("the base image {image} is missing and cannot be pulled ({pull}). {what_to_do}")]
+    CannotPull {
+        image: String,
+        pull: String,
+        what_to_do: String,
+    },
     #[error(
-        "the base image {image} is missing and cannot be pulled ({pull}); builderd can make it with debootstrap, but {why}. {what_to_do}"
+        "the base image {image} is missing and cannot be pulled ({pull}); builderd can make a local one with debootstrap, but {why}. {what_to_do}"
     )]
     CannotMake {
         image: String,
@@ -38,32 +66,87 @@ pub enum BaseError {
     Docker(#[from] DockerError),
 }
 
-/// Makes sure the base image of the embedded context exists.
+/// The local stand-in's tag for `suite`.
+pub fn offline_tag(suite: &str) -> String {
+    format!("{OFFLINE_REPOSITORY}:{suite}")
+}
+
+/// The Debian suite of an official Debian image (`debian:SUITE` or `debian:SUITE-slim`): the
+/// bases builderd can stand in for with debootstrap. Any other base is the user's to provide.
+pub fn debian_suite_of(base: &str) -> Option<&str> {
+    let tag = base
+        .strip_prefix("debian:")
+        .or_else(|| base.strip_prefix("docker.io/library/debian:"))
+        .or_else(|| base.strip_prefix("library/debian:"))?;
+    let suite = tag.strip_suffix("-slim").unwrap_or(tag);
+    (!suite.is_empty()
+        && suite
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+    .then_some(suite)
+}
+
+/// The suite builderd may make a local stand-in of when `base` cannot be pulled: on Linux, for
+/// an official Debian image.
+pub fn may_make_locally(os: HostOs, base: &str) -> Option<&str> {
+    debian_suite_of(base).filter(|_| os == HostOs::Linux)
+}
+
+/// What to do when `base` cannot be pulled and no local stand-in may be made.
+pub fn cannot_pull_advice(os: HostOs, base: &str) -> String {
+    match os {
+        HostOs::MacOs => format!(
+            "Docker Desktop pulls it from Docker Hub: check that Docker Desktop is signed in or can reach the network (Settings → Resources → Proxies if you are behind a proxy), try `docker pull {base}`, or set `base_image` under [image] to a Debian image your registry mirror serves; then run `builderctl up` again"
+        ),
+        HostOs::Linux => format!(
+            "Make it reachable (`docker pull {base}`, a registry mirror), or remove `base_image` from [image] to use the default, which builderd can make locally; then run `builderctl up` again"
+        ),
+    }
+}
+
+/// Makes the embedded context's base available and returns the image to build from: the
+/// configured base when it is there or can be pulled, else (Linux, default base) the local
+/// stand-in, made once with debootstrap.
 pub async fn ensure(
     docker: &Docker,
     cfg: &Config,
+    os: HostOs,
     say: &(dyn Fn(String) + Send + Sync),
-) -> Result<(), BaseError> {
+) -> Result<String, BaseError> {
     let image = cfg.image.base_image.as_str();
-    if cfg.image.context.is_some() || image_exists(docker, image).await? {
-        return Ok(());
+    if image_exists(docker, image).await? {
+        return Ok(image.to_string());
     }
-    say(format!("base image {image} is missing; trying to pull it"));
-    let pull = match pull(docker, image).await {
-        Ok(()) => return Ok(()),
+    let platform = cfg.platform();
+    say(format!("pulling the base image {image} ({platform})"));
+    let started = std::time::Instant::now();
+    let pull = match pull(docker, image, &platform).await {
+        Ok(()) => {
+            tracing::info!(image, %platform, secs = started.elapsed().as_secs_f64(), "pulled the base image");
+            return Ok(image.to_string());
+        }
         Err(e) => e,
     };
+    tracing::info!(image, reason = %pull, "the base image cannot be pulled");
+    let Some(suite) = may_make_locally(os, image) else {
+        return Err(BaseError::CannotPull {
+            image: image.to_string(),
+            pull,
+            what_to_do: cannot_pull_advice(os, image),
+        });
+    };
+    let local = offline_tag(suite);
+    if image_exists(docker, &local).await? {
+        say(format!(
+            "{image} cannot be pulled ({pull}); building from the local {local}"
+        ));
+        return Ok(local);
+    }
     let cannot = |why: String, what: &str| BaseError::CannotMake {
         image: image.to_string(),
         pull: pull.clone(),
         why,
         what_to_do: what.to_string(),
-    };
-    let Some((repo, tag)) = image.rsplit_once(':') else {
-        return Err(cannot(
-            "the image name has no tag".into(),
-            "Name it REPO:TAG.",
-        ));
     };
     let Some(debootstrap) = which("debootstrap") else {
         return Err(cannot(
@@ -71,34 +154,38 @@ pub async fn ensure(
             "Install it (`sudo apt-get install debootstrap`) or make the image reachable, then run `builderctl up` again.",
         ));
     };
-    if rustix::process::geteuid().as_raw() != 0 {
+    if !rustix::process::geteuid().is_root() {
         return Err(cannot(
             "debootstrap needs root".into(),
-            "Run `sudo builderctl up` once, or make the base yourself: `sudo debootstrap --variant=minbase --include=nix-bin,libdbi-perl,openssh-server,tini,ca-certificates trixie DIR && sudo tar -C DIR -c . | docker import - builderd-base:trixie`.",
+            &format!(
+                "Run `sudo builderctl up` once, or make it yourself: `sudo debootstrap --variant=minbase {suite} DIR && sudo tar -C DIR -c . | docker import - {local}`."
+            ),
         ));
     }
+    say(format!(
+        "{image} cannot be pulled ({pull}); making {local} with debootstrap"
+    ));
     let work = cfg.state_dir.join("base-rootfs");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&cfg.state_dir).map_err(|e| BaseError::Import(e.to_string()))?;
+    let (repo, tag) = local.rsplit_once(':').expect("offline_tag has a tag");
     let result = async {
-        debootstrap_into(&debootstrap, cfg, &work, say).await?;
-        say("importing the base image".into());
-        let rootfs = work.clone();
-        let bytes = tokio::task::spawn_blocking(move || tar_rootfs(&rootfs))
-            .await
-            .map_err(|e| BaseError::Import(e.to_string()))?
-            .map_err(|e| BaseError::Import(e.to_string()))?;
-        import(docker, repo, tag, bytes).await
+        debootstrap_into(&debootstrap, cfg, suite, &work, say).await?;
+        say(format!("importing {local}"));
+        import_rootfs(docker, repo, tag, &work).await
     }
     .await;
     let _ = std::fs::remove_dir_all(&work);
-    result
+    result?;
+    tracing::info!(image = %local, secs = started.elapsed().as_secs_f64(), "made the base image with debootstrap");
+    Ok(local)
 }
 
-async fn pull(docker: &Docker, image: &str) -> Result<(), String> {
+async fn pull(docker: &Docker, image: &str, platform: &str) -> Result<(), String> {
     let mut s = docker.create_image(
         Some(CreateImageOptions {
             from_image: image,
+            platform,
             ..Default::default()
         }),
         None,
@@ -123,29 +210,27 @@ fn which(bin: &str) -> Option<PathBuf> {
 async fn debootstrap_into(
     bin: &Path,
     cfg: &Config,
+    suite: &str,
     dir: &Path,
     say: &(dyn Fn(String) + Send + Sync),
 ) -> Result<(), BaseError> {
     say(format!(
-        "making the base with debootstrap ({} from {}); this takes about a minute",
-        cfg.image.debian_suite, cfg.image.debian_mirror
+        "making the base with debootstrap ({suite} from {}); this takes about half a minute",
+        cfg.image.debian_mirror
     ));
-    let mut arch = Vec::new();
-    if let Some(p) = cfg.image.platform.as_deref() {
-        arch.push(format!(
-            "--arch={}",
-            if p.ends_with("arm64") {
-                "arm64"
-            } else {
-                "amd64"
-            }
-        ));
-    }
+    let arch = format!(
+        "--arch={}",
+        if cfg.platform().ends_with("arm64") {
+            "arm64"
+        } else {
+            "amd64"
+        }
+    );
     let mut child = tokio::process::Command::new(bin)
         .arg("--variant=minbase")
         .arg(format!("--include={PACKAGES}"))
-        .args(arch)
-        .arg(&cfg.image.debian_suite)
+        .arg(arch)
+        .arg(suite)
         .arg(dir)
         .arg(&cfg.image.debian_mirror)
         .stdin(std::process::Stdio::null())
@@ -209,6 +294,22 @@ fn tar_rootfs(dir: &Path) -> std::io::Result<Vec<u8>> {
     b.into_inner()
 }
 
+/// Imports the rootfs at `dir` as `repo:tag`. The engine API takes the tar whole for an import,
+/// so it is made in memory, off the async workers.
+async fn import_rootfs(
+    docker: &Docker,
+    repo: &str,
+    tag: &str,
+    dir: &Path,
+) -> Result<(), BaseError> {
+    let rootfs = dir.to_path_buf();
+    let bytes = tokio::task::spawn_blocking(move || tar_rootfs(&rootfs))
+        .await
+        .map_err(|e| BaseError::Import(e.to_string()))?
+        .map_err(|e| BaseError::Import(e.to_string()))?;
+    import(docker, repo, tag, bytes).await
+}
+
 async fn import(docker: &Docker, repo: &str, tag: &str, bytes: Vec<u8>) -> Result<(), BaseError> {
     let mut s = docker.create_image(
         Some(CreateImageOptions {
@@ -231,4 +332,39 @@ async fn import(docker: &Docker, repo: &str, tag: &str, bytes: Vec<u8>) -> Resul
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_linux_makes_an_official_debian_base_locally() {
+        assert_eq!(
+            may_make_locally(HostOs::Linux, DEFAULT_BASE),
+            Some("trixie")
+        );
+        assert_eq!(
+            may_make_locally(HostOs::Linux, "debian:bookworm"),
+            Some("bookworm")
+        );
+        assert_eq!(may_make_locally(HostOs::MacOs, DEFAULT_BASE), None);
+        assert_eq!(
+            may_make_locally(HostOs::Linux, "registry.example/debian:trixie-slim"),
+            None
+        );
+        assert_eq!(
+            may_make_locally(HostOs::Linux, "debian:trixie; rm -rf /"),
+            None
+        );
+        let mac = cannot_pull_advice(HostOs::MacOs, DEFAULT_BASE);
+        assert!(mac.contains("Docker Desktop"), "{mac}");
+        assert!(mac.contains("docker pull debian:trixie-slim"), "{mac}");
+        assert!(!mac.contains("apt-get"), "a Mac has no apt: {mac}");
+        assert!(
+            !mac.contains("debootstrap"),
+            "a Mac has no debootstrap: {mac}"
+        );
+        assert_eq!(offline_tag("trixie"), "builderd-base:trixie");
+    }
 }

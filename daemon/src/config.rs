@@ -89,7 +89,7 @@ fn line_suffix(line: Option<usize>) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum UriForm {
-    /// `ssh-ng://root@localhost:PORT` when the host's Nix is 2.31 or newer, the alias otherwise.
+    /// The alias: it works with every Nix and keeps connection sharing.
     #[default]
     Auto,
     /// `ssh-ng://ALIAS`, resolved by the ssh_config block builderd writes.
@@ -109,8 +109,10 @@ pub struct ImageConfig {
     pub base_image: String,
     /// `linux/arm64` or `linux/amd64`; the host's own architecture when unset.
     pub platform: Option<String>,
-    /// Debian mirror and suite for the offline base image.
+    /// The Debian mirror debootstrap uses for a local base, when an official Debian base
+    /// (`debian:SUITE[-slim]`) cannot be pulled (Linux only).
     pub debian_mirror: String,
+    /// Kept so that older configs still load; the suite now comes from `base_image`.
     pub debian_suite: String,
 }
 
@@ -130,9 +132,12 @@ impl Default for ImageConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BuilderConfig {
-    /// `--privileged`: Nix's build sandbox needs it. Some engines refuse it.
+    /// `--privileged`, for an engine where the narrow privileges Nix's sandbox needs are not
+    /// enough. Off by default: the container gets CAP_SYS_ADMIN with seccomp and AppArmor
+    /// unconfined instead, which is what the sandbox needs.
     pub privileged: bool,
-    /// The builder's `sandbox` setting.
+    /// Nix's build sandbox in the builder (with `sandbox-fallback = false`: a sandbox that
+    /// cannot start fails the build). Without it Linux builds may give other bytes.
     pub sandbox: bool,
     /// The builder's `substituters`; empty for an offline builder.
     pub substituters: String,
@@ -151,7 +156,7 @@ pub struct BuilderConfig {
 impl Default for BuilderConfig {
     fn default() -> Self {
         Self {
-            privileged: true,
+            privileged: false,
             sandbox: true,
             substituters: "https://cache.nixos.org/".into(),
             trusted_public_keys: None,

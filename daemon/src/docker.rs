@@ -55,9 +55,13 @@ pub enum DockerError {
     #[error("cannot read the build context {path}: {reason}")]
     Context { path: PathBuf, reason: String },
     #[error(
-        "the Docker engine refused a privileged container ({reason}). Nix's sandbox needs it; on an engine that cannot grant it, set `privileged = false` and `sandbox = false` under [builder] in the config"
+        "the Docker engine refused a privileged container ({reason}): remove `privileged = true` under [builder] in the config; the default (CAP_SYS_ADMIN, seccomp and AppArmor unconfined) is all Nix's sandbox needs"
     )]
     PrivilegedRefused { reason: String },
+    #[error(
+        "the Docker engine refused the privileges Nix's sandbox needs (CAP_SYS_ADMIN, seccomp and AppArmor unconfined): {reason}. Allow them on the engine, or set `sandbox = false` under [builder] in the config to build without the sandbox (builds may then differ from other Linux machines' bytes)"
+    )]
+    SandboxRefused { reason: String },
     #[error(
         "port {port} on 127.0.0.1 is taken{holder}: stop that, or set `port` in the config to a free port"
     )]
@@ -208,11 +212,20 @@ pub struct Context {
 
 impl Context {
     pub fn embedded() -> Context {
+        let mut files: Vec<(String, Vec<u8>, u32)> = EMBEDDED_CONTEXT
+            .iter()
+            .map(|(p, b, m)| (p.to_string(), b.to_vec(), *m))
+            .collect();
+        for arch in crate::probe::Arch::ALL {
+            files.push((
+                format!("probe-{}", arch.name()),
+                crate::probe::program(arch),
+                0o755,
+            ));
+        }
+        files.sort_by(|a, b| a.0.cmp(&b.0));
         Context {
-            files: EMBEDDED_CONTEXT
-                .iter()
-                .map(|(p, b, m)| (p.to_string(), b.to_vec(), *m))
-                .collect(),
+            files,
             embedded: true,
         }
     }
@@ -325,17 +338,20 @@ pub async fn image_exists(docker: &Docker, tag: &str) -> Result<bool, DockerErro
     }
 }
 
-/// Builds `tag` from `ctx`, reporting each build step through `step`.
+/// Builds `tag` from `ctx`, reporting each build step through `step`. `base` is the embedded
+/// context's `BASE_IMAGE`: the configured base, or the local stand-in made when it could not be
+/// pulled.
 pub async fn build_image(
     docker: &Docker,
     cfg: &Config,
     tag: &str,
     ctx: &Context,
+    base: Option<&str>,
     step: &(dyn Fn(String, Option<(u64, u64)>) + Send + Sync),
 ) -> Result<(), DockerError> {
     let mut buildargs = HashMap::new();
-    if ctx.embedded {
-        buildargs.insert("BASE_IMAGE".to_string(), cfg.image.base_image.clone());
+    if let Some(base) = base.filter(|_| ctx.embedded) {
+        buildargs.insert("BASE_IMAGE".to_string(), base.to_string());
     }
     let opts = BuildImageOptions {
         dockerfile: "Dockerfile".to_string(),
@@ -404,15 +420,66 @@ fn parse_step(line: &str) -> Option<(u64, u64)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
-/// What the container is created from.
-#[derive(Debug, Clone, PartialEq)]
+/// What the container is created from. Its [`Spec::hash`] labels the container: a container
+/// whose label differs was made from another spec (an edited config, an older release) and is
+/// re-created, keeping the volume and so the host key.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Spec {
     pub name: String,
     pub image: String,
     pub port: u16,
     pub volume: PathBuf,
-    pub privileged: bool,
+    pub privileges: Privileges,
     pub env: Vec<String>,
+}
+
+/// What the container may do beyond Docker's defaults.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub enum Privileges {
+    /// `--privileged`: only when asked for, for an engine where the narrow set is not enough.
+    Privileged,
+    /// The narrowest set under which Nix's sandbox starts: `CAP_SYS_ADMIN` (mount and the
+    /// namespaces), seccomp and AppArmor unconfined (they refuse the namespace calls), and no
+    /// masked or read-only /proc paths (Nix mounts a fresh /proc, which the kernel allows only
+    /// when no part of the old one is covered). This is `--security-opt systempaths=unconfined`.
+    Sandbox,
+    /// Docker's defaults: no sandbox.
+    Default,
+}
+
+impl Privileges {
+    pub fn for_builder(privileged: bool, sandbox: bool) -> Privileges {
+        match (privileged, sandbox) {
+            (true, _) => Privileges::Privileged,
+            (false, true) => Privileges::Sandbox,
+            (false, false) => Privileges::Default,
+        }
+    }
+
+    /// The host config fields that carry these privileges.
+    pub fn host_config(&self) -> HostConfig {
+        match self {
+            Privileges::Privileged => HostConfig {
+                privileged: Some(true),
+                ..Default::default()
+            },
+            Privileges::Sandbox => HostConfig {
+                privileged: Some(false),
+                cap_add: Some(vec!["SYS_ADMIN".into()]),
+                security_opt: Some(vec![
+                    "seccomp=unconfined".into(),
+                    "apparmor=unconfined".into(),
+                ]),
+                masked_paths: Some(Vec::new()),
+                readonly_paths: Some(Vec::new()),
+                ..Default::default()
+            },
+            Privileges::Default => HostConfig {
+                privileged: Some(false),
+                ..Default::default()
+            },
+        }
+    }
 }
 
 impl Spec {
@@ -432,15 +499,48 @@ impl Spec {
             image: image.to_string(),
             port: cfg.port,
             volume: cfg.volume_dir(),
-            privileged: b.privileged,
+            privileges: Privileges::for_builder(b.privileged, b.sandbox),
             env,
         }
     }
 
+    /// A hash of the spec's fields (their JSON form, which does not change with the compiler).
     pub fn hash(&self) -> String {
-        let mut h = Sha256::new();
-        h.update(format!("{self:?}").as_bytes());
-        hex(&h.finalize())[..16].to_string()
+        let json = serde_json::to_vec(self).expect("a spec serializes");
+        hex(&Sha256::digest(&json))[..16].to_string()
+    }
+
+    /// The engine's container config for this spec.
+    pub fn container_config(&self) -> ContainerConfig<String> {
+        let mut labels = HashMap::new();
+        labels.insert(LABEL_INSTANCE.to_string(), self.name.clone());
+        labels.insert(LABEL_SPEC.to_string(), self.hash());
+        let mut bindings = HashMap::new();
+        bindings.insert(
+            "22/tcp".to_string(),
+            Some(vec![PortBinding {
+                host_ip: Some("127.0.0.1".into()),
+                host_port: Some(self.port.to_string()),
+            }]),
+        );
+        let mut exposed = HashMap::new();
+        exposed.insert("22/tcp".to_string(), HashMap::new());
+        ContainerConfig {
+            image: Some(self.image.clone()),
+            hostname: Some("nix-builder".to_string()),
+            env: Some(self.env.clone()),
+            labels: Some(labels),
+            exposed_ports: Some(exposed),
+            host_config: Some(HostConfig {
+                port_bindings: Some(bindings),
+                binds: Some(vec![format!(
+                    "{}:/var/lib/nix-builder",
+                    self.volume.display()
+                )]),
+                ..self.privileges.host_config()
+            }),
+            ..Default::default()
+        }
     }
 }
 
@@ -517,36 +617,7 @@ pub async fn name_taken_by_other(docker: &Docker, name: &str) -> Result<bool, Do
 }
 
 pub async fn create(docker: &Docker, spec: &Spec) -> Result<String, DockerError> {
-    let mut labels = HashMap::new();
-    labels.insert(LABEL_INSTANCE.to_string(), spec.name.clone());
-    labels.insert(LABEL_SPEC.to_string(), spec.hash());
-    let mut bindings = HashMap::new();
-    bindings.insert(
-        "22/tcp".to_string(),
-        Some(vec![PortBinding {
-            host_ip: Some("127.0.0.1".into()),
-            host_port: Some(spec.port.to_string()),
-        }]),
-    );
-    let mut exposed = HashMap::new();
-    exposed.insert("22/tcp".to_string(), HashMap::new());
-    let config = ContainerConfig {
-        image: Some(spec.image.clone()),
-        hostname: Some("nix-builder".to_string()),
-        env: Some(spec.env.clone()),
-        labels: Some(labels),
-        exposed_ports: Some(exposed),
-        host_config: Some(HostConfig {
-            privileged: Some(spec.privileged),
-            port_bindings: Some(bindings),
-            binds: Some(vec![format!(
-                "{}:/var/lib/nix-builder",
-                spec.volume.display()
-            )]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let config = spec.container_config();
     let r = docker
         .create_container(
             Some(CreateContainerOptions {
@@ -564,7 +635,12 @@ pub async fn create(docker: &Docker, spec: &Spec) -> Result<String, DockerError>
 }
 
 /// Starts the container, turning the engine's refusals into errors that say what to do.
-pub async fn start(docker: &Docker, id: &str, port: u16) -> Result<(), DockerError> {
+pub async fn start(
+    docker: &Docker,
+    id: &str,
+    port: u16,
+    privileges: &Privileges,
+) -> Result<(), DockerError> {
     match docker
         .start_container(id, None::<StartContainerOptions<String>>)
         .await
@@ -574,10 +650,15 @@ pub async fn start(docker: &Docker, id: &str, port: u16) -> Result<(), DockerErr
             status_code: 304, ..
         }) => Ok(()),
         Err(bollard::errors::Error::DockerResponseServerError { message, .. })
-            if message.contains("apply caps") || message.contains("privileged") =>
+            if message.contains("apply caps")
+                || message.contains("privileged")
+                || message.contains("seccomp")
+                || message.contains("apparmor") =>
         {
-            Err(DockerError::PrivilegedRefused {
-                reason: message.trim().to_string(),
+            let reason = message.trim().to_string();
+            Err(match privileges {
+                Privileges::Privileged => DockerError::PrivilegedRefused { reason },
+                _ => DockerError::SandboxRefused { reason },
             })
         }
         Err(bollard::errors::Error::DockerResponseServerError { message, .. })

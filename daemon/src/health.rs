@@ -34,10 +34,28 @@ impl Stage {
 pub struct Facts {
     pub nix_version: String,
     pub arch: String,
-    /// `native`, `rosetta`, `qemu` or `missing`.
-    pub x86_64: String,
+    /// The systems that run on the builder and how, the native one first.
+    pub platforms: Vec<Platform>,
     pub disk_free_bytes: Option<u64>,
     pub disk_total_bytes: Option<u64>,
+}
+
+/// A system the builder runs, and how: `native`, `rosetta`, `qemu` or `emulated` (a foreign
+/// program ran, through a handler that could not be named).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub system: String,
+    pub how: String,
+}
+
+impl Facts {
+    /// How x86_64 programs run on the builder, or `missing`.
+    pub fn x86_64(&self) -> String {
+        self.platforms
+            .iter()
+            .find(|p| p.system == "x86_64-linux")
+            .map_or_else(|| "missing".to_string(), |p| p.how.clone())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -46,13 +64,13 @@ pub struct Outcome {
     pub result: Result<Facts, (Stage, String)>,
 }
 
-/// The command run on the builder. It prints `key=value` lines.
+/// The command run on the builder. It prints `key=value` lines. The systems come from what the
+/// entrypoint found by running a program of each architecture; an image of the user's own that
+/// does not say gets its native system only.
 pub const PROBE: &str = "printf 'nix=%s\\n' \"$(nix-store --version)\" && \
 printf 'arch=%s\\n' \"$(uname -m)\" && \
-if [ \"$(uname -m)\" = x86_64 ]; then echo x86_64=native; \
-elif [ -e /proc/sys/fs/binfmt_misc/rosetta ]; then echo x86_64=rosetta; \
-elif [ -e /proc/sys/fs/binfmt_misc/qemu-x86_64 ]; then echo x86_64=qemu; \
-else echo x86_64=missing; fi && \
+if [ -r /run/nix-builder/systems ]; then sed 's/^/platform=/' /run/nix-builder/systems; \
+else printf 'platform=%s-linux native\\n' \"$(uname -m | sed s/arm64/aarch64/)\"; fi && \
 df -Pk /nix/store | awk 'NR==2 {print \"disk_total_kb=\" $2; print \"disk_free_kb=\" $4}'";
 
 pub fn parse_facts(out: &str) -> Option<Facts> {
@@ -64,13 +82,36 @@ pub fn parse_facts(out: &str) -> Option<Facts> {
         match k {
             "nix" => f.nix_version = v.trim().to_string(),
             "arch" => f.arch = v.trim().to_string(),
-            "x86_64" => f.x86_64 = v.trim().to_string(),
+            "platform" => {
+                let mut w = v.split_whitespace();
+                if let (Some(system), Some(how)) = (w.next(), w.next())
+                    && is_system(system)
+                    && !f.platforms.iter().any(|p| p.system == system)
+                {
+                    f.platforms.push(Platform {
+                        system: system.to_string(),
+                        how: how.to_string(),
+                    });
+                }
+            }
             "disk_free_kb" => f.disk_free_bytes = v.trim().parse::<u64>().ok().map(|k| k * 1024),
             "disk_total_kb" => f.disk_total_bytes = v.trim().parse::<u64>().ok().map(|k| k * 1024),
             _ => {}
         }
     }
-    (f.nix_version.contains("Nix") && !f.arch.is_empty()).then_some(f)
+    (f.nix_version.contains("Nix") && !f.arch.is_empty() && !f.platforms.is_empty()).then_some(f)
+}
+
+/// A Nix system name such as `x86_64-linux`: what may go into the machines line.
+pub fn is_system(s: &str) -> bool {
+    let mut parts = s.splitn(2, '-');
+    let (Some(arch), Some(os)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    !arch.is_empty()
+        && !os.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 struct Pinned {
@@ -221,11 +262,25 @@ mod tests {
     #[test]
     fn facts_are_parsed() {
         let f = parse_facts(
-            "nix=nix-store (Nix) 2.26.3\narch=aarch64\nx86_64=rosetta\ndisk_total_kb=100\ndisk_free_kb=40\n",
+            "nix=nix-store (Nix) 2.26.3\narch=aarch64\nplatform=aarch64-linux native\nplatform=x86_64-linux rosetta\ndisk_total_kb=100\ndisk_free_kb=40\n",
         )
         .unwrap();
-        assert_eq!(f.x86_64, "rosetta");
+        assert_eq!(f.x86_64(), "rosetta");
+        assert_eq!(
+            f.platforms
+                .iter()
+                .map(|p| p.system.as_str())
+                .collect::<Vec<_>>(),
+            ["aarch64-linux", "x86_64-linux"]
+        );
         assert_eq!(f.disk_free_bytes, Some(40 * 1024));
         assert_eq!(parse_facts("nothing"), None);
+        // A system name that would break the machines line is not taken.
+        let f = parse_facts(
+            "nix=nix-store (Nix) 2.26.3\narch=x86_64\nplatform=x86_64-linux native\nplatform=a,b-linux qemu\n",
+        )
+        .unwrap();
+        assert_eq!(f.platforms.len(), 1);
+        assert_eq!(f.x86_64(), "native");
     }
 }

@@ -1,7 +1,7 @@
 //! The host's Nix: its version, and the store URI form it understands.
 //!
-//! Nix before 2.31 reads `ssh-ng://root@localhost:2222` as the host name `localhost:2222`; those
-//! get the ssh_config alias instead.
+//! Nix before 2.31 reads `ssh-ng://root@localhost:2222` as the host name `localhost:2222`, so
+//! the machines line names the ssh_config alias unless `host:port` is asked for.
 
 use crate::config::UriForm;
 
@@ -28,13 +28,19 @@ pub fn host_version() -> Option<(u32, u32, u32)> {
     })
 }
 
-/// Whether to write `ssh-ng://root@localhost:PORT` (true) or the alias (false).
-pub fn use_host_port(form: UriForm, version: Option<(u32, u32, u32)>) -> bool {
+/// Whether to write `ssh-ng://root@localhost:PORT` (true) or the alias (false). The alias
+/// works with every Nix (measured: 2.8, 2.26, 2.34) and keeps the alias's connection sharing;
+/// `host:port` is written only when asked for, and only Nix 2.31 or newer parses it.
+pub fn use_host_port(form: UriForm) -> bool {
     match form {
-        UriForm::Alias => false,
+        UriForm::Alias | UriForm::Auto => false,
         UriForm::HostPort => true,
-        UriForm::Auto => version.is_some_and(|v| v >= (2, 31, 0)),
     }
+}
+
+/// Whether a Nix of `version` parses `ssh-ng://user@host:port`.
+pub fn parses_host_port(version: (u32, u32, u32)) -> bool {
+    version >= (2, 31, 0)
 }
 
 #[cfg(test)]
@@ -50,9 +56,10 @@ mod tests {
         );
         assert_eq!(parse_version("nix-store (Nix) 2.26.3"), Some((2, 26, 3)));
         assert_eq!(parse_version("garbage"), None);
-        assert!(!use_host_port(UriForm::Auto, Some((2, 26, 3))));
-        assert!(use_host_port(UriForm::Auto, Some((2, 31, 0))));
-        assert!(!use_host_port(UriForm::Auto, None));
-        assert!(use_host_port(UriForm::HostPort, None));
+        assert!(!use_host_port(UriForm::Auto));
+        assert!(!use_host_port(UriForm::Alias));
+        assert!(use_host_port(UriForm::HostPort));
+        assert!(!parses_host_port((2, 26, 3)));
+        assert!(parses_host_port((2, 31, 0)));
     }
 }

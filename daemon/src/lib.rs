@@ -10,7 +10,9 @@
 //!   [`registration::Registrar`] that applies or removes builderd's entries.
 //! - [`docker`]: the engine connection (DOCKER_HOST, docker contexts, Docker Desktop's socket), the
 //!   image build from the embedded context, the container.
-//! - [`base_image`]: the offline Debian base image, made with debootstrap when it can't be pulled.
+//! - [`base_image`]: the base image: pulled (`debian:trixie-slim`), or on Linux made with
+//!   debootstrap when no registry answers.
+//! - [`probe`]: tiny static programs per architecture, to learn which systems really run.
 //! - [`health`]: the SSH health check (russh, host key pinned).
 //! - [`port`]: whether the host port is free, and which process holds it.
 //! - [`hostnix`]: the host's Nix version and the store URI form it understands.
@@ -29,6 +31,7 @@ pub mod health;
 pub mod hostnix;
 pub mod keys;
 pub mod port;
+pub mod probe;
 pub mod protocol;
 pub mod registration;
 pub mod server;

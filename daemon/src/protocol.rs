@@ -214,13 +214,24 @@ pub struct HealthReport {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BuilderInfo {
     pub nix_version: String,
-    /// The systems registered in the machines file.
+    /// The systems registered in the machines file: those the builder runs, as it reported them.
     pub systems: Vec<String>,
-    /// How x86_64 binaries run: `native`, `rosetta`, `qemu` or `missing`.
+    /// How x86_64 binaries run: `native`, `rosetta`, `qemu`, `emulated` or `missing`.
     pub x86_64: String,
+    /// Every system the builder reported running, and how (`native`, `rosetta`, `qemu`,
+    /// `emulated`).
+    #[serde(default)]
+    pub platforms: Vec<PlatformInfo>,
     pub disk_free_bytes: Option<u64>,
     pub disk_total_bytes: Option<u64>,
     pub store_bytes: Option<u64>,
+}
+
+/// A system the builder runs, and how.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlatformInfo {
+    pub system: String,
+    pub how: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -99,14 +99,15 @@ impl Env {
         self.dir.path().join(rel)
     }
 
-    /// The config as the tests use it: offline builder, unprivileged unless `extra` says
-    /// otherwise (this engine refuses privileged containers; see the privileged test).
+    /// The config as the tests use it: the defaults (Nix's sandbox on, no `--privileged`) with
+    /// an offline builder (no substituters: nothing outside this machine answers), unless
+    /// `extra` has a `[builder]` table of its own.
     pub fn config_text(&self) -> String {
         let d = self.dir.path().display();
         let builder = if self.extra.contains("[builder]") {
             String::new()
         } else {
-            "[builder]\nprivileged = false\nsandbox = false\nsubstituters = \"\"\n".to_string()
+            "[builder]\nsubstituters = \"\"\n".to_string()
         };
         format!(
             "port = {port}\n\
@@ -316,18 +317,34 @@ impl Env {
     }
 
     /// A real remote build through the machines file with the real nix client. Returns the
-    /// output's contents; asserts it was built in this environment's container.
+    /// output's contents; asserts it was built in this environment's container, sandboxed.
     pub fn nix_build(&self, ssh_config: &Path, label: &str) -> String {
+        self.nix_build_for(ssh_config, label, "x86_64-linux", "\"/bin/sh\"")
+    }
+
+    /// [`Env::nix_build`] of a derivation for `system` whose builder is `builder` (a Nix
+    /// expression: a string, or a path that Nix copies to the builder). The build records how it
+    /// was run: its pid (1 in the sandbox's pid namespace), whether the container's /usr is
+    /// visible, and its directory (`/build` in the sandbox, `/tmp/nix-build-…` without).
+    pub fn nix_build_for(
+        &self,
+        ssh_config: &Path,
+        label: &str,
+        system: &str,
+        builder: &str,
+    ) -> String {
         // A nonce never built before, so that Nix cannot answer from the local store.
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
         let nonce = &format!("{label}-{}-{nanos}", self.name);
-        let drv = self.path("probe.nix");
+        let drv = self.path(&format!("probe-{label}.nix"));
         std::fs::write(
             &drv,
-            "{ nonce }:\nderivation {\n  name = \"builderd-probe\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; inherit nonce;\n  args = [ \"-c\" \"echo built-remotely > $out; echo $nonce >> $out; /bin/uname -n >> $out\" ];\n}\n",
+            format!(
+                "{{ nonce }}:\nderivation {{\n  name = \"builderd-probe\"; system = \"{system}\"; builder = {builder}; inherit nonce;\n  args = [ \"-c\" \"read -r pid rest < /proc/self/stat; echo built-remotely > $out; echo $nonce >> $out; echo pid=$pid >> $out; if [ -e /usr ]; then echo usr=visible >> $out; else echo usr=absent >> $out; fi; echo dir=$PWD >> $out; echo machtype=$MACHTYPE >> $out\" ];\n}}\n"
+            ),
         )
         .unwrap();
         let machines = format!("@{}", self.path("etc/nix/machines").display());
@@ -370,14 +387,21 @@ impl Env {
         let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
         let text = std::fs::read_to_string(&out).unwrap();
         assert!(text.contains(nonce), "{text}");
-        assert!(
-            text.contains("nix-builder"),
-            "built on the host, not the builder: {text}"
-        );
+        // The container's /usr and a build dir under /tmp are what an unsandboxed build sees.
+        for (want, why) in [
+            (
+                "pid=1\n",
+                "the build was not pid 1 of its own pid namespace",
+            ),
+            ("usr=absent\n", "the build saw the container's /usr"),
+            ("dir=/build\n", "the build did not run in /build"),
+        ] {
+            assert!(text.contains(want), "not sandboxed ({why}): {text}");
+        }
         let inside = self.docker(&["exec", &self.name, "test", "-e", &out]);
         assert!(
             inside.status.success(),
-            "{out} is not in the builder's store"
+            "{out} is not in this builder's store: built elsewhere"
         );
         text
     }

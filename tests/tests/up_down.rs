@@ -204,20 +204,18 @@ fn privileged_mode_works_or_is_refused_with_the_fix() {
     if skip_docker() {
         return;
     }
-    let env = Env::new("[builder]\nprivileged = true\nsandbox = true\nsubstituters = \"\"\n");
+    let env = Env::new("[builder]\nprivileged = true\nsubstituters = \"\"\n");
     let o = {
         let _g = builderd_tests::ImageBuildLock::take_if_needed(&env.config);
         env.ctl(&["up"])
     };
     if o.status.success() {
-        // An engine that grants privileged containers: the sandbox must work there.
+        // An engine that grants privileged containers: the sandbox works there too.
         env.nix_build(&env.path("root/.ssh/config"), "privileged");
-        let conf = env.docker(&["exec", &env.name, "cat", "/etc/nix/nix.conf"]);
-        assert!(String::from_utf8_lossy(&conf.stdout).contains("sandbox = true"));
     } else {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains("refused a privileged container"), "{err}");
-        assert!(err.contains("privileged = false"), "{err}");
+        assert!(err.contains("remove `privileged = true`"), "{err}");
         assert_eq!(
             env.container_state(),
             None,
@@ -225,6 +223,54 @@ fn privileged_mode_works_or_is_refused_with_the_fix() {
         );
         assert!(!env.path("etc/nix/machines").exists());
     }
+}
+
+#[test]
+fn the_default_container_is_unprivileged_and_builds_sandboxed() {
+    if skip_docker() {
+        return;
+    }
+    let env = Env::new("");
+    env.up();
+    // The narrow set: CAP_SYS_ADMIN, seccomp and AppArmor unconfined, no masked /proc paths;
+    // never --privileged.
+    let o = env.docker(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.Privileged}} {{json .HostConfig.CapAdd}} {{json .HostConfig.SecurityOpt}} {{json .HostConfig.MaskedPaths}} {{json .HostConfig.ReadonlyPaths}}",
+        &env.name,
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        r#"false ["SYS_ADMIN"] ["seccomp=unconfined","apparmor=unconfined"] [] []"#
+    );
+    let conf = env.docker(&["exec", &env.name, "cat", "/etc/nix/nix.conf"]);
+    let conf = String::from_utf8_lossy(&conf.stdout);
+    assert!(conf.contains("sandbox = true\n"), "{conf}");
+    assert!(conf.contains("sandbox-fallback = false\n"), "{conf}");
+    assert!(!conf.contains("filter-syscalls"), "{conf}");
+    // nix_build asserts pid 1, no /usr and /build: a sandboxed build, through root's files.
+    env.nix_build(&env.path("root/.ssh/config"), "sandboxed");
+
+    // With the sandbox turned off the same build runs unsandboxed, and the helper says so:
+    // proof that its checks can fail.
+    std::fs::write(
+        &env.config,
+        env.config_text()
+            .replace("[builder]\n", "[builder]\nsandbox = false\n"),
+    )
+    .unwrap();
+    env.up();
+    let conf = env.docker(&["exec", &env.name, "cat", "/etc/nix/nix.conf"]);
+    assert!(String::from_utf8_lossy(&conf.stdout).contains("sandbox = false\n"));
+    let env = std::panic::AssertUnwindSafe(env);
+    let unsandboxed =
+        std::panic::catch_unwind(|| env.nix_build(&env.path("root/.ssh/config"), "unsandboxed"));
+    let msg = unsandboxed
+        .err()
+        .and_then(|p| p.downcast_ref::<String>().cloned())
+        .expect("an unsandboxed build is caught");
+    assert!(msg.contains("not sandboxed"), "{msg}");
 }
 
 #[test]

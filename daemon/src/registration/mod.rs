@@ -47,10 +47,15 @@ impl Wanted {
         base64::engine::general_purpose::STANDARD.encode(format!("{}\n", self.host_key_line))
     }
 
-    /// The machines line, all 8 fields. Field 8 pins the host key for the alias form. Nix writes
-    /// it into a temporary known_hosts under the bare host name, which OpenSSH does not look up
-    /// for a non-22 port; so the `host:port` form leaves it `-` and relies on root's
-    /// known_hosts, where builderd keeps `[localhost]:PORT`.
+    /// Whether the store URI is the `user@host:port` form rather than the alias.
+    pub fn is_host_port(&self) -> bool {
+        self.uri.contains('@')
+    }
+
+    /// The machines line, all 8 fields. Field 8 pins the host key in both forms (Nix writes it
+    /// under the alias, which is the `HostKeyAlias`; for `host:port` OpenSSH accepts the
+    /// port-less entry Nix writes). In the alias form field 3 is `-`: the alias carries the
+    /// key, so no path (one with spaces, say) can break the line.
     pub fn machines_line(&self) -> String {
         let features = if self.features.is_empty() {
             "-".to_string()
@@ -61,21 +66,15 @@ impl Wanted {
             "{} {} {} {} {} {} - {}",
             self.uri,
             self.systems.join(","),
-            self.identity.display(),
+            if self.is_host_port() {
+                self.identity.display().to_string()
+            } else {
+                "-".to_string()
+            },
             self.max_jobs,
             self.speed_factor,
             features,
-            if self.uri.contains('@')
-                && self
-                    .uri
-                    .rsplit(':')
-                    .next()
-                    .is_some_and(|p| p.parse::<u16>().is_ok())
-            {
-                "-".to_string()
-            } else {
-                self.host_key_b64()
-            }
+            self.host_key_b64()
         )
     }
 
@@ -489,14 +488,16 @@ mod tests {
     }
 
     #[test]
-    fn host_port_form_relies_on_known_hosts() {
+    fn host_port_form_names_the_key_file_and_pins_the_host_key() {
         let w = Wanted {
             uri: "ssh-ng://root@localhost:2299".into(),
             ..wanted()
         };
         let l = w.machines_line();
-        assert_eq!(l.split(' ').count(), 8);
-        assert!(l.ends_with(" - -"), "{l}");
+        let f: Vec<&str> = l.split(' ').collect();
+        assert_eq!(f.len(), 8, "{l}");
+        assert_eq!(f[2], "/home/u/.ssh/id_ed25519");
+        assert_eq!(f[7], w.host_key_b64());
     }
 
     #[test]
@@ -505,6 +506,8 @@ mod tests {
         let f: Vec<&str> = l.split(' ').collect();
         assert_eq!(f.len(), 8, "{l}");
         assert_eq!(f[0], "ssh-ng://nb");
+        // The alias carries the key file: no path can break the line.
+        assert_eq!(f[2], "-");
         assert_eq!(f[6], "-");
         let key = base64::engine::general_purpose::STANDARD
             .decode(f[7])

@@ -48,20 +48,35 @@ impl Supervisor {
         }
 
         if !docker::image_exists(&docker, &tag).await? {
-            if ctx.embedded {
+            let started = Instant::now();
+            let base = if ctx.embedded {
                 say(step(
                     "base-image",
                     format!("checking the base image {}", cfg.image.base_image),
                 ));
                 let say_base = |m: String| say(step("base-image", m));
-                crate::base_image::ensure(&docker, &cfg, &say_base)
-                    .await
-                    .map_err(|e| match e {
-                        crate::base_image::BaseError::Docker(d) => Failure::from(d),
-                        other => Failure::new(ErrorKind::Failed, other),
-                    })?;
-            }
-            say(step("image", format!("building {tag}")));
+                let base = crate::base_image::ensure(
+                    &docker,
+                    &cfg,
+                    crate::base_image::HostOs::current(),
+                    &say_base,
+                )
+                .await
+                .map_err(|e| match e {
+                    crate::base_image::BaseError::Docker(d) => Failure::from(d),
+                    other => Failure::new(ErrorKind::Failed, other),
+                })?;
+                Some(base)
+            } else {
+                None
+            };
+            say(step(
+                "image",
+                match &base {
+                    Some(b) => format!("building {tag} from {b}"),
+                    None => format!("building {tag}"),
+                },
+            ));
             let say_build = |m: String, n: Option<(u64, u64)>| {
                 say(Progress {
                     stage: "image".into(),
@@ -70,7 +85,8 @@ impl Supervisor {
                     total: n.map(|n| n.1),
                 })
             };
-            docker::build_image(&docker, &cfg, &tag, &ctx, &say_build).await?;
+            docker::build_image(&docker, &cfg, &tag, &ctx, base.as_deref(), &say_build).await?;
+            tracing::info!(image = %tag, base = base.as_deref().unwrap_or("the context's own"), secs = started.elapsed().as_secs_f64(), "built the builder image");
             changed = true;
         }
 
@@ -97,7 +113,7 @@ impl Supervisor {
             Some(f) => {
                 if !f.running {
                     say(step("container", "starting the container"));
-                    docker::start(&docker, &f.id, cfg.port).await?;
+                    docker::start(&docker, &f.id, cfg.port, &spec.privileges).await?;
                     changed = true;
                     started = true;
                 } else if key_changed {
@@ -116,7 +132,7 @@ impl Supervisor {
                     format!("creating container {}", cfg.container_name),
                 ));
                 let id = docker::create(&docker, &spec).await?;
-                if let Err(e) = docker::start(&docker, &id, cfg.port).await {
+                if let Err(e) = docker::start(&docker, &id, cfg.port, &spec.privileges).await {
                     let _ = docker::remove(&docker, &id).await;
                     return Err(e.into());
                 }

@@ -38,7 +38,15 @@ impl Supervisor {
                 s.builder = Some(BuilderInfo {
                     nix_version: f.nix_version.clone(),
                     systems,
-                    x86_64: f.x86_64.clone(),
+                    x86_64: f.x86_64(),
+                    platforms: f
+                        .platforms
+                        .iter()
+                        .map(|p| PlatformInfo {
+                            system: p.system.clone(),
+                            how: p.how.clone(),
+                        })
+                        .collect(),
                     disk_free_bytes: f.disk_free_bytes,
                     disk_total_bytes: f.disk_total_bytes,
                     store_bytes: s.builder.as_ref().and_then(|b| b.store_bytes),

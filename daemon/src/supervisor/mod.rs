@@ -20,7 +20,8 @@ use crate::docker::{self, DockerError, Endpoint, Spec};
 use crate::health;
 use crate::keys::{self, ClientKeys};
 use crate::protocol::{
-    BuilderInfo, ContainerInfo, ErrorKind, HealthReport, HostKeyChange, Progress, State, Status,
+    BuilderInfo, ContainerInfo, ErrorKind, HealthReport, HostKeyChange, PlatformInfo, Progress,
+    State, Status,
 };
 use crate::registration::{self, Wanted};
 use crate::state::{Desired, Persisted};
@@ -58,6 +59,7 @@ impl From<DockerError> for Failure {
             }
             DockerError::PortTaken { .. }
             | DockerError::PrivilegedRefused { .. }
+            | DockerError::SandboxRefused { .. }
             | DockerError::Context { .. } => ErrorKind::Invalid,
             _ => ErrorKind::Failed,
         };
@@ -136,8 +138,6 @@ pub struct Supervisor {
     watcher: Option<crate::watcher::FileWatcher>,
     /// Since when health checks fail (for taking the machines line out).
     unhealthy_since: Option<Instant>,
-    /// The host's Nix version, asked once (`nix --version` is a process start per question).
-    host_nix: std::sync::OnceLock<Option<(u32, u32, u32)>>,
 }
 
 impl Supervisor {
@@ -181,7 +181,6 @@ impl Supervisor {
                 wanted: None,
                 watcher: None,
                 unhealthy_since: None,
-                host_nix: std::sync::OnceLock::new(),
             },
             rx,
         )

@@ -3,22 +3,30 @@
 use super::*;
 
 impl Supervisor {
+    /// The systems to register: those the builder reported running (the native one first),
+    /// narrowed to `systems` when the config names some. Never a system that does not run: Nix
+    /// would send those builds here and see them refused.
     pub(super) fn systems(&self, facts: Option<&health::Facts>) -> Vec<String> {
-        if let Some(s) = &self.cfg.builder.systems {
-            return s.clone();
-        }
-        match facts.map(|f| f.arch.as_str()) {
-            Some("aarch64" | "arm64") => vec!["x86_64-linux".into(), "aarch64-linux".into()],
-            _ => vec!["x86_64-linux".into()],
+        let reported: Vec<String> = match facts {
+            Some(f) => f.platforms.iter().map(|p| p.system.clone()).collect(),
+            // No facts yet: what was last registered still holds.
+            None => {
+                return self
+                    .wanted
+                    .as_ref()
+                    .map(|w| w.systems.clone())
+                    .unwrap_or_default();
+            }
+        };
+        match &self.cfg.builder.systems {
+            Some(only) => reported.into_iter().filter(|s| only.contains(s)).collect(),
+            None => reported,
         }
     }
 
     pub(super) fn wanted(&self, host_key: &PublicKey, facts: Option<&health::Facts>) -> Wanted {
         let cfg = &self.cfg;
-        let host_port = crate::hostnix::use_host_port(
-            cfg.registration.uri,
-            *self.host_nix.get_or_init(crate::hostnix::host_version),
-        );
+        let host_port = crate::hostnix::use_host_port(cfg.registration.uri);
         Wanted {
             instance: cfg.container_name.clone(),
             port: cfg.port,
@@ -157,6 +165,19 @@ impl Supervisor {
         facts: &health::Facts,
     ) -> Result<bool, Failure> {
         let wanted = self.wanted(host_key, Some(facts));
+        if wanted.systems.is_empty() {
+            let runs: Vec<&str> = facts.platforms.iter().map(|p| p.system.as_str()).collect();
+            return Err(Failure::new(
+                ErrorKind::Invalid,
+                self.cfg.key_error(
+                    "systems",
+                    format!(
+                        "names no system the builder runs (it runs {}): name one of those, or remove `systems` to register them all",
+                        runs.join(", ")
+                    ),
+                ),
+            ));
+        }
         self.unhealthy_since = None;
         let synced = registration::sync(&self.cfg, Some(&wanted), &mut self.persisted.created);
         self.wanted = Some(wanted);
