@@ -6,7 +6,13 @@ impl Supervisor {
     pub(super) async fn try_reconcile(&mut self, say: Say<'_>) -> Result<bool, Failure> {
         let cfg = self.cfg.clone();
         let mut changed = false;
-        if self.status.borrow().state != State::Up {
+        // A healthy builder that is degraded by a registration stays what it is while the
+        // reconcile runs: it is not starting, and it did not stop being healthy.
+        let healthy_now = {
+            let s = self.status.borrow();
+            s.healthy && matches!(s.state, State::Up | State::Degraded)
+        };
+        if !healthy_now {
             self.set_state(State::Starting, None);
         }
 
@@ -168,10 +174,28 @@ impl Supervisor {
         let Ok(d) = self.docker().await else {
             return;
         };
-        let state = match docker::find(&d, &self.cfg.container_name).await {
-            Ok(Some(f)) => f.state,
-            Ok(None) => "removed".to_string(),
+        let id = match docker::find(&d, &self.cfg.container_name).await {
+            Ok(Some(f)) => f.id,
+            Ok(None) => {
+                self.set(|s| {
+                    if let Some(c) = &mut s.container {
+                        c.state = "removed".to_string();
+                    }
+                });
+                return;
+            }
             Err(_) => return,
+        };
+        // The container itself, not the engine's list: the engine announces a pause before its
+        // list shows it.
+        let Some(state) = d
+            .inspect_container(&id, None)
+            .await
+            .ok()
+            .and_then(|c| c.state?.status)
+            .map(|s| s.to_string())
+        else {
+            return;
         };
         self.set(|s| {
             if let Some(c) = &mut s.container {
