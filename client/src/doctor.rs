@@ -1117,7 +1117,7 @@ fn check_sandbox(ctx: &Ctx) -> Vec<Check> {
             if seen == "pid1 usr-absent dir=/build" {
                 pass(
                     "sandbox",
-                    "a build in the builder ran sandboxed (pid 1, no /usr, in /build)",
+                    "a build in the builder ran sandboxed (as process 1, without /usr, in /build)",
                 )
             } else {
                 fail(
@@ -1127,10 +1127,15 @@ fn check_sandbox(ctx: &Ctx) -> Vec<Check> {
                 )
             }
         }
-        Err(e) => fail(
+        Err(e) if e.contains("sandbox") || e.contains("namespaces") => fail(
             "sandbox",
             format!("the sandbox probe did not build: {e}"),
             sandbox_fix(ctx.cfg),
+        ),
+        Err(e) => fail(
+            "sandbox",
+            format!("not proven: the probe could not build through builderd's line: {e}"),
+            "see the checks above (keys, root-ssh, nix-uri); `builderctl doctor --build-test` shows the build alone",
         ),
     }]
 }
