@@ -99,6 +99,14 @@ fn status_in_each_state() {
     insta::assert_snapshot!("status_waiting_for_docker", redact(&gone, &text(&o)));
     let st = gone.status();
     assert_eq!(st["state"], "waiting-for-docker");
+    let o = gone.doctor(&[]);
+    assert_eq!(o.status.code(), Some(4));
+    let out = text(&o);
+    assert!(
+        verdict(&out, "docker")
+            .starts_with("FAIL  docker     not reachable at unix:///nonexistent/docker.sock"),
+        "{out}"
+    );
 }
 
 /// The line of doctor's output for check `name`, e.g. `FAIL  port       …`.
