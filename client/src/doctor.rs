@@ -1181,6 +1181,13 @@ fn check_build(ctx: &Ctx) -> Vec<Check> {
         .map(|b| b.systems.clone())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| vec!["x86_64-linux".to_string()]);
+    // How the builder said it runs each system: native, rosetta, qemu.
+    let how = |system: &str| {
+        ctx.status()
+            .and_then(|s| s.builder.as_ref())
+            .and_then(|b| b.platforms.iter().find(|p| p.system == system))
+            .map(|p| p.how.clone())
+    };
     let mut seen = HashMap::new();
     systems
         .iter()
@@ -1192,7 +1199,8 @@ fn check_build(ctx: &Ctx) -> Vec<Check> {
                 Ok(b) if b.text.trim() == token => pass(
                     "build",
                     format!(
-                        "a tiny {system} build ran in this builder in {:.2} s",
+                        "a tiny {system} build{} ran in this builder in {:.2} s",
+                        how(system).map(|h| format!(" ({h})")).unwrap_or_default(),
                         b.took.as_secs_f64()
                     ),
                 ),

@@ -74,6 +74,14 @@ fn status_in_each_state() {
     env.wait_status(Duration::from_secs(30), "the container paused", |s| {
         s["container"]["state"] == "paused"
     });
+    // doctor asks the engine too: a paused builder is not up, whatever was last seen.
+    let o = env.doctor(&[]);
+    assert_eq!(o.status.code(), Some(4));
+    let out = text(&o);
+    assert!(
+        verdict(&out, "builder").starts_with("FAIL") && out.contains("container paused"),
+        "{out}"
+    );
     assert!(env.docker(&["unpause", &env.name]).status.success());
     env.wait_status(Duration::from_secs(10), "the container running", |s| {
         s["container"]["state"] == "running"
@@ -133,7 +141,7 @@ fn doctor_passes_and_each_failure_prints_its_fix() {
     assert!(out.lines().all(|l| l.starts_with("PASS")), "{out}");
     assert!(verdict(&out, "sandbox").contains("ran sandboxed"), "{out}");
     assert!(
-        verdict(&out, "build").contains("x86_64-linux build ran in this builder"),
+        verdict(&out, "build").contains("x86_64-linux build (native) ran in this builder"),
         "{out}"
     );
     insta::assert_snapshot!("doctor_ok", redact(&env, &out));
