@@ -138,8 +138,17 @@ fn up_cached(env: &Env, n: usize) -> Figure {
                 "{}:/var/lib/nix-builder",
                 env.path("state/volume").display()
             ),
+            // The privileges Nix's sandbox needs, as builderd grants them.
+            "--cap-add",
+            "SYS_ADMIN",
+            "--security-opt",
+            "seccomp=unconfined",
+            "--security-opt",
+            "apparmor=unconfined",
+            "--security-opt",
+            "systempaths=unconfined",
             "-e",
-            "NIX_BUILDER_SANDBOX=false",
+            "NIX_BUILDER_SANDBOX=true",
             "-e",
             "NIX_BUILDER_SUBSTITUTERS=",
             &image,

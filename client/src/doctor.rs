@@ -142,7 +142,13 @@ async fn engine_view(cfg: &Config, endpoint: &Endpoint) -> (Result<(), String>, 
         Ok(d) => d,
         Err(e) => return (Err(e.to_string()), None),
     };
-    let Ok(Some(found)) = builderd::docker::find(&d, &cfg.container_name).await else {
+    let Ok(Some(found)) = builderd::docker::find(
+        &d,
+        &cfg.container_name,
+        &builderd::docker::owner_id(&cfg.state_dir),
+    )
+    .await
+    else {
         return (Ok(()), None);
     };
     let published = d
@@ -246,6 +252,14 @@ fn check_builder(ctx: &Ctx) -> Vec<Check> {
     let reason = || first_line(s.reason.as_deref().unwrap_or("not healthy")).to_string();
     vec![if s.desired == "down" {
         fail("builder", "the builder is down", "run `builderctl up`")
+    } else if s.state == State::Sleeping {
+        pass(
+            "builder",
+            format!(
+                "asleep on demand ({engine_says}); the next connection to 127.0.0.1:{} wakes it",
+                s.port
+            ),
+        )
     } else if s.healthy && !running && ctx.engine.is_ok() {
         fail(
             "builder",
@@ -456,6 +470,9 @@ fn check_port(ctx: &Ctx) -> Vec<Check> {
         )
     };
     let holder = || builderd::port::holder(cfg.port).unwrap_or_else(|| "another process".into());
+    if cfg.on_demand {
+        return vec![on_demand_port(ctx, &holder)];
+    }
     vec![match ctx.container.as_ref().filter(|c| c.running) {
         Some(c) => match &c.published {
             Some((ip, p)) if *p == cfg.port && ip == "127.0.0.1" => pass(
@@ -494,6 +511,62 @@ fn check_port(ctx: &Ctx) -> Vec<Check> {
         }
         None => taken(holder()),
     }]
+}
+
+/// On demand, builderd's relay holds the configured port and the engine publishes sshd on
+/// another loopback port.
+fn on_demand_port(ctx: &Ctx, holder: &dyn Fn() -> String) -> Check {
+    let cfg = ctx.cfg;
+    let daemon = ctx.status().map(|s| s.pid);
+    if builderd::port::is_free(cfg.port) {
+        return if ctx.down() {
+            pass("port", format!("127.0.0.1:{} is free", cfg.port))
+        } else {
+            fail(
+                "port",
+                format!("127.0.0.1:{} is not held by builderd's relay", cfg.port),
+                "run `builderctl up`",
+            )
+        };
+    }
+    let h = holder();
+    let ours = daemon.is_some_and(|pid| h.starts_with(&format!("pid {pid} ")));
+    if !ours {
+        return fail(
+            "port",
+            format!("127.0.0.1:{} is taken by {h}", cfg.port),
+            format!(
+                "stop {h}, or set `port` in {} to a free port",
+                cfg.file.display()
+            ),
+        );
+    }
+    match ctx
+        .container
+        .as_ref()
+        .filter(|c| c.running)
+        .and_then(|c| c.published.clone())
+    {
+        Some((ip, p)) if ip != "127.0.0.1" => fail(
+            "port",
+            format!("the engine publishes the builder's sshd on {ip}:{p}, not on 127.0.0.1 only"),
+            "run `builderctl down && builderctl up`",
+        ),
+        Some((_, p)) => pass(
+            "port",
+            format!(
+                "127.0.0.1:{} is builderd's relay, to sshd on 127.0.0.1:{p}",
+                cfg.port
+            ),
+        ),
+        None => pass(
+            "port",
+            format!(
+                "127.0.0.1:{} is builderd's relay (the builder sleeps)",
+                cfg.port
+            ),
+        ),
+    }
 }
 
 fn check_keys(ctx: &Ctx) -> Vec<Check> {

@@ -162,7 +162,7 @@ pub fn render_status(st: &Status, color: bool) -> String {
     let state_color = match st.state {
         State::Up => "32",
         State::Starting | State::WaitingForDocker => "33",
-        State::Down => "2",
+        State::Down | State::Sleeping => "2",
         State::Degraded | State::Error => "31",
     };
     let mut rows: Vec<(String, String)> = Vec::new();

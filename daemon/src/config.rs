@@ -121,7 +121,7 @@ impl Default for ImageConfig {
         Self {
             context: None,
             repository: "nix-builder".into(),
-            base_image: crate::base_image::DEFAULT_BASE.into(),
+            base_image: crate::docker::base::DEFAULT_BASE.into(),
             platform: None,
             debian_mirror: "http://deb.debian.org/debian".into(),
             debian_suite: "trixie".into(),
@@ -235,6 +235,11 @@ pub struct Config {
     pub health_interval: u64,
     /// Consecutive failed health checks that restart the container.
     pub health_failures_before_restart: u32,
+    /// builderd itself listens on `port` and relays to the container, which it stops after
+    /// `idle_stop` seconds without a connection and starts again at the next one.
+    pub on_demand: bool,
+    /// Seconds without an open connection before an on-demand builder is stopped.
+    pub idle_stop: u64,
     pub image: ImageConfig,
     pub builder: BuilderConfig,
     pub registration: RegistrationConfig,
@@ -259,6 +264,8 @@ impl Default for Config {
             docker_host: None,
             health_interval: 30,
             health_failures_before_restart: 3,
+            on_demand: false,
+            idle_stop: 600,
             image: ImageConfig::default(),
             builder: BuilderConfig::default(),
             registration: RegistrationConfig::default(),
@@ -379,6 +386,13 @@ impl Config {
             && (a.is_empty() || a.contains(|c: char| c.is_whitespace() || "*?!,#\"".contains(c)))
         {
             return Err(bad("alias", format!("is {a:?}: use a plain host name")));
+        }
+        if self.idle_stop == 0 {
+            return Err(bad(
+                "idle_stop",
+                "must be at least 1 (seconds without a connection before the builder sleeps)"
+                    .into(),
+            ));
         }
         if self.health_interval == 0 {
             return Err(bad(

@@ -8,11 +8,8 @@
 //! - [`fsutil`]: atomic replace (mode and owner kept), directory locks, stale temp files.
 //! - [`registration`]: the editors for machines, nix.conf, known_hosts and ssh_config, and the
 //!   [`registration::Registrar`] that applies or removes builderd's entries.
-//! - [`docker`]: the engine connection (DOCKER_HOST, docker contexts, Docker Desktop's socket), the
-//!   image build from the embedded context, the container.
-//! - [`base_image`]: the base image: pulled (`debian:trixie-slim`), or on Linux made with
-//!   debootstrap when no registry answers.
-//! - [`probe`]: tiny static programs per architecture, to learn which systems really run.
+//! - [`docker`]: the `builderd-docker` crate (engine, image and its base, container, probes),
+//!   and what turns the config into the values it takes.
 //! - [`health`]: the SSH health check (russh, host key pinned).
 //! - [`port`]: whether the host port is free, and which process holds it.
 //! - [`hostnix`]: the host's Nix version and the store URI form it understands.
@@ -22,7 +19,6 @@
 //! - [`server`]: the Unix socket: peer credentials, framing, dispatch to the supervisor.
 //! - [`client`]: connecting to the daemon (and starting it), used by `builderctl`.
 
-pub mod base_image;
 pub mod client;
 pub mod config;
 pub mod docker;
@@ -31,9 +27,9 @@ pub mod health;
 pub mod hostnix;
 pub mod keys;
 pub mod port;
-pub mod probe;
 pub mod protocol;
 pub mod registration;
+pub mod relay;
 pub mod server;
 pub mod state;
 pub mod supervisor;

@@ -123,6 +123,8 @@ pub enum State {
     WaitingForDocker,
     /// Wanted up, and bringing it up failed.
     Error,
+    /// On demand: the container is stopped after an idle spell; the next connection wakes it.
+    Sleeping,
 }
 
 impl State {
@@ -134,6 +136,7 @@ impl State {
             State::Down => "down",
             State::WaitingForDocker => "waiting-for-docker",
             State::Error => "error",
+            State::Sleeping => "sleeping",
         }
     }
 }

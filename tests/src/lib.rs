@@ -702,15 +702,48 @@ pub fn redact(env: &Env, text: &str) -> String {
     t
 }
 
+/// The base the default config builds from on this machine, made by a default `up` first if
+/// there is none yet: `debian:trixie-slim` where it can be pulled, else the local
+/// `builderd-base:trixie`.
+pub fn local_base() -> String {
+    let exists = |t: &str| {
+        Command::new("docker")
+            .args(["image", "inspect", t])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let pulled = builderd::docker::base::DEFAULT_BASE;
+    let local = builderd::docker::base::offline_tag("trixie");
+    if !exists(pulled) && !exists(&local) {
+        let env = Env::new("");
+        env.up();
+        env.ctl_ok(&["down"]);
+    }
+    if exists(pulled) {
+        pulled.to_string()
+    } else {
+        local
+    }
+}
+
 /// A copy of the embedded build context whose Dockerfile ends with `extra` (a line that makes
-/// the image this test's own).
+/// the image this test's own), building from [`local_base`].
 pub fn context_with(extra: &str) -> tempfile::TempDir {
+    let base = local_base();
     let ctx = tempfile::tempdir().unwrap();
-    for (name, bytes, _) in builderd::docker::EMBEDDED_CONTEXT {
-        std::fs::write(ctx.path().join(name), bytes).unwrap();
+    for (name, bytes, mode) in builderd::docker::Context::embedded().files {
+        let p = ctx.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
     let p = ctx.path().join("Dockerfile");
-    let mut df = std::fs::read_to_string(&p).unwrap();
+    let mut df = std::fs::read_to_string(&p).unwrap().replace(
+        &format!("ARG BASE_IMAGE={}", builderd::docker::base::DEFAULT_BASE),
+        &format!("ARG BASE_IMAGE={base}"),
+    );
     df.push_str(extra);
     df.push('\n');
     std::fs::write(p, df).unwrap();

@@ -304,15 +304,13 @@ fn config_dockerfile_fails_to_build() {
     let ctx = tempfile::tempdir().unwrap();
     std::fs::write(
         ctx.path().join("Dockerfile"),
-        "FROM builderd-base:trixie\nRUN echo 'this step fails on purpose' && exit 7\n",
+        format!(
+            "FROM {}\nRUN echo 'this step fails on purpose' && exit 7\n",
+            builderd_tests::local_base()
+        ),
     )
     .unwrap();
     let env = Env::new(&format!("[image]\ncontext = \"{}\"", ctx.path().display()));
-    {
-        let base = Env::new("");
-        base.up();
-        base.ctl_ok(&["down"]);
-    }
     let err = up_fails(&env, 1, "the image build failed");
     assert!(err.contains("returned a non-zero code: 7"), "{err}");
     assert!(

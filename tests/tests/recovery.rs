@@ -196,16 +196,13 @@ fn a_crash_loop_backs_off_and_is_degraded() {
     let ctx = tempfile::tempdir().unwrap();
     std::fs::write(
         ctx.path().join("Dockerfile"),
-        "FROM builderd-base:trixie\nENTRYPOINT [\"/bin/sh\", \"-c\", \"echo crashing on purpose >&2; exit 3\"]\n",
+        format!(
+            "FROM {}\nENTRYPOINT [\"/bin/sh\", \"-c\", \"echo crashing on purpose >&2; exit 3\"]\n",
+            builderd_tests::local_base()
+        ),
     )
     .unwrap();
     let env = Env::new(&format!("[image]\ncontext = \"{}\"", ctx.path().display()));
-    // The base image comes from the ordinary path first.
-    {
-        let base = Env::new("");
-        base.up();
-        base.ctl_ok(&["down"]);
-    }
     let o = env.ctl(&["up"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);

@@ -306,3 +306,41 @@ fn two_instances_share_files_and_keep_their_own_entries() {
     let o = a.ssh_pinned(&a.path("home/.ssh/known_hosts"), "echo 123");
     assert!(o.status.success());
 }
+
+#[test]
+fn two_configs_naming_one_container_never_take_each_others() {
+    if skip_docker() {
+        return;
+    }
+    let a = Env::new("");
+    let mut b = Env::new("");
+    // b names a's container (its own state dir, port and files).
+    b.name = a.name.clone();
+    b.write_config();
+    a.up();
+    let id = a.status()["container"]["id"].as_str().unwrap().to_string();
+    let o = b.ctl(&["up"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("belongs to another builderd"), "{err}");
+    assert!(
+        err.contains(&a.path("state").display().to_string()),
+        "names the other state dir: {err}"
+    );
+    // b's daemon keeps wanting its builder up, and keeps refusing to touch a's container.
+    b.wait_status(Duration::from_secs(20), "b's daemon retried", |s| {
+        s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("belongs to another builderd"))
+    });
+    let o = b.ctl(&["down"]);
+    assert!(!o.status.success(), "down reports what it could not remove");
+    let st = a.status();
+    assert_eq!(st["state"], "up", "{st}");
+    assert_eq!(
+        st["container"]["id"],
+        id.as_str(),
+        "a's container was not re-made"
+    );
+    assert_eq!(a.containers_of_ours(), 1);
+}

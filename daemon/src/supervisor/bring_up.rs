@@ -21,7 +21,7 @@ impl Supervisor {
 
         let docker = self.docker().await?;
         let (tag, ctx) = docker::image_for(&cfg)?;
-        let spec = Spec::from_config(&cfg, &tag);
+        let spec = docker::spec(&cfg, &tag);
         if docker::name_taken_by_other(&docker, &cfg.container_name).await? {
             return Err(Failure::new(
                 ErrorKind::Invalid,
@@ -31,7 +31,12 @@ impl Supervisor {
                 ),
             ));
         }
-        let mut found = docker::find(&docker, &cfg.container_name).await?;
+        let mut found = docker::find(
+            &docker,
+            &cfg.container_name,
+            &docker::owner_id(&cfg.state_dir),
+        )
+        .await?;
         if let Some(f) = &found
             && f.spec_hash.as_deref() != Some(spec.hash().as_str())
         {
@@ -43,7 +48,12 @@ impl Supervisor {
             found = None;
             changed = true;
         }
-        if !found.as_ref().is_some_and(|f| f.running) && !crate::port::is_free(cfg.port) {
+        // On demand the relay holds the port; the container's own is one the engine picks.
+        self.ensure_relay()?;
+        if !cfg.on_demand
+            && !found.as_ref().is_some_and(|f| f.running)
+            && !crate::port::is_free(cfg.port)
+        {
             return Err(DockerError::PortTaken {
                 port: cfg.port,
                 holder: crate::port::holder(cfg.port)
@@ -61,17 +71,12 @@ impl Supervisor {
                     format!("checking the base image {}", cfg.image.base_image),
                 ));
                 let say_base = |m: String| say(step("base-image", m));
-                let base = crate::base_image::ensure(
-                    &docker,
-                    &cfg,
-                    crate::base_image::HostOs::current(),
-                    &say_base,
-                )
-                .await
-                .map_err(|e| match e {
-                    crate::base_image::BaseError::Docker(d) => Failure::from(d),
-                    other => Failure::new(ErrorKind::Failed, other),
-                })?;
+                let base = docker::ensure_base(&docker, &cfg, &say_base)
+                    .await
+                    .map_err(|e| match e {
+                        docker::base::BaseError::Docker(d) => Failure::from(d),
+                        other => Failure::new(ErrorKind::Failed, other),
+                    })?;
                 Some(base)
             } else {
                 None
@@ -120,9 +125,13 @@ impl Supervisor {
                 if !f.running {
                     say(step("container", "starting the container"));
                     docker::start(&docker, &f.id, cfg.port, &spec.privileges).await?;
+                    tracing::info!(container = %cfg.container_name, id = %short(&f.id), "started the container");
                     changed = true;
                     started = true;
-                } else if key_changed {
+                } else if self.status.borrow().container.is_none() {
+                    tracing::info!(container = %cfg.container_name, id = %short(&f.id), "adopted the running container");
+                }
+                if f.running && key_changed {
                     say(step(
                         "container",
                         "the client key changed: updating authorized_keys",
@@ -142,17 +151,40 @@ impl Supervisor {
                     let _ = docker::remove(&docker, &id).await;
                     return Err(e.into());
                 }
+                tracing::info!(container = %cfg.container_name, id = %short(&id), image = %tag, privileges = ?spec.privileges, "created and started the container");
                 changed = true;
                 started = true;
                 id
             }
         };
-        let state = match docker::find(&docker, &cfg.container_name).await {
+        let state = match docker::find(
+            &docker,
+            &cfg.container_name,
+            &docker::owner_id(&cfg.state_dir),
+        )
+        .await
+        {
             Ok(Some(f)) => f.state,
             _ => "unknown".to_string(),
         };
         self.set_container(&id, &tag, started && had_been_up, state);
-        self.finish_up(&docker, &id, keys, say, changed).await
+        self.sshd_port = if cfg.on_demand {
+            docker::container::published_port(&docker, &id)
+                .await?
+                .ok_or_else(|| {
+                    Failure::new(
+                        ErrorKind::Failed,
+                        "the engine did not say which port the container's sshd is published on",
+                    )
+                })?
+        } else {
+            cfg.port
+        };
+        let up = self.finish_up(&docker, &id, keys, say, changed).await;
+        if up.is_ok() {
+            self.relay_awake();
+        }
+        up
     }
 
     pub(super) fn set_container(&self, id: &str, image: &str, restarted: bool, state: String) {
@@ -174,7 +206,13 @@ impl Supervisor {
         let Ok(d) = self.docker().await else {
             return;
         };
-        let id = match docker::find(&d, &self.cfg.container_name).await {
+        let id = match docker::find(
+            &d,
+            &self.cfg.container_name,
+            &docker::owner_id(&self.cfg.state_dir),
+        )
+        .await
+        {
             Ok(Some(f)) => f.id,
             Ok(None) => {
                 self.set(|s| {
@@ -231,7 +269,22 @@ impl Supervisor {
         self.keys = Some(keys.clone());
 
         say(step("health", "waiting for sshd to answer"));
+        let was_up = self.status.borrow().state == State::Up;
         let facts = self.wait_healthy(docker, id, &host_key, &keys).await?;
+        if changed || !was_up {
+            let ms = self
+                .status
+                .borrow()
+                .last_health
+                .as_ref()
+                .map_or(0.0, |h| h.latency_ms);
+            let systems: Vec<String> = facts
+                .platforms
+                .iter()
+                .map(|p| format!("{} ({})", p.system, p.how))
+                .collect();
+            tracing::info!(latency_ms = ms.round(), systems = %systems.join(", "), nix = %facts.nix_version, "the builder is healthy");
+        }
 
         say(step("register", "writing the registrations"));
         changed |= self.register(&host_key, &facts)?;
@@ -239,7 +292,6 @@ impl Supervisor {
             self.persisted.host_key_fingerprint = Some(fp);
             self.save()?;
         }
-        self.failures = 0;
         Ok(changed)
     }
 
@@ -323,7 +375,7 @@ impl Supervisor {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut n = 0u32;
         loop {
-            let out = health::check(self.cfg.port, host_key, keys.private.clone()).await;
+            let out = health::check(self.sshd_port, host_key, keys.private.clone()).await;
             self.record_health(&out);
             match out.result {
                 Ok(facts) => return Ok(facts),
@@ -350,6 +402,11 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// The short form of a container id, as `docker ps` shows it.
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
 }
 
 /// Puts the volume's host.pub into root's authorized_keys in the running container.

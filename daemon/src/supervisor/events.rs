@@ -42,18 +42,7 @@ pub async fn watch_events(
                 }
             }
         };
-        let mut filters = HashMap::new();
-        filters.insert("type".to_string(), vec!["container".to_string()]);
-        // The label alone also matches the image build's intermediate containers.
-        filters.insert("container".to_string(), vec![name.clone()]);
-        filters.insert(
-            "label".to_string(),
-            vec![format!("{}={name}", docker::LABEL_INSTANCE)],
-        );
-        let mut events = docker.events(Some(bollard::system::EventsOptions::<String> {
-            filters,
-            ..Default::default()
-        }));
+        let mut events = docker::container::events(&docker, &name);
         // A death right after a kill or stop was asked for; only others count as crashes.
         let mut stopping: Option<Instant> = None;
         loop {

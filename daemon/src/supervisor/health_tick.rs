@@ -57,6 +57,10 @@ impl Supervisor {
 
     /// A periodic health check while up; restarts the container after repeated failures.
     pub(super) async fn periodic(&mut self) {
+        if self.on_demand.sleeping {
+            // A health check must not wake it: that is a connection's job.
+            return;
+        }
         if self.next_retry.is_some() {
             // A retry with backoff is already scheduled; checking now would defeat it.
             return;
@@ -65,12 +69,14 @@ impl Supervisor {
             let _ = self.reconcile(&|_| {}).await;
             return;
         };
-        let out = health::check(self.cfg.port, &host_key, keys.private.clone()).await;
+        let out = health::check(self.sshd_port, &host_key, keys.private.clone()).await;
         self.record_health(&out);
         match out.result {
             Ok(_) => {
                 self.deaths = 0;
-                self.unhealthy_since = None;
+                if let Some(since) = self.unhealthy_since.take() {
+                    tracing::info!(unhealthy_for = ?since.elapsed(), "health checks pass again");
+                }
                 // The builder answers, but can the engine still be reached to keep it so?
                 if self.docker().await.is_err() {
                     let _ = self.reconcile(&|_| {}).await;
@@ -102,7 +108,11 @@ impl Supervisor {
                     .last_health
                     .as_ref()
                     .map_or(1, |h| h.consecutive_failures);
-                tracing::warn!(stage = stage.as_str(), error = %msg, n, "health check failed");
+                if n == 1 {
+                    tracing::warn!(stage = stage.as_str(), error = %msg, "health check failed");
+                } else {
+                    tracing::debug!(stage = stage.as_str(), error = %msg, n, "health check failed again");
+                }
                 self.set_state(
                     State::Degraded,
                     Some(format!("health check failed at {}: {msg}", stage.as_str())),
@@ -128,7 +138,12 @@ impl Supervisor {
                 if n >= self.cfg.health_failures_before_restart {
                     tracing::warn!("restarting the container after {n} failed health checks");
                     if let Ok(d) = self.docker().await
-                        && let Ok(Some(f)) = docker::find(&d, &self.cfg.container_name).await
+                        && let Ok(Some(f)) = docker::find(
+                            &d,
+                            &self.cfg.container_name,
+                            &docker::owner_id(&self.cfg.state_dir),
+                        )
+                        .await
                     {
                         let _ = d.restart_container(&f.id, None).await;
                     }

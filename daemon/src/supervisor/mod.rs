@@ -16,7 +16,7 @@ use russh::keys::PublicKey;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
-use crate::docker::{self, DockerError, Endpoint, Spec};
+use crate::docker::{self, DockerError, Endpoint};
 use crate::health;
 use crate::keys::{self, ClientKeys};
 use crate::protocol::{
@@ -29,6 +29,7 @@ use crate::state::{Desired, Persisted};
 mod bring_up;
 mod events;
 mod health_tick;
+mod on_demand;
 mod registrations;
 
 pub use events::watch_events;
@@ -60,6 +61,7 @@ impl From<DockerError> for Failure {
             DockerError::PortTaken { .. }
             | DockerError::PrivilegedRefused { .. }
             | DockerError::SandboxRefused { .. }
+            | DockerError::OwnedByOther { .. }
             | DockerError::Context { .. } => ErrorKind::Invalid,
             _ => ErrorKind::Failed,
         };
@@ -138,6 +140,12 @@ pub struct Supervisor {
     watcher: Option<crate::watcher::FileWatcher>,
     /// Since when health checks fail (for taking the machines line out).
     unhealthy_since: Option<Instant>,
+    /// Where the container's sshd answers: the configured port, or on demand the one the
+    /// engine picked (the relay holds the configured one).
+    sshd_port: u16,
+    on_demand: on_demand::OnDemand,
+    /// Taken by `run`: connections asking to wake the builder.
+    relay_events: Option<mpsc::Receiver<crate::relay::RelayEvent>>,
 }
 
 impl Supervisor {
@@ -164,8 +172,13 @@ impl Supervisor {
             last_event: None,
         };
         let (tx, rx) = watch::channel(status);
+        let (relay_tx, relay_rx) = mpsc::channel(64);
+        let activity = watch::channel(crate::relay::Activity { open: 0, total: 0 }).0;
         (
             Supervisor {
+                sshd_port: cfg.port,
+                on_demand: on_demand::OnDemand::new(relay_tx, activity),
+                relay_events: Some(relay_rx),
                 cfg,
                 endpoint,
                 docker: None,
@@ -214,6 +227,8 @@ impl Supervisor {
             }
         }
         self.watch_files();
+        let mut relay_events = self.relay_events.take().expect("run is called once");
+        let mut activity = self.on_demand.activity.subscribe();
         if self.persisted.desired == Desired::Up {
             tracing::info!("desired state is up: bringing the builder back");
             let _ = self.reconcile(&|_| {}).await;
@@ -232,8 +247,15 @@ impl Supervisor {
         let mut mono = Instant::now();
         loop {
             let retry = self.next_retry;
+            let idle = self.on_demand.idle_deadline;
             tokio::select! {
                 _ = shutdown.changed() => break,
+                Some(crate::relay::RelayEvent::Wake) = relay_events.recv() => self.wake().await,
+                Ok(()) = activity.changed() => {
+                    let a = *activity.borrow_and_update();
+                    self.note_activity(a);
+                }
+                _ = sleep_until(idle), if idle.is_some() => self.go_to_sleep().await,
                 cmd = commands.recv() => match cmd {
                     None => break,
                     Some(cmd) => self.handle(cmd).await,
@@ -258,12 +280,13 @@ impl Supervisor {
                 }
                 _ = sleep_until(retry), if retry.is_some() => {
                     self.next_retry = None;
-                    if self.persisted.desired == Desired::Up {
+                    if self.persisted.desired == Desired::Up && !self.on_demand.sleeping {
                         let _ = self.reconcile(&|_| {}).await;
                     }
                 }
             }
         }
+        self.stop_relay();
         tracing::info!("supervisor stopped");
     }
 
@@ -281,7 +304,9 @@ impl Supervisor {
                 let _ = reply.send(r);
             }
             Command::Check { reply } => {
-                let r = if self.persisted.desired == Desired::Up {
+                let r = if self.on_demand.sleeping {
+                    Ok("the builder sleeps (on demand); a connection wakes it".to_string())
+                } else if self.persisted.desired == Desired::Up {
                     self.periodic().await;
                     Ok("checked".to_string())
                 } else {
@@ -308,7 +333,11 @@ impl Supervisor {
                 self.refresh_container_state().await;
             }
             Command::Poke(why) => {
-                if self.persisted.desired == Desired::Up {
+                if self.on_demand.sleeping {
+                    // Its own stop, or anything else while it sleeps: the next connection
+                    // brings it back through the same reconcile.
+                    tracing::debug!(why, "the builder sleeps: nothing to do");
+                } else if self.persisted.desired == Desired::Up {
                     tracing::info!(why, "reconciling");
                     if why == "container-died" {
                         self.deaths += 1;
@@ -468,6 +497,13 @@ impl Supervisor {
         let result = self.try_reconcile(say).await;
         match &result {
             Ok(_) => {
+                if self.failures > 0 {
+                    tracing::info!(
+                        failures = self.failures,
+                        "the builder is back after failed attempts"
+                    );
+                }
+                self.failures = 0;
                 self.docker_wait_logged = false;
                 if self.deaths < 2 {
                     self.next_retry = None;
@@ -483,9 +519,17 @@ impl Supervisor {
                 self.set_state(State::WaitingForDocker, Some(f.message.clone()));
             }
             Err(f) => {
-                tracing::warn!(error = %f.message, "bringing the builder up failed");
                 self.failures += 1;
-                self.schedule_retry(backoff(self.failures, Duration::from_secs(60)));
+                let delay = backoff(self.failures, Duration::from_secs(60));
+                self.schedule_retry(delay);
+                // The first failure of a streak, and a different one, at warn; the same again
+                // only at debug, so that a retry loop does not fill the log.
+                let same = self.status.borrow().reason.as_deref() == Some(f.message.as_str());
+                if self.failures == 1 || !same {
+                    tracing::warn!(error = %f.message, retry_in = ?delay, "bringing the builder up failed");
+                } else {
+                    tracing::debug!(error = %f.message, failures = self.failures, retry_in = ?delay, "bringing the builder up failed again");
+                }
                 if self.deaths >= 2 {
                     self.set_state(
                         State::Degraded,
@@ -503,7 +547,13 @@ impl Supervisor {
         let Ok(d) = self.docker().await else {
             return String::new();
         };
-        match docker::find(&d, &self.cfg.container_name).await {
+        match docker::find(
+            &d,
+            &self.cfg.container_name,
+            &docker::owner_id(&self.cfg.state_dir),
+        )
+        .await
+        {
             Ok(Some(f)) => docker::last_logs(&d, &f.id, 5).await,
             _ => String::new(),
         }
@@ -522,7 +572,13 @@ impl Supervisor {
         self.set(|s| s.desired = "down".into());
         let mut removed_container = false;
         let docker_err = match self.docker().await {
-            Ok(d) => match docker::find(&d, &self.cfg.container_name).await {
+            Ok(d) => match docker::find(
+                &d,
+                &self.cfg.container_name,
+                &docker::owner_id(&self.cfg.state_dir),
+            )
+            .await
+            {
                 Ok(Some(f)) => {
                     docker::remove(&d, &f.id).await?;
                     removed_container = true;
@@ -533,6 +589,7 @@ impl Supervisor {
             },
             Err(e) => Some(e.to_string()),
         };
+        self.stop_relay();
         let synced = registration::sync(&self.cfg, None, &mut self.persisted.created);
         self.save()?;
         if synced.nix_conf_changed && self.cfg.registration.restart_nix_daemon {
@@ -568,7 +625,12 @@ impl Supervisor {
     /// At start with desired `down`: nothing of ours runs, nothing is registered.
     async fn ensure_down_quietly(&mut self) {
         if let Ok(d) = self.docker().await
-            && let Ok(Some(f)) = docker::find(&d, &self.cfg.container_name).await
+            && let Ok(Some(f)) = docker::find(
+                &d,
+                &self.cfg.container_name,
+                &docker::owner_id(&self.cfg.state_dir),
+            )
+            .await
         {
             let _ = docker::remove(&d, &f.id).await;
         }
@@ -579,6 +641,12 @@ impl Supervisor {
     }
 
     async fn gc(&mut self) -> Result<String, Failure> {
+        if self.on_demand.sleeping {
+            return Err(Failure::new(
+                ErrorKind::Invalid,
+                "the builder sleeps (on demand): wake it with a connection (`builderctl ssh -- true`), then run gc",
+            ));
+        }
         let (Some(host_key), Some(keys)) = (self.host_key.clone(), self.keys.clone()) else {
             return Err(Failure::new(
                 ErrorKind::Invalid,
@@ -586,7 +654,7 @@ impl Supervisor {
             ));
         };
         let out = health::run(
-            self.cfg.port,
+            self.sshd_port,
             &host_key,
             keys.private.clone(),
             // The collector's exit status is its own, not that of a pipe's last command.
@@ -616,7 +684,7 @@ impl Supervisor {
     async fn periodic_facts(&mut self) -> Option<()> {
         let host_key = self.host_key.clone()?;
         let keys = self.keys.clone()?;
-        let out = health::check(self.cfg.port, &host_key, keys.private.clone()).await;
+        let out = health::check(self.sshd_port, &host_key, keys.private.clone()).await;
         self.record_health(&out);
         Some(())
     }

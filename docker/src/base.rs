@@ -11,8 +11,7 @@ use bollard::image::CreateImageOptions;
 use futures_util::StreamExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::config::Config;
-use crate::docker::{DockerError, image_exists};
+use crate::engine::DockerError;
 
 /// The base the embedded context builds from unless configured otherwise: pinned by suite.
 pub const DEFAULT_BASE: &str = "debian:trixie-slim";
@@ -104,23 +103,44 @@ pub fn cannot_pull_advice(os: HostOs, base: &str) -> String {
     }
 }
 
+/// Where the embedded context's base comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct BaseSpec<'a> {
+    /// The configured base, e.g. `debian:trixie-slim`.
+    pub image: &'a str,
+    /// The builder's platform, e.g. `linux/arm64`.
+    pub platform: &'a str,
+    /// The Debian mirror for debootstrap.
+    pub mirror: &'a str,
+    /// A directory debootstrap may fill and builderd then removes.
+    pub work_dir: &'a Path,
+}
+
 /// Makes the embedded context's base available and returns the image to build from: the
 /// configured base when it is there or can be pulled, else (Linux, default base) the local
 /// stand-in, made once with debootstrap.
 pub async fn ensure(
     docker: &Docker,
-    cfg: &Config,
+    spec: &BaseSpec<'_>,
     os: HostOs,
     say: &(dyn Fn(String) + Send + Sync),
 ) -> Result<String, BaseError> {
-    let image = cfg.image.base_image.as_str();
-    if image_exists(docker, image).await? {
-        return Ok(image.to_string());
+    let image = spec.image;
+    let platform = spec.platform;
+    let want_arch = platform.rsplit('/').next().unwrap_or_default();
+    // A local copy of another architecture (an amd64 image on Apple Silicon) is pulled again
+    // for the builder's own.
+    if let Some(arch) = crate::image::image_arch(docker, image).await? {
+        if arch == want_arch {
+            return Ok(image.to_string());
+        }
+        say(format!(
+            "the local {image} is {arch}, the builder is {want_arch}: pulling {want_arch}"
+        ));
     }
-    let platform = cfg.platform();
     say(format!("pulling the base image {image} ({platform})"));
     let started = std::time::Instant::now();
-    let pull = match pull(docker, image, &platform).await {
+    let pull = match pull(docker, image, platform).await {
         Ok(()) => {
             tracing::info!(image, %platform, secs = started.elapsed().as_secs_f64(), "pulled the base image");
             return Ok(image.to_string());
@@ -136,7 +156,7 @@ pub async fn ensure(
         });
     };
     let local = offline_tag(suite);
-    if image_exists(docker, &local).await? {
+    if crate::image::image_arch(docker, &local).await?.as_deref() == Some(want_arch) {
         say(format!(
             "{image} cannot be pulled ({pull}); building from the local {local}"
         ));
@@ -165,12 +185,14 @@ pub async fn ensure(
     say(format!(
         "{image} cannot be pulled ({pull}); making {local} with debootstrap"
     ));
-    let work = cfg.state_dir.join("base-rootfs");
+    let work = spec.work_dir.to_path_buf();
     let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| BaseError::Import(e.to_string()))?;
+    if let Some(parent) = work.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| BaseError::Import(e.to_string()))?;
+    }
     let (repo, tag) = local.rsplit_once(':').expect("offline_tag has a tag");
     let result = async {
-        debootstrap_into(&debootstrap, cfg, suite, &work, say).await?;
+        debootstrap_into(&debootstrap, spec, suite, &work, say).await?;
         say(format!("importing {local}"));
         import_rootfs(docker, repo, tag, &work).await
     }
@@ -209,18 +231,18 @@ fn which(bin: &str) -> Option<PathBuf> {
 
 async fn debootstrap_into(
     bin: &Path,
-    cfg: &Config,
+    spec: &BaseSpec<'_>,
     suite: &str,
     dir: &Path,
     say: &(dyn Fn(String) + Send + Sync),
 ) -> Result<(), BaseError> {
     say(format!(
         "making the base with debootstrap ({suite} from {}); this takes about half a minute",
-        cfg.image.debian_mirror
+        spec.mirror
     ));
     let arch = format!(
         "--arch={}",
-        if cfg.platform().ends_with("arm64") {
+        if spec.platform.ends_with("arm64") {
             "arm64"
         } else {
             "amd64"
@@ -232,7 +254,7 @@ async fn debootstrap_into(
         .arg(arch)
         .arg(suite)
         .arg(dir)
-        .arg(&cfg.image.debian_mirror)
+        .arg(spec.mirror)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -5,8 +5,10 @@ set -eu
 V=/var/lib/nix-builder
 
 [ -s "$V/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C nix-builder -f "$V/id_ed25519"
-chmod 600 "$V/id_ed25519"
-[ -s "$V/id_ed25519.pub" ] || ssh-keygen -y -f "$V/id_ed25519" > "$V/id_ed25519.pub.tmp"
+# A bind mount from a Mac (VirtioFS, osxfs) may not keep modes: sshd gets its own copy, 0600.
+chmod 600 "$V/id_ed25519" 2>/dev/null || true
+install -m 600 "$V/id_ed25519" /etc/ssh/nix-builder_host_ed25519
+[ -s "$V/id_ed25519.pub" ] || ssh-keygen -y -f /etc/ssh/nix-builder_host_ed25519 > "$V/id_ed25519.pub.tmp"
 [ -f "$V/id_ed25519.pub.tmp" ] && mv "$V/id_ed25519.pub.tmp" "$V/id_ed25519.pub"
 
 if [ ! -s "$V/host.pub" ]; then
@@ -69,6 +71,9 @@ sandbox=${NIX_BUILDER_SANDBOX:-true}
   echo "sandbox = $sandbox"
   # A sandbox that cannot start must fail the build, never be skipped silently.
   echo "sandbox-fallback = false"
+  # Nix itself emulated (an amd64 image on Apple Silicon): the emulator cannot load Nix's
+  # seccomp filter, so builds would fail to start with it.
+  [ "${NIX_BUILDER_EMULATED:-}" = 1 ] && echo "filter-syscalls = false"
   # Builds expect /bin/sh; inside the sandbox it is this static shell (some Nix builds of
   # Debian have it compiled in, others not).
   [ -x /usr/bin/bash-static ] && echo "sandbox-paths = /bin/sh=/usr/bin/bash-static"

@@ -1,0 +1,171 @@
+//! On demand: the relay on the builder's port, the idle stop, and waking at a connection.
+
+use super::*;
+use crate::relay::{Activity, Backend};
+
+/// The supervisor's side of the relay.
+pub(super) struct OnDemand {
+    /// Where the relay sends connections.
+    pub backend: watch::Sender<Backend>,
+    /// Cloned into each relay the supervisor starts.
+    pub events: mpsc::Sender<crate::relay::RelayEvent>,
+    pub activity: watch::Sender<Activity>,
+    /// The running relay: its stop signal and task.
+    pub running: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
+    /// The container was stopped for idleness; the next connection wakes it.
+    pub sleeping: bool,
+    /// When the builder goes to sleep unless a connection comes first.
+    pub idle_deadline: Option<Instant>,
+}
+
+impl OnDemand {
+    pub fn new(
+        events: mpsc::Sender<crate::relay::RelayEvent>,
+        activity: watch::Sender<Activity>,
+    ) -> OnDemand {
+        OnDemand {
+            backend: watch::channel(Backend::Asleep).0,
+            events,
+            activity,
+            running: None,
+            sleeping: false,
+            idle_deadline: None,
+        }
+    }
+}
+
+impl Supervisor {
+    /// Listens on the builder's port when on demand (and stops listening when not), so that a
+    /// connection can wake the builder.
+    pub(super) fn ensure_relay(&mut self) -> Result<(), Failure> {
+        let want = self.cfg.on_demand && self.persisted.desired == Desired::Up;
+        if !want {
+            self.stop_relay();
+            return Ok(());
+        }
+        if self.on_demand.running.is_some() {
+            return Ok(());
+        }
+        let port = self.cfg.port;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|e| {
+                Failure::from(DockerError::PortTaken {
+                    port,
+                    holder: crate::port::holder(port)
+                        .map(|h| format!(" by {h}"))
+                        .unwrap_or_else(|| format!(" ({e})")),
+                })
+            })?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(crate::relay::run(
+            listener,
+            self.on_demand.backend.subscribe(),
+            self.on_demand.events.clone(),
+            self.on_demand.activity.clone(),
+            stop_rx,
+        ));
+        tracing::info!(port, "on demand: relaying 127.0.0.1:{port} to the builder");
+        self.on_demand.running = Some((stop_tx, task));
+        Ok(())
+    }
+
+    pub(super) fn stop_relay(&mut self) {
+        if let Some((stop, task)) = self.on_demand.running.take() {
+            let _ = stop.send(true);
+            task.abort();
+            tracing::info!("on demand: the relay stopped");
+        }
+        self.on_demand.backend.send_replace(Backend::Asleep);
+        self.on_demand.sleeping = false;
+        self.on_demand.idle_deadline = None;
+    }
+
+    /// The builder answered: connections go to it, and the idle clock starts if none is open.
+    pub(super) fn relay_awake(&mut self) {
+        if self.on_demand.running.is_none() {
+            return;
+        }
+        self.on_demand.sleeping = false;
+        self.on_demand
+            .backend
+            .send_replace(Backend::Awake(self.sshd_port));
+        let a = *self.on_demand.activity.borrow();
+        self.note_activity(a);
+    }
+
+    /// Open connections keep the builder awake; the last one closing starts the idle clock.
+    pub(super) fn note_activity(&mut self, a: Activity) {
+        if self.on_demand.running.is_none() || self.on_demand.sleeping {
+            return;
+        }
+        self.on_demand.idle_deadline =
+            (a.open == 0).then(|| Instant::now() + Duration::from_secs(self.cfg.idle_stop));
+    }
+
+    /// No connection for `idle_stop`: stops the container (the store and the registrations
+    /// stay; a connection wakes it).
+    pub(super) async fn go_to_sleep(&mut self) {
+        self.on_demand.idle_deadline = None;
+        if self.on_demand.running.is_none() || self.persisted.desired != Desired::Up {
+            return;
+        }
+        // New connections wait from here on; one that came in just before keeps it awake.
+        self.on_demand.backend.send_replace(Backend::Asleep);
+        if self.on_demand.activity.borrow().open > 0 {
+            self.relay_awake();
+            return;
+        }
+        self.on_demand.sleeping = true;
+        self.next_retry = None;
+        let owner = docker::owner_id(&self.cfg.state_dir);
+        let stopped = match self.docker().await {
+            Ok(d) => match docker::find(&d, &self.cfg.container_name, &owner).await {
+                Ok(Some(f)) => docker::container::stop(&d, &f.id, Duration::from_secs(5))
+                    .await
+                    .map_err(|e| e.to_string()),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = stopped {
+            tracing::warn!(error = %e, "on demand: could not stop the idle builder");
+        }
+        let idle = self.cfg.idle_stop;
+        tracing::info!(
+            idle_secs = idle,
+            "on demand: no connection for {idle} s, the builder sleeps"
+        );
+        self.set(|s| {
+            if let Some(c) = &mut s.container {
+                c.state = "exited".into();
+            }
+        });
+        self.set_state(
+            State::Sleeping,
+            Some(format!(
+                "no connection for {idle} s; the next connection to 127.0.0.1:{} wakes it",
+                self.cfg.port
+            )),
+        );
+    }
+
+    /// A connection arrived while the builder sleeps: bring it up; the relay holds the
+    /// connection until sshd answers.
+    pub(super) async fn wake(&mut self) {
+        if !self.on_demand.sleeping || self.persisted.desired != Desired::Up {
+            return;
+        }
+        tracing::info!("on demand: a connection wakes the builder");
+        self.on_demand.sleeping = false;
+        let started = Instant::now();
+        if self.reconcile(&|_| {}).await.is_ok() {
+            tracing::info!(
+                ms = started.elapsed().as_millis() as u64,
+                "on demand: the builder is awake"
+            );
+        }
+    }
+}

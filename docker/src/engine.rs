@@ -1,0 +1,240 @@
+//! Finding the engine (the configured address, `DOCKER_HOST`, the docker context, Docker
+//! Desktop's socket), connecting to it, and the errors of everything that talks to it.
+
+use std::path::{Path, PathBuf};
+
+use bollard::Docker;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error(
+        "cannot reach the Docker engine at {host} ({source_hint}): {reason}. Start Docker Desktop (or Colima/OrbStack) and try again, or set `docker_host` in the config"
+    )]
+    Unreachable {
+        host: String,
+        source_hint: String,
+        reason: String,
+    },
+    #[error("the image build failed: {message}\n{log}")]
+    Build { message: String, log: String },
+    #[error("cannot read the build context {path}: {reason}")]
+    Context { path: PathBuf, reason: String },
+    #[error(
+        "the Docker engine refused a privileged container ({reason}): remove `privileged = true` under [builder] in the config; the default (CAP_SYS_ADMIN, seccomp and AppArmor unconfined) is all Nix's sandbox needs"
+    )]
+    PrivilegedRefused { reason: String },
+    #[error(
+        "the Docker engine refused the privileges Nix's sandbox needs (CAP_SYS_ADMIN, seccomp and AppArmor unconfined): {reason}. Allow them on the engine, or set `sandbox = false` under [builder] in the config to build without the sandbox (builds may then differ from other Linux machines' bytes)"
+    )]
+    SandboxRefused { reason: String },
+    #[error(
+        "port {port} on 127.0.0.1 is taken{holder}: stop that, or set `port` in the config to a free port"
+    )]
+    PortTaken { port: u16, holder: String },
+    #[error(
+        "the container {name} belongs to another builderd, whose state dir is {state_dir}: builderd leaves it alone. Give this config another `container_name` (and `port`), or stop that one (`builderctl --config ITS_CONFIG down`)"
+    )]
+    OwnedByOther { name: String, state_dir: String },
+    #[error("{action}: {source}")]
+    Api {
+        action: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+impl DockerError {
+    pub(crate) fn api(
+        action: impl Into<String>,
+    ) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+        let action = action.into();
+        move |source| DockerError::Api { action, source }
+    }
+
+    /// Names who holds the port of a [`DockerError::PortTaken`], as `find` tells it.
+    pub fn with_port_holder(self, find: impl FnOnce(u16) -> Option<String>) -> DockerError {
+        match self {
+            DockerError::PortTaken { port, holder } if holder.is_empty() => {
+                DockerError::PortTaken {
+                    port,
+                    holder: find(port).map(|h| format!(" by {h}")).unwrap_or_default(),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The engine itself is not there (as opposed to refusing a request).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            DockerError::Unreachable { .. } => true,
+            DockerError::Api { source, .. } => is_connection_error(source),
+            _ => false,
+        }
+    }
+}
+
+pub fn is_connection_error(e: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error as E;
+    match e {
+        E::DockerResponseServerError { .. } | E::JsonDataError { .. } => false,
+        E::IOError { .. } | E::HyperResponseError { .. } | E::RequestTimeoutError => true,
+        E::SocketNotFoundError(_) => true,
+        other => {
+            let s = other.to_string();
+            s.contains("connect") || s.contains("Connection") || s.contains("broken pipe")
+        }
+    }
+}
+
+/// The engine address and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub host: String,
+    pub source: String,
+}
+
+/// Finds the engine: the configured address, `DOCKER_HOST`, the current docker context,
+/// Docker Desktop's per-user socket under `home`, then `/var/run/docker.sock`.
+pub fn resolve_endpoint(configured: Option<&str>, home: &Path) -> Endpoint {
+    resolve_endpoint_in(
+        configured,
+        std::env::var("DOCKER_HOST").ok().as_deref(),
+        std::env::var("DOCKER_CONTEXT").ok().as_deref(),
+        home,
+    )
+}
+
+pub fn resolve_endpoint_in(
+    configured: Option<&str>,
+    env_host: Option<&str>,
+    env_context: Option<&str>,
+    home: &Path,
+) -> Endpoint {
+    let ep = |host: String, source: &str| Endpoint {
+        host,
+        source: source.to_string(),
+    };
+    if let Some(h) = configured.filter(|h| !h.is_empty()) {
+        return ep(h.to_string(), "config docker_host");
+    }
+    if let Some(h) = env_host.filter(|h| !h.is_empty()) {
+        return ep(h.to_string(), "DOCKER_HOST");
+    }
+    let docker_dir = home.join(".docker");
+    let context = env_context.map(str::to_string).or_else(|| {
+        let cfg = std::fs::read(docker_dir.join("config.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&cfg).ok()?;
+        v.get("currentContext")?.as_str().map(str::to_string)
+    });
+    if let Some(ctx) = context.filter(|c| c != "default") {
+        let digest = hex(&Sha256::digest(ctx.as_bytes()));
+        let meta = docker_dir
+            .join("contexts/meta")
+            .join(digest)
+            .join("meta.json");
+        if let Some(host) = std::fs::read(&meta)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                v.pointer("/Endpoints/docker/Host")?
+                    .as_str()
+                    .map(str::to_string)
+            })
+        {
+            return ep(host, &format!("docker context {ctx}"));
+        }
+    }
+    let desktop = docker_dir.join("run/docker.sock");
+    if desktop.exists() {
+        return ep(
+            format!("unix://{}", desktop.display()),
+            "Docker Desktop's socket",
+        );
+    }
+    ep("unix:///var/run/docker.sock".into(), "default socket")
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Connects to the engine and checks that it answers.
+pub async fn connect(ep: &Endpoint) -> Result<Docker, DockerError> {
+    let unreachable = |reason: String| DockerError::Unreachable {
+        host: ep.host.clone(),
+        source_hint: ep.source.clone(),
+        reason,
+    };
+    let docker = if let Some(path) = ep.host.strip_prefix("unix://") {
+        Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
+    } else if ep.host.starts_with("tcp://") || ep.host.starts_with("http://") {
+        Docker::connect_with_http(&ep.host, 120, bollard::API_DEFAULT_VERSION)
+    } else {
+        return Err(unreachable(
+            "only unix:// and tcp:// engine addresses are supported".into(),
+        ));
+    }
+    .map_err(|e| unreachable(e.to_string()))?;
+    let docker = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        docker.negotiate_version(),
+    )
+    .await
+    .map_err(|_| unreachable("no answer within 10 s".into()))?
+    .map_err(|e| unreachable(e.to_string()))?;
+    Ok(docker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_order() {
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path();
+        assert_eq!(
+            resolve_endpoint_in(Some("unix:///x"), Some("unix:///y"), None, home).source,
+            "config docker_host"
+        );
+        assert_eq!(
+            resolve_endpoint_in(None, Some("unix:///y"), None, home).host,
+            "unix:///y"
+        );
+        assert_eq!(
+            resolve_endpoint_in(None, None, None, home).host,
+            "unix:///var/run/docker.sock"
+        );
+        // a docker context
+        std::fs::create_dir_all(home.join(".docker")).unwrap();
+        std::fs::write(
+            home.join(".docker/config.json"),
+            r#"{"currentContext":"colima"}"#,
+        )
+        .unwrap();
+        let meta = home
+            .join(".docker/contexts/meta")
+            .join(hex(&Sha256::digest(b"colima")));
+        std::fs::create_dir_all(&meta).unwrap();
+        std::fs::write(
+            meta.join("meta.json"),
+            r#"{"Name":"colima","Endpoints":{"docker":{"Host":"unix:///c.sock"}}}"#,
+        )
+        .unwrap();
+        let ep = resolve_endpoint_in(None, None, None, home);
+        assert_eq!(
+            (ep.host.as_str(), ep.source.as_str()),
+            ("unix:///c.sock", "docker context colima")
+        );
+        // Docker Desktop's socket is used when no context names another engine
+        std::fs::remove_file(home.join(".docker/config.json")).unwrap();
+        std::fs::create_dir_all(home.join(".docker/run")).unwrap();
+        std::fs::write(home.join(".docker/run/docker.sock"), "").unwrap();
+        assert_eq!(
+            resolve_endpoint_in(None, None, None, home).source,
+            "Docker Desktop's socket"
+        );
+    }
+}

@@ -1,0 +1,309 @@
+//! The builder image: the build context (embedded in the binary, or a directory with the same
+//! volume contract), its tag, and the build.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use bollard::Docker;
+use bollard::image::BuildImageOptions;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::engine::{DockerError, hex, is_connection_error};
+
+/// The embedded build context.
+pub const EMBEDDED_CONTEXT: &[(&str, &[u8], u32)] = &[
+    ("Dockerfile", include_bytes!("../context/Dockerfile"), 0o644),
+    (
+        "entrypoint.sh",
+        include_bytes!("../context/entrypoint.sh"),
+        0o755,
+    ),
+    (
+        "sshd_config",
+        include_bytes!("../context/sshd_config"),
+        0o644,
+    ),
+];
+
+/// The build context: the embedded one, or a directory.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// (relative path, bytes, mode), sorted by path.
+    pub files: Vec<(String, Vec<u8>, u32)>,
+    pub embedded: bool,
+}
+
+impl Context {
+    pub fn embedded() -> Context {
+        let mut files: Vec<(String, Vec<u8>, u32)> = EMBEDDED_CONTEXT
+            .iter()
+            .map(|(p, b, m)| (p.to_string(), b.to_vec(), *m))
+            .collect();
+        for arch in crate::probe::Arch::ALL {
+            files.push((
+                format!("probe-{}", arch.name()),
+                crate::probe::program(arch),
+                0o755,
+            ));
+        }
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        Context {
+            files,
+            embedded: true,
+        }
+    }
+
+    pub fn from_dir(dir: &Path) -> Result<Context, DockerError> {
+        let mut files = Vec::new();
+        let err = |reason: String| DockerError::Context {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        fn walk(
+            root: &Path,
+            dir: &Path,
+            files: &mut Vec<(String, Vec<u8>, u32)>,
+        ) -> std::io::Result<()> {
+            use std::os::unix::fs::PermissionsExt;
+            for e in std::fs::read_dir(dir)? {
+                let e = e?;
+                let ty = e.file_type()?;
+                let p = e.path();
+                if ty.is_dir() {
+                    walk(root, &p, files)?;
+                } else if ty.is_file() {
+                    let rel = p.strip_prefix(root).expect("under root");
+                    let mode = e.metadata()?.permissions().mode() & 0o777;
+                    files.push((rel.display().to_string(), std::fs::read(&p)?, mode));
+                }
+            }
+            Ok(())
+        }
+        walk(dir, dir, &mut files).map_err(|e| err(e.to_string()))?;
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        if !files.iter().any(|f| f.0 == "Dockerfile") {
+            return Err(err("it has no Dockerfile".into()));
+        }
+        Ok(Context {
+            files,
+            embedded: false,
+        })
+    }
+
+    /// A hash of the context and the build arguments: the image tag.
+    pub fn hash(&self, args: &[(&str, &str)]) -> String {
+        let mut h = Sha256::new();
+        for (p, b, m) in &self.files {
+            h.update(p.as_bytes());
+            h.update([0]);
+            h.update(m.to_le_bytes());
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        }
+        for (k, v) in args {
+            h.update(k.as_bytes());
+            h.update([0]);
+            h.update(v.as_bytes());
+            h.update([0]);
+        }
+        hex(&h.finalize())[..16].to_string()
+    }
+
+    fn tar(&self) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (p, bytes, mode) in &self.files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(*mode);
+            header.set_mtime(0);
+            header.set_cksum();
+            b.append_data(&mut header, p, bytes.as_slice())
+                .expect("writing to memory");
+        }
+        b.into_inner().expect("writing to memory")
+    }
+}
+
+/// What the builder image is made from.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageSpec<'a> {
+    /// A build context directory; the embedded one when `None`.
+    pub context: Option<&'a Path>,
+    /// The repository of the tag; the tag itself is a hash of everything below.
+    pub repository: &'a str,
+    /// The embedded context's `BASE_IMAGE`.
+    pub base_image: &'a str,
+    /// The platform to build for; empty for the engine's own.
+    pub platform: &'a str,
+}
+
+/// The image tag for `spec`, and the context it is built from.
+pub fn image_for(spec: &ImageSpec<'_>) -> Result<(String, Context), DockerError> {
+    let ctx = match spec.context {
+        Some(dir) => Context::from_dir(dir)?,
+        None => Context::embedded(),
+    };
+    let tag = format!(
+        "{}:{}",
+        spec.repository,
+        ctx.hash(&[("BASE_IMAGE", spec.base_image), ("platform", spec.platform)])
+    );
+    Ok((tag, ctx))
+}
+
+/// The platform an image is built for when none is configured: `linux/arm64` on Apple Silicon,
+/// the engine's own (empty) elsewhere.
+pub fn default_build_platform(host_arch: &str) -> String {
+    if host_arch == "aarch64" {
+        "linux/arm64".into()
+    } else {
+        String::new()
+    }
+}
+
+/// Whether an image for `platform` runs emulated on a host of `host_arch` (Rust's
+/// `std::env::consts::ARCH` names): then Nix itself runs under Rosetta or qemu.
+pub fn image_is_emulated(platform: &str, host_arch: &str) -> bool {
+    let image_arch = match platform.rsplit('/').next() {
+        Some("arm64" | "aarch64") => "aarch64",
+        Some("amd64" | "x86_64") => "x86_64",
+        _ => return false,
+    };
+    image_arch != host_arch
+}
+
+/// The architecture of a local image as the engine names it (`amd64`, `arm64`), or `None` when
+/// there is no such image.
+pub async fn image_arch(docker: &Docker, tag: &str) -> Result<Option<String>, DockerError> {
+    match docker.inspect_image(tag).await {
+        Ok(i) => Ok(Some(i.architecture.unwrap_or_default())),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(DockerError::api(format!("inspecting image {tag}"))(e)),
+    }
+}
+
+pub async fn image_exists(docker: &Docker, tag: &str) -> Result<bool, DockerError> {
+    match docker.inspect_image(tag).await {
+        Ok(_) => Ok(true),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(false),
+        Err(e) => Err(DockerError::api(format!("inspecting image {tag}"))(e)),
+    }
+}
+
+/// Builds `tag` from `ctx`, reporting each build step through `step`. `base` is the embedded
+/// context's `BASE_IMAGE`: the configured base, or the local stand-in made when it could not be
+/// pulled.
+pub async fn build_image(
+    docker: &Docker,
+    tag: &str,
+    ctx: &Context,
+    base: Option<&str>,
+    platform: &str,
+    step: &(dyn Fn(String, Option<(u64, u64)>) + Send + Sync),
+) -> Result<(), DockerError> {
+    let mut buildargs = HashMap::new();
+    if let Some(base) = base.filter(|_| ctx.embedded) {
+        buildargs.insert("BASE_IMAGE".to_string(), base.to_string());
+    }
+    let opts = BuildImageOptions {
+        dockerfile: "Dockerfile".to_string(),
+        t: tag.to_string(),
+        rm: true,
+        forcerm: true,
+        buildargs,
+        platform: platform.to_string(),
+        ..Default::default()
+    };
+    let mut stream = docker.build_image(opts, None, Some(ctx.tar().into()));
+    let mut log = Vec::<String>::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(e) = info.error {
+                    return Err(DockerError::Build {
+                        message: e.trim().to_string(),
+                        log: tail(&log, 15),
+                    });
+                }
+                if let Some(s) = info.stream {
+                    for line in s.lines().filter(|l| !l.trim().is_empty()) {
+                        log.push(line.to_string());
+                        let n = parse_step(line);
+                        step(line.trim().to_string(), n);
+                    }
+                }
+            }
+            Err(bollard::errors::Error::DockerStreamError { error }) => {
+                return Err(DockerError::Build {
+                    message: error,
+                    log: tail(&log, 15),
+                });
+            }
+            Err(e) => {
+                return Err(if is_connection_error(&e) {
+                    DockerError::api("building the image")(e)
+                } else {
+                    DockerError::Build {
+                        message: e.to_string(),
+                        log: tail(&log, 15),
+                    }
+                });
+            }
+        }
+    }
+    if !image_exists(docker, tag).await? {
+        return Err(DockerError::Build {
+            message: "the engine reported no error, but the image is not there".into(),
+            log: tail(&log, 15),
+        });
+    }
+    Ok(())
+}
+
+fn tail(lines: &[String], n: usize) -> String {
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `Step 3/9 : RUN …` → (3, 9).
+fn parse_step(line: &str) -> Option<(u64, u64)> {
+    let rest = line.trim().strip_prefix("Step ")?;
+    let (frac, _) = rest.split_once(' ')?;
+    let (a, b) = frac.split_once('/')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_hash_changes_with_content_and_args() {
+        let a = Context::embedded();
+        let h1 = a.hash(&[("BASE_IMAGE", "x")]);
+        assert_eq!(h1, a.hash(&[("BASE_IMAGE", "x")]));
+        assert_ne!(h1, a.hash(&[("BASE_IMAGE", "y")]));
+        let mut b = a.clone();
+        b.files[0].1.push(b'\n');
+        assert_ne!(h1, b.hash(&[("BASE_IMAGE", "x")]));
+    }
+
+    #[test]
+    fn nix_runs_emulated_only_when_the_image_is_of_another_architecture() {
+        assert!(!image_is_emulated("linux/arm64", "aarch64"));
+        assert!(image_is_emulated("linux/amd64", "aarch64"));
+        assert!(!image_is_emulated("linux/amd64", "x86_64"));
+        assert!(image_is_emulated("linux/arm64", "x86_64"));
+        assert!(!image_is_emulated("", "x86_64"));
+    }
+
+    #[test]
+    fn build_steps_are_parsed() {
+        assert_eq!(parse_step("Step 3/9 : RUN x"), Some((3, 9)));
+        assert_eq!(parse_step(" ---> abc"), None);
+    }
+}
