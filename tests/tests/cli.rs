@@ -311,6 +311,38 @@ fn doctor_fails_a_builder_that_builds_unsandboxed() {
 }
 
 #[test]
+fn doctor_on_demand_knows_the_relay_and_a_sleeping_builder() {
+    if skip_docker() {
+        return;
+    }
+    let env = Env::new("on_demand = true\nidle_stop = 2\n");
+    env.up();
+    env.wait_status(Duration::from_secs(30), "sleeping", |s| {
+        s["state"] == "sleeping"
+    });
+    let o = env.doctor(&[]);
+    let out = text(&o);
+    assert!(
+        verdict(&out, "builder").starts_with("PASS  builder    asleep on demand"),
+        "{out}"
+    );
+    assert!(
+        verdict(&out, "port").starts_with(&format!(
+            "PASS  port       127.0.0.1:{} is builderd's relay",
+            env.port
+        )),
+        "{out}"
+    );
+    // A build through builderd's line wakes it.
+    let o = env.doctor(&["--build-test"]);
+    let out = text(&o);
+    assert!(
+        verdict(&out, "build").starts_with("PASS  build      a tiny x86_64-linux build"),
+        "{out}"
+    );
+}
+
+#[test]
 fn doctor_checks_the_files_and_the_line_themselves() {
     if skip_docker() {
         return;
