@@ -203,40 +203,33 @@ impl Supervisor {
 
     /// Puts the engine's own word on the container's state in status.
     pub(super) async fn refresh_container_state(&mut self) {
-        let Ok(d) = self.docker().await else {
+        // One call on the engine connection already held: this runs at every event and tick.
+        let (Some(d), Some(id)) = (
+            self.docker.clone(),
+            self.status
+                .borrow()
+                .container
+                .as_ref()
+                .map(|c| c.id.clone()),
+        ) else {
             return;
-        };
-        let id = match docker::find(
-            &d,
-            &self.cfg.container_name,
-            &docker::owner_id(&self.cfg.state_dir),
-        )
-        .await
-        {
-            Ok(Some(f)) => f.id,
-            Ok(None) => {
-                self.set(|s| {
-                    if let Some(c) = &mut s.container {
-                        c.state = "removed".to_string();
-                    }
-                });
-                return;
-            }
-            Err(_) => return,
         };
         // The container itself, not the engine's list: the engine announces a pause before its
         // list shows it.
-        let Some(state) = d
-            .inspect_container(&id, None)
-            .await
-            .ok()
-            .and_then(|c| c.state?.status)
-            .map(|s| s.to_string())
-        else {
-            return;
+        let state = match d.inspect_container(&id, None).await {
+            Ok(c) => match c.state.and_then(|s| s.status) {
+                Some(s) => s.to_string(),
+                None => return,
+            },
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => "removed".to_string(),
+            Err(_) => return,
         };
         self.set(|s| {
-            if let Some(c) = &mut s.container {
+            if let Some(c) = &mut s.container
+                && c.id == id
+            {
                 c.state = state;
             }
         });
