@@ -81,6 +81,7 @@ impl Supervisor {
                     let _ = self.reconcile(&|_| {}).await;
                     return;
                 }
+                self.refresh_container_state().await;
                 if let Some(w) = self.wanted.clone()
                     && !w.machines_listed
                 {

@@ -373,6 +373,7 @@ impl Supervisor {
                         count,
                     });
                 });
+                self.refresh_container_state().await;
             }
             Command::Poke(why) => {
                 if self.on_demand.sleeping {
@@ -622,6 +623,9 @@ impl Supervisor {
             s.reason = docker_err.clone();
             s.container = None;
             s.up_since = None;
+            // Facts about a container that is gone are not facts any more.
+            s.last_health = None;
+            s.builder = None;
             s.registrations = synced.statuses.clone();
         });
         if let Some(e) = docker_err {
@@ -667,7 +671,8 @@ impl Supervisor {
             self.sshd_port,
             &host_key,
             keys.private.clone(),
-            "nix-collect-garbage 2>&1 | tail -n 3; du -sk /nix/store | cut -f1",
+            // The collector's exit status is its own, not that of a pipe's last command.
+            "out=$(nix-collect-garbage 2>&1); rc=$?; if [ $rc -ne 0 ]; then printf '%s\\n' \"$out\" | tail -n 3 >&2; exit $rc; fi; printf '%s\\n' \"$out\" | tail -n 3; du -sk /nix/store | cut -f1",
             Duration::from_secs(3600),
         )
         .await
