@@ -1068,6 +1068,17 @@ fn nix_str(s: &str) -> String {
 /// file holding only builderd's line, with no shared ssh connection; then reads the output back
 /// from this builder's store (the pinned host key makes it this container and no other).
 fn remote_build(ctx: &Ctx, system: &str, script: &str) -> Result<Built, String> {
+    remote_build_with(ctx, system, script, None)
+}
+
+/// [`remote_build`] with a program of `system`'s architecture as an input, which the script
+/// finds at `$probe` (copied to the builder's store, executable).
+fn remote_build_with(
+    ctx: &Ctx,
+    system: &str,
+    script: &str,
+    probe: Option<&[u8]>,
+) -> Result<Built, String> {
     let cfg = ctx.cfg;
     let line = ctx.machines_line().ok_or_else(|| {
         format!(
@@ -1078,7 +1089,7 @@ fn remote_build(ctx: &Ctx, system: &str, script: &str) -> Result<Built, String> 
     let dir =
         std::env::temp_dir().join(format!("builderd-doctor-{}-{}", std::process::id(), system));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let result = remote_build_in(ctx, &dir, &line, system, script);
+    let result = remote_build_in(ctx, &dir, &line, system, script, probe);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -1089,9 +1100,21 @@ fn remote_build_in(
     line: &str,
     system: &str,
     script: &str,
+    probe: Option<&[u8]>,
 ) -> Result<Built, String> {
     let cfg = ctx.cfg;
     let machines = dir.join("machines");
+    let probe_attr = match probe {
+        Some(bytes) => {
+            use std::os::unix::fs::PermissionsExt;
+            let p = dir.join("probe");
+            std::fs::write(&p, bytes).map_err(|e| e.to_string())?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| e.to_string())?;
+            " probe = ./probe;"
+        }
+        None => "",
+    };
     std::fs::write(&machines, format!("{line}\n")).map_err(|e| e.to_string())?;
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1101,7 +1124,7 @@ fn remote_build_in(
     std::fs::write(
         &drv,
         format!(
-            "derivation {{ name = \"builderd-doctor\"; system = {}; builder = \"/bin/sh\"; nonce = \"{nonce}\"; args = [ \"-c\" {} ]; }}\n",
+            "derivation {{ name = \"builderd-doctor\"; system = {}; builder = \"/bin/sh\"; nonce = \"{nonce}\";{probe_attr} args = [ \"-c\" {} ]; }}\n",
             nix_str(system),
             nix_str(script)
         ),
@@ -1267,9 +1290,35 @@ fn check_build(ctx: &Ctx) -> Vec<Check> {
         .filter(|s| seen.insert(s.to_string(), ()).is_none())
         .map(|system| {
             let token = format!("builderd-doctor-{system}");
-            let script = format!("echo {token} > \"$out\"");
-            match remote_build(ctx, system, &script) {
-                Ok(b) if b.text.trim() == token => pass(
+            // A program of the system's own architecture runs inside the sandbox: for a foreign
+            // system that is Rosetta or qemu at work where builds run, not only in the container.
+            let arch = builderd::docker::probe::Arch::ALL
+                .into_iter()
+                .find(|a| a.nix_system() == *system);
+            let probe = arch.map(builderd::docker::probe::program);
+            let script = if probe.is_some() {
+                format!("\"$probe\"; echo {token} $? > \"$out\"")
+            } else {
+                format!("echo {token} > \"$out\"")
+            };
+            let wanted = if probe.is_some() {
+                format!("{token} {}", builderd::docker::probe::EXIT_CODE)
+            } else {
+                token.clone()
+            };
+            match remote_build_with(ctx, system, &script, probe.as_deref()) {
+                Ok(b) if b.text.trim() != wanted && b.text.starts_with(&token) => fail(
+                    "build",
+                    format!(
+                        "a {system} build ran, but a {system} program inside it did not (it wrote {:?}; 126 means the kernel would not run it)",
+                        b.text.trim()
+                    ),
+                    match arch {
+                        Some(builderd::docker::probe::Arch::X86_64) => "turn on \"Use Rosetta for x86_64/amd64 emulation on Apple Silicon\" in Docker Desktop's settings, then `builderctl down && builderctl up`",
+                        _ => "register an emulator for it with the F (fix binary) flag (qemu-user-static), then `builderctl down && builderctl up`",
+                    },
+                ),
+                Ok(b) if b.text.trim() == wanted => pass(
                     "build",
                     format!(
                         "a tiny {system} build{} ran in this builder in {:.2} s",
