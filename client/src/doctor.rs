@@ -121,6 +121,7 @@ const CHECKS: &[CheckFn] = &[
     check_keys,
     check_nix_uri,
     check_substitute,
+    check_builders,
     check_owners,
     check_root_ssh,
     check_sandbox,
@@ -689,13 +690,20 @@ fn check_nix_uri(ctx: &Ctx) -> Vec<Check> {
 /// includes, never the invoking user's own files.
 fn check_substitute(ctx: &Ctx) -> Vec<Check> {
     let cfg = ctx.cfg;
+    let shown = nix_shown(cfg);
+    substitute_verdict(ctx, shown)
+}
+
+/// The settings as the nix-daemon reads them (`nix config show` with the system nix.conf and
+/// its includes only, never the user's own files); `None` without a `nix` to ask.
+fn nix_shown(cfg: &Config) -> Option<String> {
     let dir = cfg
         .registration
         .nix_conf
         .parent()
         .unwrap_or(Path::new("/etc/nix"))
         .to_path_buf();
-    let shown = ["config show", "show-config"].iter().find_map(|sub| {
+    ["config show", "show-config"].iter().find_map(|sub| {
         let o = Command::new("nix")
             .args(sub.split(' '))
             .args(["--extra-experimental-features", "nix-command"])
@@ -712,19 +720,84 @@ fn check_substitute(ctx: &Ctx) -> Vec<Check> {
         o.status
             .success()
             .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
-    });
+    })
+}
+
+/// One setting's value in `nix config show` output.
+fn shown_value(shown: &str, key: &str) -> Option<String> {
+    shown.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().to_string())
+    })
+}
+
+/// `builders` as the nix-daemon reads it must name builderd's machines file: nix-darwin writes
+/// `builders =` (empty) unless `nix.distributedBuilds` is on, and then the machines file is
+/// never read.
+fn check_builders(ctx: &Ctx) -> Vec<Check> {
+    let cfg = ctx.cfg;
+    let Some(shown) = nix_shown(cfg) else {
+        // No nix to ask: nix-uri says so.
+        return vec![];
+    };
+    let machines = &cfg.registration.machines_file;
+    let want = format!("@{}", machines.display());
+    let value = shown_value(&shown, "builders").unwrap_or_default();
+    if value.split([';', '\n']).any(|b| b.trim() == want) {
+        return vec![pass(
+            "builders",
+            format!("Nix reads {} (builders = {value})", machines.display()),
+        )];
+    }
+    let read = |p: &Path| std::fs::read_to_string(p).ok();
+    let set_at = nix_conf::effective(&cfg.registration.nix_conf, "builders", &read)
+        .map(|s| format!(" ({}:{} sets it)", s.file.display(), s.line))
+        .unwrap_or_default();
+    let nix_darwin = matches!(
+        resolve_target(&cfg.registration.nix_conf),
+        Target::NixDarwin
+    );
+    let what = if value.is_empty() {
+        format!(
+            "builders is empty{set_at}: Nix ignores {}",
+            machines.display()
+        )
+    } else {
+        format!(
+            "builders = {value}{set_at} does not name {}: Nix ignores it",
+            machines.display()
+        )
+    };
+    vec![fail(
+        "builders",
+        what,
+        builders_fix(nix_darwin, &want, &cfg.registration.nix_conf),
+    )]
+}
+
+/// What to do when `builders` leaves the machines file out.
+fn builders_fix(nix_darwin: bool, want: &str, nix_conf: &Path) -> String {
+    if nix_darwin {
+        "in your nix-darwin configuration set `nix.distributedBuilds = true;` (nix-darwin then writes `builders = @/etc/nix/machines`), run `darwin-rebuild switch`, then `builderctl up`".to_string()
+    } else {
+        format!(
+            "in {} remove the `builders` line (its default reads the machines file) or set `builders = {want}`, then restart the nix-daemon",
+            nix_conf.display()
+        )
+    }
+}
+
+fn substitute_verdict(ctx: &Ctx, shown: Option<String>) -> Vec<Check> {
+    let cfg = ctx.cfg;
     let read = |p: &Path| std::fs::read_to_string(p).ok();
     let file_value = nix_conf::effective(
         &cfg.registration.nix_conf,
         "builders-use-substitutes",
         &read,
     );
-    let value = shown.as_ref().and_then(|text| {
-        text.lines().find_map(|l| {
-            let (k, v) = l.split_once('=')?;
-            (k.trim() == "builders-use-substitutes").then(|| v.trim().to_string())
-        })
-    });
+    let value = shown
+        .as_ref()
+        .and_then(|text| shown_value(text, "builders-use-substitutes"));
     // What Nix shows; without a nix binary, what the files say (builderd's own block included).
     let effective = value.or_else(|| {
         let text = read(&cfg.registration.nix_conf).unwrap_or_default();
@@ -1348,6 +1421,15 @@ fn check_build(ctx: &Ctx) -> Vec<Check> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_builders_fix_says_what_nix_darwin_needs() {
+        let f = builders_fix(true, "@/etc/nix/machines", Path::new("/etc/nix/nix.conf"));
+        assert!(f.contains("nix.distributedBuilds = true;"), "{f}");
+        assert!(f.contains("darwin-rebuild switch"), "{f}");
+        let f = builders_fix(false, "@/etc/nix/machines", Path::new("/etc/nix/nix.conf"));
+        assert!(f.contains("builders = @/etc/nix/machines"), "{f}");
+    }
 
     #[test]
     fn engine_kind_by_socket_path() {
