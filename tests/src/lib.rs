@@ -333,6 +333,18 @@ impl Env {
         system: &str,
         builder: &str,
     ) -> String {
+        self.nix_build_with(&unshared_sshopts(ssh_config), label, system, builder)
+    }
+
+    /// [`Env::nix_build`] with `sshopts` as `NIX_SSHOPTS` as they are (`-F FILE` and whatever
+    /// else): for a build that shares ssh connections the way the alias says, as Nix does.
+    pub fn nix_build_with(
+        &self,
+        sshopts: &str,
+        label: &str,
+        system: &str,
+        builder: &str,
+    ) -> String {
         // A nonce never built before, so that Nix cannot answer from the local store.
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -367,7 +379,7 @@ impl Env {
                 "build-users-group",
                 "",
             ])
-            .env("NIX_SSHOPTS", unshared_sshopts(ssh_config))
+            .env("NIX_SSHOPTS", sshopts)
             .stdin(Stdio::null())
             .output()
             .expect("nix-build runs (tests/run installs nix-bin)");
