@@ -12,6 +12,7 @@ pub mod known_hosts;
 pub mod nix_conf;
 #[cfg(test)]
 mod proptests;
+pub mod remote;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

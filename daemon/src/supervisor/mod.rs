@@ -28,6 +28,7 @@ use crate::state::{Desired, Persisted};
 
 mod bring_up;
 mod events;
+mod fleet;
 mod health_tick;
 mod on_demand;
 mod registrations;
@@ -84,6 +85,12 @@ pub enum Command {
         reply: Reply,
     },
     Gc {
+        reply: Reply,
+    },
+    /// Pin the host key a remote presented.
+    Trust {
+        name: String,
+        fingerprint: Option<String>,
         reply: Reply,
     },
     /// Something outside changed: a container event, a file edit. Reconcile.
@@ -146,6 +153,8 @@ pub struct Supervisor {
     on_demand: on_demand::OnDemand,
     /// Taken by `run`: connections asking to wake the builder.
     relay_events: Option<mpsc::Receiver<crate::relay::RelayEvent>>,
+    /// The remote builders.
+    fleet: fleet::Fleet,
 }
 
 impl Supervisor {
@@ -170,6 +179,7 @@ impl Supervisor {
             registrations: Vec::new(),
             docker_host: format!("{} ({})", endpoint.host, endpoint.source),
             last_event: None,
+            remotes: Vec::new(),
         };
         let (tx, rx) = watch::channel(status);
         let (relay_tx, relay_rx) = mpsc::channel(64);
@@ -194,6 +204,7 @@ impl Supervisor {
                 wanted: None,
                 watcher: None,
                 unhealthy_since: None,
+                fleet: fleet::Fleet::default(),
             },
             rx,
         )
@@ -229,8 +240,10 @@ impl Supervisor {
         self.watch_files();
         let mut relay_events = self.relay_events.take().expect("run is called once");
         let mut activity = self.on_demand.activity.subscribe();
+        self.fleet.load(&self.cfg.state_dir);
         if self.persisted.desired == Desired::Up {
             tracing::info!("desired state is up: bringing the builder back");
+            self.fleet_round();
             let _ = self.reconcile(&|_| {}).await;
         } else {
             self.ensure_down_quietly().await;
@@ -261,8 +274,12 @@ impl Supervisor {
                     Some(cmd) => self.handle(cmd).await,
                 },
                 Some(changed) = files.recv() => self.file_changed(changed.0).await,
+                Some(done) = self.fleet.checks.join_next(), if !self.fleet.checks.is_empty() => {
+                    self.fleet_checked(done);
+                }
                 _ = tick.tick() => {
                     if self.persisted.desired == Desired::Up {
+                        self.fleet_round();
                         self.periodic().await;
                     }
                 }
@@ -319,6 +336,14 @@ impl Supervisor {
             }
             Command::Gc { reply } => {
                 let r = self.gc().await;
+                let _ = reply.send(r);
+            }
+            Command::Trust {
+                name,
+                fingerprint,
+                reply,
+            } => {
+                let r = self.trust(&name, fingerprint.as_deref());
                 let _ = reply.send(r);
             }
             Command::Seen { action, lag_ms } => {
@@ -417,6 +442,7 @@ impl Supervisor {
         self.reload_config()?;
         // Bad input is refused before anything is recorded or started.
         self.client_keys()?;
+        self.fleet_round();
         let was_up = self.status.borrow().state == State::Up;
         let before = self.persisted.desired;
         if before != Desired::Up {
@@ -574,6 +600,7 @@ impl Supervisor {
             Err(e) => Some(e.to_string()),
         };
         self.stop_relay();
+        self.fleet_down();
         let synced = registration::sync(&self.cfg, None, &mut self.persisted.created);
         self.save()?;
         if synced.nix_conf_changed && self.cfg.registration.restart_nix_daemon {
@@ -605,6 +632,7 @@ impl Supervisor {
 
     /// At start with desired `down`: nothing of ours runs, nothing is registered.
     async fn ensure_down_quietly(&mut self) {
+        self.fleet_down();
         if let Ok(d) = self.docker().await
             && let Ok(Some(f)) = docker::find(
                 &d,
