@@ -119,9 +119,13 @@ impl Supervisor {
                 if !f.running {
                     say(step("container", "starting the container"));
                     docker::start(&docker, &f.id, cfg.port, &spec.privileges).await?;
+                    tracing::info!(container = %cfg.container_name, id = %short(&f.id), "started the container");
                     changed = true;
                     started = true;
-                } else if key_changed {
+                } else if self.status.borrow().container.is_none() {
+                    tracing::info!(container = %cfg.container_name, id = %short(&f.id), "adopted the running container");
+                }
+                if f.running && key_changed {
                     say(step(
                         "container",
                         "the client key changed: updating authorized_keys",
@@ -141,6 +145,7 @@ impl Supervisor {
                     let _ = docker::remove(&docker, &id).await;
                     return Err(e.into());
                 }
+                tracing::info!(container = %cfg.container_name, id = %short(&id), image = %tag, privileges = ?spec.privileges, "created and started the container");
                 changed = true;
                 started = true;
                 id
@@ -207,7 +212,22 @@ impl Supervisor {
         self.keys = Some(keys.clone());
 
         say(step("health", "waiting for sshd to answer"));
+        let was_up = self.status.borrow().state == State::Up;
         let facts = self.wait_healthy(docker, id, &host_key, &keys).await?;
+        if changed || !was_up {
+            let ms = self
+                .status
+                .borrow()
+                .last_health
+                .as_ref()
+                .map_or(0.0, |h| h.latency_ms);
+            let systems: Vec<String> = facts
+                .platforms
+                .iter()
+                .map(|p| format!("{} ({})", p.system, p.how))
+                .collect();
+            tracing::info!(latency_ms = ms.round(), systems = %systems.join(", "), nix = %facts.nix_version, "the builder is healthy");
+        }
 
         say(step("register", "writing the registrations"));
         changed |= self.register(&host_key, &facts)?;
@@ -215,7 +235,6 @@ impl Supervisor {
             self.persisted.host_key_fingerprint = Some(fp);
             self.save()?;
         }
-        self.failures = 0;
         Ok(changed)
     }
 
@@ -326,6 +345,11 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// The short form of a container id, as `docker ps` shows it.
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
 }
 
 /// Puts the volume's host.pub into root's authorized_keys in the running container.

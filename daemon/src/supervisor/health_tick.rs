@@ -74,7 +74,9 @@ impl Supervisor {
         match out.result {
             Ok(_) => {
                 self.deaths = 0;
-                self.unhealthy_since = None;
+                if let Some(since) = self.unhealthy_since.take() {
+                    tracing::info!(unhealthy_for = ?since.elapsed(), "health checks pass again");
+                }
                 // The builder answers, but can the engine still be reached to keep it so?
                 if self.docker().await.is_err() {
                     let _ = self.reconcile(&|_| {}).await;
@@ -105,7 +107,11 @@ impl Supervisor {
                     .last_health
                     .as_ref()
                     .map_or(1, |h| h.consecutive_failures);
-                tracing::warn!(stage = stage.as_str(), error = %msg, n, "health check failed");
+                if n == 1 {
+                    tracing::warn!(stage = stage.as_str(), error = %msg, "health check failed");
+                } else {
+                    tracing::debug!(stage = stage.as_str(), error = %msg, n, "health check failed again");
+                }
                 self.set_state(
                     State::Degraded,
                     Some(format!("health check failed at {}: {msg}", stage.as_str())),

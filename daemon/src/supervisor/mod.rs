@@ -522,6 +522,13 @@ impl Supervisor {
         let result = self.try_reconcile(say).await;
         match &result {
             Ok(_) => {
+                if self.failures > 0 {
+                    tracing::info!(
+                        failures = self.failures,
+                        "the builder is back after failed attempts"
+                    );
+                }
+                self.failures = 0;
                 self.docker_wait_logged = false;
                 if self.deaths < 2 {
                     self.next_retry = None;
@@ -537,9 +544,17 @@ impl Supervisor {
                 self.set_state(State::WaitingForDocker, Some(f.message.clone()));
             }
             Err(f) => {
-                tracing::warn!(error = %f.message, "bringing the builder up failed");
                 self.failures += 1;
-                self.schedule_retry(backoff(self.failures, Duration::from_secs(60)));
+                let delay = backoff(self.failures, Duration::from_secs(60));
+                self.schedule_retry(delay);
+                // The first failure of a streak, and a different one, at warn; the same again
+                // only at debug, so that a retry loop does not fill the log.
+                let same = self.status.borrow().reason.as_deref() == Some(f.message.as_str());
+                if self.failures == 1 || !same {
+                    tracing::warn!(error = %f.message, retry_in = ?delay, "bringing the builder up failed");
+                } else {
+                    tracing::debug!(error = %f.message, failures = self.failures, retry_in = ?delay, "bringing the builder up failed again");
+                }
                 if self.deaths >= 2 {
                     self.set_state(
                         State::Degraded,
