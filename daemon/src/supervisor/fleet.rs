@@ -117,6 +117,7 @@ impl Supervisor {
                 (r.name, found)
             });
         }
+        self.publish_fleet(&[]);
     }
 
     /// Applies one finished check, then brings the files to what is wanted.
@@ -190,7 +191,7 @@ impl Supervisor {
                             r.listed = false;
                             r.state = "host-key-mismatch".into();
                             r.reason = Some(format!(
-                                "{msg}: builderd does not list it. If the host's key really changed, put the new one in `host_key` (or remove the old with `builderctl trust {name}` after it is taken out of the config)"
+                                "{msg}: builderd does not list it. If the host's key really changed, give the new key as `host_key` in the config"
                             ));
                         } else {
                             if r.listed && unlist && since.elapsed() >= unlist_after {

@@ -324,6 +324,7 @@ impl Supervisor {
                 let r = if self.on_demand.sleeping {
                     Ok("the builder sleeps (on demand); a connection wakes it".to_string())
                 } else if self.persisted.desired == Desired::Up {
+                    self.fleet_round();
                     self.periodic().await;
                     Ok("checked".to_string())
                 } else {
