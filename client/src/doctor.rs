@@ -337,6 +337,11 @@ pub async fn run(cfg: &Config, build_test: bool, out: &Out) -> u8 {
         }
     }
 
+    // Each remote builder.
+    if let Ok(s) = &status {
+        checks.extend(s.remotes.iter().map(remote_check));
+    }
+
     if build_test {
         checks.push(build_check(cfg));
     }
@@ -643,6 +648,63 @@ fn sandbox_check(cfg: &Config) -> Check {
                 o.trim().lines().last().unwrap_or("")
             ),
             "the sandbox needs a privileged container: set `privileged = true` under [builder] (or `sandbox = false` to build without it)",
+        ),
+    }
+}
+
+/// One remote builder, as the daemon last saw it.
+fn remote_check(r: &builderd::protocol::RemoteStatus) -> Check {
+    let at = format!("{} ({}:{})", r.name, r.address, r.port);
+    let why = r
+        .reason
+        .as_deref()
+        .and_then(|r| r.lines().next())
+        .unwrap_or("");
+    match r.state.as_str() {
+        "up" if r.listed => pass(
+            "remote",
+            format!(
+                "{at} healthy and listed, host key {}",
+                r.host_key_fingerprint.as_deref().unwrap_or("?")
+            ),
+        ),
+        "pending-trust" => warn(
+            "remote",
+            format!(
+                "{at} presented host key {}, which nobody confirmed: it is not listed",
+                r.pending_host_key.as_deref().unwrap_or("?")
+            ),
+            format!(
+                "compare it with the host's own (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` there), then `builderctl trust {} {}`",
+                r.name,
+                r.pending_host_key.as_deref().unwrap_or("")
+            ),
+        ),
+        "checking" | "down" => warn(
+            "remote",
+            format!("{at} not checked yet ({})", r.state),
+            "run `builderctl up`, then `builderctl check`",
+        ),
+        "host-key-mismatch" => fail(
+            "remote",
+            format!("{at}: {why}"),
+            "find out why the host's key changed; if it is the host's new key, give it as `host_key` in the config",
+        ),
+        _ => fail(
+            "remote",
+            format!(
+                "{at} is {}{}: {why}",
+                r.state,
+                if r.listed {
+                    " (still listed)"
+                } else {
+                    ", not listed"
+                }
+            ),
+            format!(
+                "check that {}:{} answers SSH for its `user` with its `identity`; it is listed again at the first healthy check",
+                r.address, r.port
+            ),
         ),
     }
 }

@@ -409,6 +409,12 @@ fn an_unconfirmed_host_key_is_listed_only_after_trust_and_down_removes_every_ent
         "{human}"
     );
 
+    let doc = String::from_utf8_lossy(&env.ctl(&["doctor"]).stdout).into_owned();
+    assert!(
+        doc.contains("WARN  remote")
+            && doc.contains(&format!("`builderctl trust {} {fp}`", host.container)),
+        "{doc}"
+    );
     // A fingerprint that is not the presented key pins nothing.
     let o = env.ctl(&["trust", &host.container, "SHA256:notthekey"]);
     assert!(!o.status.success());
@@ -420,6 +426,11 @@ fn an_unconfirmed_host_key_is_listed_only_after_trust_and_down_removes_every_ent
     let r = remote(&st, &host.container);
     assert_eq!(r["host_key_fingerprint"], fp.as_str(), "{r}");
     assert_eq!(r["host_key_source"], "trusted", "{r}");
+    let doc = String::from_utf8_lossy(&env.ctl(&["doctor"]).stdout).into_owned();
+    assert!(
+        doc.contains(&format!("PASS  remote     {} (", host.container)),
+        "{doc}"
+    );
     // The real OpenSSH client reaches it through the alias builderd wrote, strictly pinned.
     let o = env.ssh(
         &[
@@ -484,4 +495,11 @@ fn a_given_host_key_that_is_not_the_hosts_is_refused() {
     );
     let human = env.ctl_ok(&["status"]);
     assert!(human.contains("host-key-mismatch"), "{human}");
+    let o = env.ctl(&["doctor"]);
+    let doc = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{doc}");
+    assert!(
+        doc.contains(&format!("FAIL  remote     {} (", host.container)),
+        "{doc}"
+    );
 }

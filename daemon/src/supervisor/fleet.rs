@@ -255,19 +255,17 @@ impl Supervisor {
             .filter(|n| !keep.contains(*n))
             .cloned()
             .collect();
+        let before = edited.then(|| self.fleet_bodies(&wanted));
         let synced = remote::sync(&self.cfg, &wanted, &gone, &mut self.persisted.created);
         let _ = self.save();
-        if edited {
-            for w in &synced.written {
-                tracing::info!(file = %w.display(), "repaired the remotes' entries after an outside edit");
-            }
-            // A write for a remote counts as its repair when its block is in that file.
-            for w in &wanted {
-                if synced.written.iter().any(|p| {
-                    std::fs::read_to_string(p)
-                        .is_ok_and(|t| t.contains(&registration::block::begin(&w.name)))
-                }) && let Some(r) = self.fleet.remotes.get_mut(&w.name)
+        if let Some(before) = before {
+            // A remote whose block had to be written back was repaired.
+            let after = self.fleet_bodies(&wanted);
+            for (w, (b, a)) in wanted.iter().zip(before.iter().zip(&after)) {
+                if b != a
+                    && let Some(r) = self.fleet.remotes.get_mut(&w.name)
                 {
+                    tracing::info!(remote = %w.name, "repaired a remote's entries after an outside edit");
                     r.repairs += 1;
                 }
             }
@@ -281,6 +279,25 @@ impl Supervisor {
         self.fleet.saved.registered = keep;
         self.save_fleet();
         self.publish_fleet(&failed);
+    }
+
+    /// Each wanted remote's block bodies in every registration file, to tell a repair.
+    fn fleet_bodies(&self, wanted: &[RemoteWanted]) -> Vec<Vec<Option<Vec<String>>>> {
+        let reg = &self.cfg.registration;
+        let texts: Vec<String> = std::iter::once(&reg.machines_file)
+            .chain(&reg.known_hosts)
+            .chain(&reg.ssh_config)
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect();
+        wanted
+            .iter()
+            .map(|w| {
+                texts
+                    .iter()
+                    .map(|t| registration::block::body(t, &w.name))
+                    .collect()
+            })
+            .collect()
     }
 
     fn save_fleet(&self) {
