@@ -3,7 +3,8 @@
 //! table and writes `target/bench-report.json`.
 //!
 //! Usage: `bench/run [--quick] [--only NAME]` (`--quick` takes fewer samples, for a smoke run;
-//! `--only` runs the figures whose group is NAME: up, recovery, repair, status, builds, idle).
+//! `--only` runs the figures whose group is NAME: up, recovery, repair, status, builds, idle,
+//! on-demand).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -472,6 +473,149 @@ fn nix_builds(env: &Env, n: usize) -> Figure {
     }
 }
 
+/// Reads from 127.0.0.1:`port` until the SSH banner; false if the connection closes first.
+fn banner(port: u16, deadline: Instant) -> bool {
+    use std::io::Read;
+    while Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+            let mut buf = [0u8; 8];
+            if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"SSH-") {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+fn wait_state(env: &Env, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(env)["state"] != state {
+        assert!(
+            Instant::now() < deadline,
+            "the builder did not become {state}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The port the container's sshd is published on (on demand, one the engine picked).
+fn published_port(name: &str) -> u16 {
+    let o = run(Command::new("docker").args(["port", name, "22/tcp"]));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(':').next()?.trim().parse().ok())
+        .expect("a published port")
+}
+
+/// 7. On demand: the first connection to a sleeping builder until its SSH banner, against
+///    `docker start` of the same container until sshd's banner; a 200 MiB stream through the
+///    relay against the same straight to the container; the daemon while the builder sleeps.
+fn on_demand(n: usize, stream_runs: usize, idle_secs: u64) -> Vec<Figure> {
+    let env = Env::new("on_demand = true\nidle_stop = 1\n");
+    env.up();
+    let mut wake = Vec::new();
+    for _ in 0..n {
+        wait_state(&env, "sleeping");
+        let t = Instant::now();
+        assert!(banner(env.port, t + Duration::from_secs(120)));
+        wake.push(ms(t.elapsed()));
+    }
+    // 200 MiB through ssh, relayed and direct, while it is awake.
+    let kh = env.path("home/.ssh/known_hosts");
+    let key = env.path("home/.ssh/id_ed25519");
+    let stream = |port: u16| {
+        let t = Instant::now();
+        let o = run(Command::new("sh").arg("-c").arg(format!(
+            "head -c 209715200 /dev/zero | ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes \
+             -o StrictHostKeyChecking=yes -o UserKnownHostsFile={kh} -o HostKeyAlias=[localhost]:{relay} \
+             -i {key} -p {port} root@127.0.0.1 'cat > /dev/null'",
+            kh = kh.display(),
+            key = key.display(),
+            relay = env.port,
+        )));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        ms(t.elapsed())
+    };
+    // A connection held open through the relay keeps the builder awake while the direct
+    // streams (which the relay does not see) run.
+    let keep_awake = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    wait_state(&env, "up");
+    let mut relayed = Vec::new();
+    let mut direct = Vec::new();
+    for _ in 0..stream_runs {
+        relayed.push(stream(env.port));
+        let sshd = published_port(&env.name);
+        direct.push(stream(sshd));
+    }
+    drop(keep_awake);
+    // The daemon's footprint while the builder sleeps.
+    wait_state(&env, "sleeping");
+    let pid: u32 = std::fs::read_to_string(env.path("state/builderd.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (c0, _) = threads(pid);
+    let mut rss = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(idle_secs) {
+        rss.push(proc_field(pid, "status", "VmRSS:") as f64 / 1024.0);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let (c1, _) = threads(pid);
+    let cpu = (c1 - c0) as f64 / 1e9 / start.elapsed().as_secs_f64() * 100.0;
+    // The floor: the same container started by the CLI, with the daemon gone.
+    env.ctl_ok(&["shutdown"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut floor = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        run(Command::new("docker").args(["start", &env.name]));
+        let port = published_port(&env.name);
+        assert!(banner(port, t + Duration::from_secs(120)));
+        floor.push(ms(t.elapsed()));
+        run(Command::new("docker").args(["stop", "-t", "5", &env.name]));
+    }
+    vec![
+        Figure {
+            name: "on demand: first connection to a sleeping builder → SSH banner",
+            unit: "ms",
+            runs: wake,
+            baseline_name: "docker start + sshd's banner",
+            baseline: floor,
+            target: Target::RatioAtMost(1.2),
+        },
+        Figure {
+            name: "on demand: 200 MiB through ssh, relayed",
+            unit: "ms",
+            runs: relayed,
+            baseline_name: "the same straight to the container's port",
+            baseline: direct,
+            // Throughput ≥ 0.95× the direct one is time ≤ 1/0.95.
+            target: Target::RatioAtMost(1.0 / 0.95),
+        },
+        Figure {
+            name: "on demand: daemon RSS while the builder sleeps",
+            unit: "MiB",
+            runs: rss,
+            baseline_name: "",
+            baseline: vec![],
+            target: Target::P99AtMost(20.0),
+        },
+        Figure {
+            name: "on demand: daemon CPU while the builder sleeps (% of one core)",
+            unit: "%",
+            runs: vec![cpu],
+            baseline_name: "",
+            baseline: vec![],
+            target: Target::P50AtMost(0.5),
+        },
+    ]
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -522,6 +666,14 @@ fn main() {
     if want("idle") {
         eprintln!("bench: idle footprint …");
         figures.extend(idle(if quick { 10 } else { 60 }));
+    }
+    if want("on-demand") {
+        eprintln!("bench: on demand …");
+        figures.extend(on_demand(
+            n(10),
+            if quick { 2 } else { 5 },
+            if quick { 10 } else { 30 },
+        ));
     }
 
     let host = std::fs::read_to_string("/proc/cpuinfo")

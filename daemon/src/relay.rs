@@ -107,37 +107,75 @@ async fn relay_one(
     events: mpsc::Sender<RelayEvent>,
 ) -> std::io::Result<()> {
     let _ = client.set_nodelay(true);
-    let port = match *backend.borrow_and_update() {
-        Backend::Awake(p) => Some(p),
-        Backend::Asleep => None,
+    let mut server = connect(&mut backend, &events).await?;
+    let _ = server.set_nodelay(true);
+    // Larger buffers than the default 8 KiB: a closure copy is one long stream.
+    tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, RELAY_BUFFER, RELAY_BUFFER)
+        .await?;
+    Ok(())
+}
+
+const RELAY_BUFFER: usize = 256 * 1024;
+
+/// Whether the server behind a fresh connection is there: it sends its banner (peeked, not
+/// consumed: the client reads it) rather than closing. A server that says nothing for a while
+/// is given the benefit of the doubt.
+async fn answers(s: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    match tokio::time::timeout(Duration::from_secs(2), s.peek(&mut b)).await {
+        Ok(Ok(n)) => n > 0,
+        Ok(Err(_)) => false,
+        Err(_) => true,
+    }
+}
+
+/// Connects to sshd wherever the backend says it is. While the builder sleeps it asks (once)
+/// for it to be woken and waits. Right after a wake the container runs but sshd may not listen
+/// yet: the connection is refused, or (through Docker's port proxy, which accepts first) closed
+/// before sshd's banner. Either is tried again every 5 ms, following the backend if it moves.
+/// All of it for at most [`WAKE_TIMEOUT`].
+async fn connect(
+    backend: &mut watch::Receiver<Backend>,
+    events: &mpsc::Sender<RelayEvent>,
+) -> std::io::Result<TcpStream> {
+    let deadline = tokio::time::Instant::now() + WAKE_TIMEOUT;
+    let timed_out = || {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the builder did not answer in time",
+        )
     };
-    let port = match port {
-        Some(p) => p,
-        None => {
-            let _ = events.send(RelayEvent::Wake).await;
-            let woke = tokio::time::timeout(
-                WAKE_TIMEOUT,
-                backend.wait_for(|b| matches!(b, Backend::Awake(_))),
-            )
-            .await;
-            match woke {
-                Ok(Ok(b)) => match *b {
-                    Backend::Awake(p) => p,
-                    Backend::Asleep => unreachable!("waited for awake"),
-                },
-                _ => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "the builder did not wake in time",
-                    ));
+    let mut asked = false;
+    loop {
+        let current = *backend.borrow_and_update();
+        match current {
+            Backend::Asleep => {
+                if !asked {
+                    asked = true;
+                    let _ = events.send(RelayEvent::Wake).await;
+                }
+                match tokio::time::timeout_at(deadline, backend.changed()).await {
+                    Ok(Ok(())) => continue,
+                    _ => return Err(timed_out()),
                 }
             }
+            Backend::Awake(port) => {
+                match TcpStream::connect(("127.0.0.1", port)).await {
+                    Ok(s) if answers(&s).await => {
+                        tracing::debug!(port, "sshd answers");
+                        return Ok(s);
+                    }
+                    Ok(_) => tracing::debug!(port, "closed before the banner"),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                    Err(e) => return Err(e),
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(timed_out());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
-    };
-    let mut server = TcpStream::connect(("127.0.0.1", port)).await?;
-    let _ = server.set_nodelay(true);
-    tokio::io::copy_bidirectional(&mut client, &mut server).await?;
-    Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -231,6 +269,44 @@ mod tests {
         );
         r.backend.send_replace(Backend::Awake(echo));
         assert_eq!(greeting(&mut c).await, "SSH-2.0-echo\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_woken_builder_whose_sshd_is_not_listening_yet_is_waited_for() {
+        // A port nothing listens on yet, as right after the container started.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let r = relay(Backend::Awake(port)).await;
+        let mut c = TcpStream::connect(("127.0.0.1", r.port)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let l = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let (mut s, _) = l.accept().await.unwrap();
+        s.write_all(b"SSH-2.0-late\r\n").await.unwrap();
+        assert_eq!(greeting(&mut c).await, "SSH-2.0-late\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_proxy_that_accepts_and_closes_before_the_banner_is_tried_again() {
+        // Docker's port proxy accepts, then closes when the container does not listen yet.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            for _ in 0..3 {
+                let (s, _) = l.accept().await.unwrap();
+                drop(s);
+            }
+            let (mut s, _) = l.accept().await.unwrap();
+            s.write_all(b"SSH-2.0-ready\r\n").await.unwrap();
+            let mut buf = [0u8; 4];
+            let _ = s.read(&mut buf).await;
+        });
+        let r = relay(Backend::Awake(port)).await;
+        let mut c = TcpStream::connect(("127.0.0.1", r.port)).await.unwrap();
+        let mut buf = [0u8; 15];
+        c.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"SSH-2.0-ready\r\n");
     }
 
     #[tokio::test(start_paused = true)]

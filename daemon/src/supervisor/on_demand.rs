@@ -152,6 +152,23 @@ impl Supervisor {
         );
     }
 
+    /// Starts the stopped container; returns its sshd's port. `None` when anything is not as
+    /// it was left (the reconcile then does the whole work).
+    async fn start_sleeping_container(&mut self) -> Option<u16> {
+        let d = self.docker().await.ok()?;
+        let owner = docker::owner_id(&self.cfg.state_dir);
+        let f = docker::find(&d, &self.cfg.container_name, &owner)
+            .await
+            .ok()??;
+        let (tag, _) = docker::image_for(&self.cfg).ok()?;
+        let spec = docker::spec(&self.cfg, &tag);
+        if f.spec_hash.as_deref() != Some(spec.hash().as_str()) {
+            return None;
+        }
+        docker::start(&d, &f.id, 0, &spec.privileges).await.ok()?;
+        docker::container::published_port(&d, &f.id).await.ok()?
+    }
+
     /// A connection arrived while the builder sleeps: bring it up; the relay holds the
     /// connection until sshd answers.
     pub(super) async fn wake(&mut self) {
@@ -161,6 +178,13 @@ impl Supervisor {
         tracing::info!("on demand: a connection wakes the builder");
         self.on_demand.sleeping = false;
         let started = Instant::now();
+        // The fast way first: start the container it stopped and hand its port to the relay,
+        // which holds the connection until sshd accepts it. The reconcile that follows checks
+        // health and registrations as always (and re-creates whatever went missing).
+        if let Some(port) = self.start_sleeping_container().await {
+            self.sshd_port = port;
+            self.relay_awake();
+        }
         if self.reconcile(&|_| {}).await.is_ok() {
             tracing::info!(
                 ms = started.elapsed().as_millis() as u64,
