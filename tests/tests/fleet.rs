@@ -446,6 +446,18 @@ fn an_unconfirmed_host_key_is_listed_only_after_trust_and_down_removes_every_ent
         String::from_utf8_lossy(&o.stderr)
     );
 
+    // The confirmed key survives the daemon: a new one keeps the line and checks it again.
+    let listed = machines(&env);
+    env.kill_daemon();
+    env.start_daemon();
+    let st = env.wait_status(Duration::from_secs(60), "checked after a restart", |s| {
+        remote(s, &host.container)["last_health"]["ok"] == true
+    });
+    let r = remote(&st, &host.container);
+    assert_eq!(r["host_key_source"], "trusted", "{r}");
+    assert_eq!(r["listed"], true, "{r}");
+    assert_eq!(machines(&env), listed);
+
     // An edit inside its block is repaired.
     let m = machines(&env);
     std::fs::write(
@@ -502,4 +514,18 @@ fn a_given_host_key_that_is_not_the_hosts_is_refused() {
         doc.contains(&format!("FAIL  remote     {} (", host.container)),
         "{doc}"
     );
+
+    // Taken out of the config: its alias and key go at the next `up`.
+    let kh = env.path("home/.ssh/known_hosts");
+    assert!(
+        std::fs::read_to_string(&kh)
+            .unwrap()
+            .contains(&host.container)
+    );
+    configure(&mut env, "", 120);
+    env.up();
+    for f in [kh, env.path("root/.ssh/config")] {
+        let t = std::fs::read_to_string(&f).unwrap();
+        assert!(!t.contains(&host.container), "{}: {t}", f.display());
+    }
 }

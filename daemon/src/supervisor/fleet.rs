@@ -117,7 +117,12 @@ impl Supervisor {
                 (r.name, found)
             });
         }
-        self.publish_fleet(&[]);
+        if self.persisted.desired == Desired::Up {
+            // Also drops the blocks of remotes taken out of the config, and repairs the rest.
+            self.fleet_sync(false);
+        } else {
+            self.publish_fleet(&[]);
+        }
     }
 
     /// Applies one finished check, then brings the files to what is wanted.
