@@ -505,7 +505,7 @@ impl Config {
                 ));
             }
         }
-        self.validate_remotes(&bad)?;
+        self.validate_remotes(path, text)?;
         if let Some(c) = &self.image.context
             && !c.join("Dockerfile").is_file()
         {
@@ -520,12 +520,16 @@ impl Config {
         Ok(())
     }
 
-    fn validate_remotes(
-        &self,
-        bad: &dyn Fn(&str, String) -> ConfigError,
-    ) -> Result<(), ConfigError> {
+    fn validate_remotes(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
         let mut names = vec![self.container_name.as_str(), self.alias()];
-        for r in &self.remote {
+        for (n, r) in self.remote.iter().enumerate() {
+            // An error names the line in this remote's own table.
+            let bad = |key: &str, problem: String| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: remote_line(text, n, key),
+                key: key.to_string(),
+                problem,
+            };
             let who = format!("(remote {:?})", r.name);
             if !is_plain_name(&r.name) {
                 return Err(bad(
@@ -608,10 +612,14 @@ impl Config {
             }
         }
         if !is_line_safe_path(&self.private_key) && !self.remote.is_empty() {
-            return Err(bad(
-                "private_key",
-                "has quotes or control characters, which cannot go into an ssh_config line".into(),
-            ));
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: line_of(text, "private_key"),
+                key: "private_key".into(),
+                problem:
+                    "has quotes or control characters, which cannot go into an ssh_config line"
+                        .into(),
+            });
         }
         Ok(())
     }
@@ -686,6 +694,24 @@ pub fn line_of(text: &str, key: &str) -> Option<usize> {
                 .is_some_and(|rest| rest.trim_start().starts_with('='))
         })
         .map(|i| i + 1)
+}
+
+/// The 1-based line on which `key` is set in the `n`-th `[[remote]]` table.
+fn remote_line(text: &str, n: usize, key: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.trim() == "[[remote]]")
+        .nth(n)?
+        .0;
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| l.trim_start().starts_with('['))
+        .map_or(lines.len(), |i| start + 1 + i);
+    line_of(&lines[start + 1..end].join("\n"), key)
+        .map(|l| start + 1 + l)
+        .or(Some(start + 1))
 }
 
 impl fmt::Display for UriForm {
@@ -838,6 +864,10 @@ mod tests {
             (
                 "[[remote]]\nname = \"r\"\naddress = \"h #x\"\n",
                 "`address`",
+            ),
+            (
+                "[[remote]]\nname = \"a\"\naddress = \"h\"\n\n[[remote]]\nname = \"b\"\naddress = \"h h\"\n",
+                "line 7: `address`",
             ),
         ] {
             let e = load(text).unwrap_err().to_string();
