@@ -14,18 +14,28 @@ use crate::keys::fingerprint;
 pub enum Stage {
     Connect,
     Handshake,
+    /// The handshake ended because the builder presented another host key than the pinned
+    /// one: that does not fix itself by waiting.
+    HostKey,
     Auth,
     Command,
 }
 
 impl Stage {
+    /// The stage's name in status (a host key mismatch is a failed handshake there).
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Connect => "connect",
-            Stage::Handshake => "handshake",
+            Stage::Handshake | Stage::HostKey => "handshake",
             Stage::Auth => "auth",
             Stage::Command => "command",
         }
+    }
+
+    /// Whether a failure at this stage is one that waiting will not fix (a wrong host key, a
+    /// refused client key).
+    pub fn is_permanent(self) -> bool {
+        matches!(self, Stage::HostKey | Stage::Auth)
     }
 }
 
@@ -225,7 +235,7 @@ pub async fn run_at(
             let mismatch = seen.lock().expect("not poisoned").take();
             match mismatch {
                 Some(fp) => (
-                    Stage::Handshake,
+                    Stage::HostKey,
                     format!(
                         "the builder presented host key {fp}, not the pinned {}",
                         fingerprint(host_key)

@@ -5,6 +5,7 @@
 //! - [`config`]: the TOML config, its platform defaults and its validation.
 //! - [`protocol`]: every type that crosses the client socket, and its framing. Both binaries use it.
 //! - [`keys`]: checking the user's key pair and the builder's host key; fingerprints.
+//! - [`fault`]: faults injected on purpose in debug builds, for tests of failure.
 //! - [`fsutil`]: atomic replace (mode and owner kept), directory locks, stale temp files.
 //! - [`registration`]: the editors for machines, nix.conf, known_hosts and ssh_config, and the
 //!   [`registration::Registrar`] that applies or removes builderd's entries.
@@ -23,6 +24,7 @@
 pub mod client;
 pub mod config;
 pub mod docker;
+pub mod fault;
 pub mod fsutil;
 pub mod health;
 pub mod hostnix;

@@ -131,6 +131,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let handle = supervisor::spawn(cfg.clone(), stop_rx.clone(), &mut tasks);
     let (shutdown_req_tx, mut shutdown_req) = mpsc::channel::<()>(1);
     let mut conns = JoinSet::new();
+    let mut failed: Option<String> = None;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // A hang-up (a closed terminal) is not a reason to stop.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -156,6 +157,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 }
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            // The supervisor and the event watcher only end at shutdown: one that ends before
+            // has failed, and a daemon without it would serve stale status forever. Exiting
+            // non-zero lets the service manager start a whole one again.
+            Some(ended) = tasks.join_next() => {
+                let why = match ended {
+                    Err(e) if e.is_panic() => {
+                        let p = e.into_panic();
+                        let msg = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "a panic".into());
+                        format!("it panicked: {msg}")
+                    }
+                    Err(e) => format!("it was cancelled: {e}"),
+                    Ok(()) => "it returned".to_string(),
+                };
+                tracing::error!(why, "a vital task stopped: exiting so that the service manager restarts builderd");
+                failed = Some(why);
+                break;
+            }
         }
     }
     let _ = stop_tx.send(true);
@@ -171,7 +193,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::warn!("tasks did not stop within 10 s; leaving them");
     }
     tracing::info!("builderd stopped");
-    Ok(())
+    match failed {
+        Some(why) => anyhow::bail!(
+            "a vital task stopped ({why}); builderd exits so that it is started again"
+        ),
+        None => Ok(()),
+    }
 }
 
 async fn write(stream: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> std::io::Result<()> {

@@ -25,8 +25,16 @@ pub struct Changed(pub PathBuf);
 
 pub struct FileWatcher {
     watcher: RecommendedWatcher,
+    /// Debounces raw events into changes; stopped with the watcher.
+    settle: tokio::task::JoinHandle<()>,
     dirs: BTreeSet<PathBuf>,
     files: std::sync::Arc<std::sync::Mutex<BTreeSet<PathBuf>>>,
+}
+
+impl Drop for FileWatcher {
+    fn drop(&mut self) {
+        self.settle.abort();
+    }
 }
 
 impl FileWatcher {
@@ -55,9 +63,10 @@ impl FileWatcher {
                 }
             }
         })?;
-        tokio::spawn(settle(raw_rx, out));
+        let settle = tokio::spawn(settle(raw_rx, out));
         Ok(FileWatcher {
             watcher,
+            settle,
             dirs: BTreeSet::new(),
             files,
         })

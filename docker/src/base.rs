@@ -7,8 +7,12 @@
 use std::path::{Path, PathBuf};
 
 use bollard::Docker;
-use bollard::image::CreateImageOptions;
+use std::io::Write;
+
+use bollard::image::{CreateImageOptions, ImportImageOptions};
+use bytes::Bytes;
 use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::engine::DockerError;
@@ -63,6 +67,15 @@ pub enum BaseError {
     Import(String),
     #[error(transparent)]
     Docker(#[from] DockerError),
+}
+
+/// The engine's name of a platform's architecture (`linux/arm64` → `arm64`).
+fn docker_arch(platform: &str) -> &str {
+    if platform.ends_with("arm64") || platform.ends_with("aarch64") {
+        "arm64"
+    } else {
+        "amd64"
+    }
 }
 
 /// The local stand-in's tag for `suite`.
@@ -194,7 +207,7 @@ pub async fn ensure(
     let result = async {
         debootstrap_into(&debootstrap, spec, suite, &work, say).await?;
         say(format!("importing {local}"));
-        import_rootfs(docker, repo, tag, &work).await
+        import_rootfs(docker, repo, tag, &work, docker_arch(spec.platform)).await
     }
     .await;
     let _ = std::fs::remove_dir_all(&work);
@@ -308,52 +321,144 @@ async fn debootstrap_into(
     Ok(())
 }
 
-fn tar_rootfs(dir: &Path) -> std::io::Result<Vec<u8>> {
-    let mut b = tar::Builder::new(Vec::new());
-    b.follow_symlinks(false);
-    b.mode(tar::HeaderMode::Complete);
-    b.append_dir_all(".", dir)?;
-    b.into_inner()
+/// Writes the rootfs at `dir` as a tar to `to`; returns the tar's SHA-256 (the layer's diff
+/// id).
+fn tar_rootfs(dir: &Path, to: &Path) -> std::io::Result<String> {
+    let mut out = HashingWriter {
+        inner: std::io::BufWriter::new(std::fs::File::create(to)?),
+        hash: Sha256::new(),
+    };
+    {
+        let mut b = tar::Builder::new(&mut out);
+        b.follow_symlinks(false);
+        b.mode(tar::HeaderMode::Complete);
+        b.append_dir_all(".", dir)?;
+        b.finish()?;
+    }
+    out.inner.flush()?;
+    Ok(crate::engine::hex(&out.hash.finalize()))
 }
 
-/// Imports the rootfs at `dir` as `repo:tag`. The engine API takes the tar whole for an import,
-/// so it is made in memory, off the async workers.
+struct HashingWriter<W> {
+    inner: W,
+    hash: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Sends what is written as chunks of a body stream (from a blocking thread).
+struct ChunkWriter(tokio::sync::mpsc::Sender<Bytes>);
+
+impl Write for ChunkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Bytes::copy_from_slice(buf))
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the engine stopped reading")
+            })?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The image archive `docker load` reads (`manifest.json`, the image config, one layer),
+/// written to `out` with the layer read from `layer` as it goes.
+fn write_image_archive(
+    out: impl Write,
+    layer: &Path,
+    diff_id: &str,
+    reference: &str,
+    arch: &str,
+) -> std::io::Result<()> {
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": arch,
+        "os": "linux",
+        "config": { "Cmd": ["bash"] },
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{diff_id}")] },
+    }))?;
+    let config_name = format!("{}.json", crate::engine::hex(&Sha256::digest(&config)));
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": config_name,
+        "RepoTags": [reference],
+        "Layers": ["layer/layer.tar"],
+    }]))?;
+    let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(256 * 1024, out));
+    let mut add = |name: &str, bytes: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, bytes)
+    };
+    add(&config_name, &config)?;
+    add("manifest.json", &manifest)?;
+    let mut f = std::fs::File::open(layer)?;
+    let mut h = tar::Header::new_gnu();
+    h.set_size(f.metadata()?.len());
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "layer/layer.tar", &mut f)?;
+    b.into_inner()?.flush()
+}
+
+/// Imports the rootfs at `dir` as `repo:tag`, streamed: the rootfs goes to a layer tar on disk
+/// (hashed as it is written), and the engine reads an image archive built around it chunk by
+/// chunk, so the rootfs is never held in memory. All file work runs off the async workers.
 async fn import_rootfs(
     docker: &Docker,
     repo: &str,
     tag: &str,
     dir: &Path,
+    arch: &str,
 ) -> Result<(), BaseError> {
-    let rootfs = dir.to_path_buf();
-    let bytes = tokio::task::spawn_blocking(move || tar_rootfs(&rootfs))
-        .await
-        .map_err(|e| BaseError::Import(e.to_string()))?
-        .map_err(|e| BaseError::Import(e.to_string()))?;
-    import(docker, repo, tag, bytes).await
-}
-
-async fn import(docker: &Docker, repo: &str, tag: &str, bytes: Vec<u8>) -> Result<(), BaseError> {
-    let mut s = docker.create_image(
-        Some(CreateImageOptions {
-            from_src: "-",
-            repo,
-            tag,
-            ..Default::default()
-        }),
-        Some(bytes.into()),
-        None,
-    );
-    while let Some(item) = s.next().await {
-        match item {
-            Ok(info) => {
-                if let Some(e) = info.error {
-                    return Err(BaseError::Import(e));
+    let failed = |e: &dyn std::fmt::Display| BaseError::Import(e.to_string());
+    let layer = dir.with_extension("layer.tar");
+    let result = async {
+        let (rootfs, to) = (dir.to_path_buf(), layer.clone());
+        let diff_id = tokio::task::spawn_blocking(move || tar_rootfs(&rootfs, &to))
+            .await
+            .map_err(|e| failed(&e))?
+            .map_err(|e| failed(&e))?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let (from, reference, arch) = (layer.clone(), format!("{repo}:{tag}"), arch.to_string());
+        let writer = tokio::task::spawn_blocking(move || {
+            write_image_archive(ChunkWriter(tx), &from, &diff_id, &reference, &arch)
+        });
+        let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let mut s = docker.import_image_stream(ImportImageOptions { quiet: true }, body, None);
+        let mut engine_error = None;
+        while let Some(item) = s.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(e) = info.error {
+                        engine_error = Some(e);
+                    }
                 }
+                Err(e) => engine_error = Some(e.to_string()),
             }
-            Err(e) => return Err(BaseError::Import(e.to_string())),
         }
+        let written = writer.await.map_err(|e| failed(&e))?;
+        if let Some(e) = engine_error {
+            return Err(BaseError::Import(e));
+        }
+        written.map_err(|e| failed(&e))
     }
-    Ok(())
+    .await;
+    let _ = std::fs::remove_file(&layer);
+    result
 }
 
 #[cfg(test)]

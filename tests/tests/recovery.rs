@@ -212,3 +212,74 @@ fn a_crash_loop_backs_off_and_is_degraded() {
     // dozens.
     assert!((2..=8).contains(&starts), "{starts} starts in 20 s");
 }
+
+#[test]
+fn a_vital_task_that_dies_ends_the_daemon_non_zero_and_a_restart_brings_the_builder_back() {
+    if skip_docker() {
+        return;
+    }
+    let env = Env::new("");
+    env.up();
+    shutdown_and_wait(&env);
+    // The supervisor panics (a fault injected in debug builds): the daemon must not go on
+    // serving a status nobody updates; it exits non-zero, so that launchd's KeepAlive or
+    // systemd's Restart= starts it again.
+    let mut faulty = std::process::Command::new(builderd_tests::bin_dir().join("builderd"))
+        .arg("--config")
+        .arg(&env.config)
+        .env("BUILDERD_FAULT", "supervisor")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = faulty.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = faulty.kill();
+            panic!("a daemon whose supervisor died is still running after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut faulty.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("a vital task stopped"), "{err}");
+    assert!(err.contains("panicked"), "{err}");
+    assert!(
+        !env.path("state/builderd.sock").exists(),
+        "the socket is removed"
+    );
+    // What the service manager does next: start it again. The builder is back, healthy.
+    let mut daemon = std::process::Command::new(builderd_tests::bin_dir().join("builderd"))
+        .arg("--config")
+        .arg(&env.config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let seq = 0;
+    env.wait_status(Duration::from_secs(60), "healthy after the restart", |s| {
+        s["state"] == "up"
+            && s["healthy"] == true
+            && s["last_health"]["seq"].as_u64().unwrap_or(0) > seq
+    });
+    env.ctl_ok(&["shutdown"]);
+    let _ = daemon.wait();
+}
+
+/// `builderctl shutdown`, then waits until that daemon's process is gone.
+fn shutdown_and_wait(env: &Env) {
+    let pid = std::fs::read_to_string(env.path("state/builderd.pid")).unwrap_or_default();
+    env.ctl_ok(&["shutdown"]);
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{}", pid.trim()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pid.trim().is_empty() && proc_dir.exists() {
+        assert!(Instant::now() < deadline, "the daemon did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

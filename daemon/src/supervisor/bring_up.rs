@@ -230,7 +230,7 @@ impl Supervisor {
         }
 
         say(step("register", "writing the registrations"));
-        changed |= self.register(&host_key, &facts)?;
+        changed |= self.register(&host_key, &facts).await?;
         if self.persisted.host_key_fingerprint.as_deref() != Some(fp.as_str()) {
             self.persisted.host_key_fingerprint = Some(fp);
             self.save()?;
@@ -323,9 +323,7 @@ impl Supervisor {
             match out.result {
                 Ok(facts) => return Ok(facts),
                 // The wrong host key or a refused client key will not fix itself.
-                Err((stage @ (health::Stage::Auth | health::Stage::Handshake), msg))
-                    if msg.contains("pinned") || stage == health::Stage::Auth =>
-                {
+                Err((stage, msg)) if stage.is_permanent() => {
                     return Err(Failure::new(
                         ErrorKind::Failed,
                         format!("health check failed at {}: {msg}", stage.as_str()),

@@ -24,7 +24,7 @@ pub async fn watch_events(
             Ok(d) => {
                 tracing::debug!(failures, "following the engine's events");
                 if failures > 0 && connected_before {
-                    let _ = tx.send(Command::Poke("docker-back")).await;
+                    let _ = tx.send(Command::Poke(Poke::DockerBack)).await;
                 }
                 failures = 0;
                 connected_before = true;
@@ -34,7 +34,7 @@ pub async fn watch_events(
                 tracing::debug!(error = %e, failures, "the event stream cannot connect");
                 failures += 1;
                 if failures == 1 && connected_before {
-                    let _ = tx.send(Command::Poke("docker-unreachable")).await;
+                    let _ = tx.send(Command::Poke(Poke::DockerUnreachable)).await;
                 }
                 tokio::select! {
                     _ = shutdown.changed() => return,
@@ -72,12 +72,12 @@ pub async fn watch_events(
                             stopping = Some(Instant::now());
                             continue;
                         }
-                        "die" | "oom" if !asked => "container-died",
+                        "die" | "oom" if !asked => Poke::ContainerDied,
                         "die" | "oom" => {
                             stopping = None;
-                            "container-stopped"
+                            Poke::ContainerStopped
                         }
-                        "destroy" => "container-removed",
+                        "destroy" => Poke::ContainerRemoved,
                         _ => continue,
                     };
                     tracing::info!(action, "container event");
@@ -86,6 +86,6 @@ pub async fn watch_events(
                 _ => break,
             }
         }
-        let _ = tx.send(Command::Poke("docker-events-ended")).await;
+        let _ = tx.send(Command::Poke(Poke::EventsEnded)).await;
     }
 }

@@ -88,7 +88,7 @@ fn pinned(r: &RemoteConfig, saved: &Saved) -> Option<(PublicKey, &'static str)> 
 
 impl Supervisor {
     /// Starts a check of every remote that has none running.
-    pub(super) fn fleet_round(&mut self) {
+    pub(super) async fn fleet_round(&mut self) {
         for r in self.cfg.remote.clone() {
             if self.fleet.in_flight.contains(&r.name) {
                 continue;
@@ -119,14 +119,14 @@ impl Supervisor {
         }
         if self.persisted.desired == Desired::Up {
             // Also drops the blocks of remotes taken out of the config, and repairs the rest.
-            self.fleet_sync(false);
+            self.fleet_sync(false).await;
         } else {
             self.publish_fleet(&[]);
         }
     }
 
     /// Applies one finished check, then brings the files to what is wanted.
-    pub(super) fn fleet_checked(&mut self, done: Result<(String, Found), JoinError>) {
+    pub(super) async fn fleet_checked(&mut self, done: Result<(String, Found), JoinError>) {
         let Ok((name, found)) = done else { return };
         self.fleet.in_flight.remove(&name);
         if self.persisted.desired != Desired::Up {
@@ -189,7 +189,7 @@ impl Supervisor {
                     Err((stage, msg)) => {
                         r.healthy = false;
                         let since = *r.unhealthy_since.get_or_insert_with(Instant::now);
-                        if stage == health::Stage::Handshake && msg.contains("presented host key") {
+                        if stage == health::Stage::HostKey {
                             if r.listed {
                                 tracing::warn!(remote = %name, error = %msg, "the host key differs from the pinned one: unlisting it");
                             }
@@ -211,12 +211,12 @@ impl Supervisor {
                 }
             }
         }
-        self.fleet_sync(false);
+        self.fleet_sync(false).await;
     }
 
     /// Brings the files to what the fleet wants: the blocks of every pinned remote that was
     /// checked at least once (its machines line only while listed), none for the others.
-    pub(super) fn fleet_sync(&mut self, edited: bool) {
+    pub(super) async fn fleet_sync(&mut self, edited: bool) {
         if self.persisted.desired != Desired::Up {
             return;
         }
@@ -260,12 +260,21 @@ impl Supervisor {
             .filter(|n| !keep.contains(*n))
             .cloned()
             .collect();
-        let before = edited.then(|| self.fleet_bodies(&wanted));
-        let synced = remote::sync(&self.cfg, &wanted, &gone, &mut self.persisted.created);
+        // Files are read and written off the async workers, as the local builder's are.
+        let cfg = self.cfg.clone();
+        let mut created = self.persisted.created.clone();
+        let (synced, created, bodies) = tokio::task::spawn_blocking(move || {
+            let before = edited.then(|| fleet_bodies(&cfg, &wanted));
+            let synced = remote::sync(&cfg, &wanted, &gone, &mut created);
+            let after = before.map(|b| (b, fleet_bodies(&cfg, &wanted)));
+            (synced, created, after.map(|a| (wanted, a)))
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        self.persisted.created = created;
         let _ = self.save();
-        if let Some(before) = before {
+        if let Some((wanted, (before, after))) = bodies {
             // A remote whose block had to be written back was repaired.
-            let after = self.fleet_bodies(&wanted);
             for (w, (b, a)) in wanted.iter().zip(before.iter().zip(&after)) {
                 if b != a
                     && let Some(r) = self.fleet.remotes.get_mut(&w.name)
@@ -284,25 +293,6 @@ impl Supervisor {
         self.fleet.saved.registered = keep;
         self.save_fleet();
         self.publish_fleet(&failed);
-    }
-
-    /// Each wanted remote's block bodies in every registration file, to tell a repair.
-    fn fleet_bodies(&self, wanted: &[RemoteWanted]) -> Vec<Vec<Option<Vec<String>>>> {
-        let reg = &self.cfg.registration;
-        let texts: Vec<String> = std::iter::once(&reg.machines_file)
-            .chain(&reg.known_hosts)
-            .chain(&reg.ssh_config)
-            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-            .collect();
-        wanted
-            .iter()
-            .map(|w| {
-                texts
-                    .iter()
-                    .map(|t| registration::block::body(t, &w.name))
-                    .collect()
-            })
-            .collect()
     }
 
     fn save_fleet(&self) {
@@ -358,7 +348,7 @@ impl Supervisor {
     }
 
     /// `down` (or a start with `down` recorded): every remote's blocks go.
-    pub(super) fn fleet_down(&mut self) {
+    pub(super) async fn fleet_down(&mut self) {
         self.fleet.checks.abort_all();
         self.fleet.in_flight.clear();
         self.fleet.remotes.clear();
@@ -366,7 +356,14 @@ impl Supervisor {
         gone.extend(self.cfg.remote.iter().map(|r| r.name.clone()));
         if !gone.is_empty() {
             let gone: Vec<String> = gone.into_iter().collect();
-            let _ = remote::sync(&self.cfg, &[], &gone, &mut self.persisted.created);
+            let cfg = self.cfg.clone();
+            let mut created = self.persisted.created.clone();
+            self.persisted.created = tokio::task::spawn_blocking(move || {
+                let _ = remote::sync(&cfg, &[], &gone, &mut created);
+                created
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
             let _ = self.save();
         }
         if !self.fleet.saved.registered.is_empty() {
@@ -377,7 +374,7 @@ impl Supervisor {
     }
 
     /// `builderctl trust NAME [FINGERPRINT]`: pins the key the remote presented.
-    pub(super) fn trust(
+    pub(super) async fn trust(
         &mut self,
         name: &str,
         fingerprint: Option<&str>,
@@ -444,10 +441,29 @@ impl Supervisor {
         tracing::info!(remote = %name, fingerprint = %fp, "host key confirmed and pinned");
         self.publish_fleet(&[]);
         if self.persisted.desired == Desired::Up {
-            self.fleet_round();
+            self.fleet_round().await;
         }
         Ok(format!(
             "pinned {name}'s host key {fp}; it is listed after its first healthy check"
         ))
     }
+}
+
+/// Each wanted remote's block bodies in every registration file, to tell a repair.
+fn fleet_bodies(cfg: &Config, wanted: &[RemoteWanted]) -> Vec<Vec<Option<Vec<String>>>> {
+    let reg = &cfg.registration;
+    let texts: Vec<String> = std::iter::once(&reg.machines_file)
+        .chain(&reg.known_hosts)
+        .chain(&reg.ssh_config)
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect();
+    wanted
+        .iter()
+        .map(|w| {
+            texts
+                .iter()
+                .map(|t| registration::block::body(t, &w.name))
+                .collect()
+        })
+        .collect()
 }

@@ -61,7 +61,7 @@ impl Supervisor {
             // A health check must not wake it: that is a connection's job.
             return;
         }
-        if self.next_retry.is_some() {
+        if self.retry.scheduled() {
             // A retry with backoff is already scheduled; checking now would defeat it.
             return;
         }
@@ -73,9 +73,8 @@ impl Supervisor {
         self.record_health(&out);
         match out.result {
             Ok(_) => {
-                self.deaths = 0;
-                if let Some(since) = self.unhealthy_since.take() {
-                    tracing::info!(unhealthy_for = ?since.elapsed(), "health checks pass again");
+                if let Some(for_) = self.retry.healthy() {
+                    tracing::info!(unhealthy_for = ?for_, "health checks pass again");
                 }
                 // The builder answers, but can the engine still be reached to keep it so?
                 if self.docker().await.is_err() {
@@ -91,13 +90,13 @@ impl Supervisor {
                         ..w
                     };
                     self.wanted = Some(w.clone());
-                    self.resync(&w, None);
+                    self.resync(&w, None).await;
                 }
                 if self.status.borrow().state != State::Up {
                     let _ = self.reconcile(&|_| {}).await;
                 } else if let Some(w) = self.wanted.clone() {
                     // Files are watched; this also repairs what a watcher could not see.
-                    self.resync(&w, Some(Path::new("")));
+                    self.resync(&w, Some(Path::new(""))).await;
                 }
             }
             Err((stage, msg)) => {
@@ -116,23 +115,22 @@ impl Supervisor {
                     State::Degraded,
                     Some(format!("health check failed at {}: {msg}", stage.as_str())),
                 );
-                let since = *self.unhealthy_since.get_or_insert_with(Instant::now);
+                let unhealthy_for = self.retry.unhealthy();
                 let reg = &self.cfg.registration;
                 if reg.unlist_unhealthy
-                    && since.elapsed() >= Duration::from_secs(reg.unlist_unhealthy_after)
+                    && unhealthy_for >= Duration::from_secs(reg.unlist_unhealthy_after)
                     && let Some(w) = self.wanted.clone()
                     && w.machines_listed
                 {
                     tracing::warn!(
-                        "unhealthy for {:?}: taking the builder out of the machines file",
-                        since.elapsed()
+                        "unhealthy for {unhealthy_for:?}: taking the builder out of the machines file"
                     );
                     let w = Wanted {
                         machines_listed: false,
                         ..w
                     };
                     self.wanted = Some(w.clone());
-                    self.resync(&w, None);
+                    self.resync(&w, None).await;
                 }
                 if n >= self.cfg.health_failures_before_restart {
                     tracing::warn!("restarting the container after {n} failed health checks");

@@ -32,9 +32,12 @@ mod fleet;
 mod health_tick;
 mod on_demand;
 mod registrations;
+mod retry;
 
 pub use events::watch_events;
 use registrations::restart_nix_daemon;
+use retry::Retry;
+pub use retry::backoff;
 
 /// A failed request: its class and the message for people.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +75,34 @@ impl From<DockerError> for Failure {
 
 pub type Reply = oneshot::Sender<Result<String, Failure>>;
 
+/// What made the supervisor look again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poke {
+    /// The container exited without being asked to: counts towards a crash loop.
+    ContainerDied,
+    /// The container stopped after a kill or stop was asked for.
+    ContainerStopped,
+    ContainerRemoved,
+    /// The engine answers again after an outage.
+    DockerBack,
+    DockerUnreachable,
+    /// The engine's event stream ended (the engine restarted or went away).
+    EventsEnded,
+}
+
+impl Poke {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Poke::ContainerDied => "container-died",
+            Poke::ContainerStopped => "container-stopped",
+            Poke::ContainerRemoved => "container-removed",
+            Poke::DockerBack => "docker-back",
+            Poke::DockerUnreachable => "docker-unreachable",
+            Poke::EventsEnded => "docker-events-ended",
+        }
+    }
+}
+
 /// What the supervisor is asked to do.
 pub enum Command {
     Up {
@@ -93,8 +124,8 @@ pub enum Command {
         fingerprint: Option<String>,
         reply: Reply,
     },
-    /// Something outside changed: a container event, a file edit. Reconcile.
-    Poke(&'static str),
+    /// Something outside changed: a container event, the engine. Reconcile.
+    Poke(Poke),
     /// The engine reported `action` for the container, `lag_ms` after its own timestamp.
     Seen {
         action: String,
@@ -137,16 +168,12 @@ pub struct Supervisor {
     host_key: Option<PublicKey>,
     /// Repairs per registration file path.
     repairs: HashMap<String, u32>,
-    failures: u32,
-    /// Consecutive container deaths that builderd did not cause, for crash-loop backoff.
-    deaths: u32,
-    next_retry: Option<Instant>,
+    /// Failures, crash-loop deaths, the next retry, since when unhealthy.
+    retry: Retry,
     docker_wait_logged: bool,
     /// What was last registered; re-applied when a file is edited.
     wanted: Option<Wanted>,
     watcher: Option<crate::watcher::FileWatcher>,
-    /// Since when health checks fail (for taking the machines line out).
-    unhealthy_since: Option<Instant>,
     /// Where the container's sshd answers: the configured port, or on demand the one the
     /// engine picked (the relay holds the configured one).
     sshd_port: u16,
@@ -197,13 +224,10 @@ impl Supervisor {
                 keys: None,
                 host_key: None,
                 repairs: HashMap::new(),
-                failures: 0,
-                deaths: 0,
-                next_retry: None,
+                retry: Retry::default(),
                 docker_wait_logged: false,
                 wanted: None,
                 watcher: None,
-                unhealthy_since: None,
                 fleet: fleet::Fleet::default(),
             },
             rx,
@@ -230,6 +254,7 @@ impl Supervisor {
         mut commands: mpsc::Receiver<Command>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        crate::fault::maybe_panic("supervisor");
         let (files_tx, mut files) = mpsc::channel(64);
         match crate::watcher::FileWatcher::new(files_tx) {
             Ok(w) => self.watcher = Some(w),
@@ -243,7 +268,7 @@ impl Supervisor {
         self.fleet.load(&self.cfg.state_dir);
         if self.persisted.desired == Desired::Up {
             tracing::info!("desired state is up: bringing the builder back");
-            self.fleet_round();
+            self.fleet_round().await;
             let _ = self.reconcile(&|_| {}).await;
         } else {
             self.ensure_down_quietly().await;
@@ -259,7 +284,7 @@ impl Supervisor {
         let mut wall = SystemTime::now();
         let mut mono = Instant::now();
         loop {
-            let retry = self.next_retry;
+            let retry = self.retry.due();
             let idle = self.on_demand.idle_deadline;
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -271,15 +296,20 @@ impl Supervisor {
                 _ = sleep_until(idle), if idle.is_some() => self.go_to_sleep().await,
                 cmd = commands.recv() => match cmd {
                     None => break,
-                    Some(cmd) => self.handle(cmd).await,
+                    // A long request (an image build) gives way to shutdown; what it left half
+                    // done, the next reconcile finishes.
+                    Some(cmd) => tokio::select! {
+                        _ = self.handle(cmd) => {}
+                        _ = shutdown.changed() => break,
+                    },
                 },
                 Some(changed) = files.recv() => self.file_changed(changed.0).await,
                 Some(done) = self.fleet.checks.join_next(), if !self.fleet.checks.is_empty() => {
-                    self.fleet_checked(done);
+                    self.fleet_checked(done).await;
                 }
                 _ = tick.tick() => {
                     if self.persisted.desired == Desired::Up {
-                        self.fleet_round();
+                        self.fleet_round().await;
                         self.periodic().await;
                     }
                 }
@@ -296,7 +326,7 @@ impl Supervisor {
                     mono = Instant::now();
                 }
                 _ = sleep_until(retry), if retry.is_some() => {
-                    self.next_retry = None;
+                    self.retry.cancel();
                     if self.persisted.desired == Desired::Up && !self.on_demand.sleeping {
                         let _ = self.reconcile(&|_| {}).await;
                     }
@@ -324,7 +354,7 @@ impl Supervisor {
                 let r = if self.on_demand.sleeping {
                     Ok("the builder sleeps (on demand); a connection wakes it".to_string())
                 } else if self.persisted.desired == Desired::Up {
-                    self.fleet_round();
+                    self.fleet_round().await;
                     self.periodic().await;
                     Ok("checked".to_string())
                 } else {
@@ -344,7 +374,7 @@ impl Supervisor {
                 fingerprint,
                 reply,
             } => {
-                let r = self.trust(&name, fingerprint.as_deref());
+                let r = self.trust(&name, fingerprint.as_deref()).await;
                 let _ = reply.send(r);
             }
             Command::Seen { action, lag_ms } => {
@@ -361,26 +391,28 @@ impl Supervisor {
                 if self.on_demand.sleeping {
                     // Its own stop, or anything else while it sleeps: the next connection
                     // brings it back through the same reconcile.
-                    tracing::debug!(why, "the builder sleeps: nothing to do");
+                    tracing::debug!(why = why.as_str(), "the builder sleeps: nothing to do");
                 } else if self.persisted.desired == Desired::Up {
-                    tracing::info!(why, "reconciling");
-                    if why == "container-died" {
-                        self.deaths += 1;
-                    }
-                    if self.deaths >= 2 && why != "container-died" {
-                        // A retry with backoff is already scheduled.
-                    } else if self.deaths >= 2 {
+                    tracing::info!(why = why.as_str(), "reconciling");
+                    let looping = if why == Poke::ContainerDied {
+                        self.retry.died()
+                    } else {
+                        None
+                    };
+                    if let Some(delay) = looping {
                         // A container that keeps dying by itself: back off.
-                        let delay = backoff(self.deaths - 1, Duration::from_secs(60));
-                        self.schedule_retry(delay);
                         let logs = self.container_logs().await;
+                        tracing::warn!(deaths = self.retry.deaths(), next_start_in = ?delay, "the container keeps exiting");
                         self.set_state(
                             State::Degraded,
                             Some(format!(
                                 "the container keeps exiting ({} times); next start in {:.0?}. Its last lines:\n{logs}",
-                                self.deaths, delay
+                                self.retry.deaths(),
+                                delay
                             )),
                         );
+                    } else if self.retry.in_crash_loop() {
+                        // A start with backoff is already scheduled.
                     } else {
                         let _ = self.reconcile(&|_| {}).await;
                     }
@@ -431,19 +463,13 @@ impl Supervisor {
         })
     }
 
-    /// Schedules a reconcile after `delay`, keeping a later one already scheduled.
-    fn schedule_retry(&mut self, delay: Duration) {
-        let at = Instant::now() + delay;
-        self.next_retry = Some(self.next_retry.map_or(at, |t| t.max(at)));
-    }
-
     /// An explicit `up`: records the desired state, then reconciles with progress.
     async fn up(&mut self, say: Say<'_>) -> Result<String, Failure> {
-        self.deaths = 0;
+        self.retry.forget_deaths();
         self.reload_config()?;
         // Bad input is refused before anything is recorded or started.
         self.client_keys()?;
-        self.fleet_round();
+        self.fleet_round().await;
         let was_up = self.status.borrow().state == State::Up;
         let before = self.persisted.desired;
         if before != Desired::Up {
@@ -462,7 +488,7 @@ impl Supervisor {
                     // Nothing will fix bad input by itself: do not keep retrying it.
                     self.persisted.desired = before;
                     let _ = self.save();
-                    self.next_retry = None;
+                    self.retry.cancel();
                     self.set(|s| s.desired = before.as_str().into());
                     self.set_state(State::Down, Some(f.message.clone()));
                 }
@@ -523,40 +549,31 @@ impl Supervisor {
         let result = self.try_reconcile(say).await;
         match &result {
             Ok(_) => {
-                if self.failures > 0 {
-                    tracing::info!(
-                        failures = self.failures,
-                        "the builder is back after failed attempts"
-                    );
+                let failures = self.retry.reconciled();
+                if failures > 0 {
+                    tracing::info!(failures, "the builder is back after failed attempts");
                 }
-                self.failures = 0;
                 self.docker_wait_logged = false;
-                if self.deaths < 2 {
-                    self.next_retry = None;
-                }
             }
             Err(f) if f.kind == ErrorKind::Docker => {
                 if !self.docker_wait_logged {
                     tracing::warn!(error = %f.message, "waiting for Docker");
                     self.docker_wait_logged = true;
                 }
-                self.failures += 1;
-                self.schedule_retry(backoff(self.failures, Duration::from_secs(30)));
+                self.retry.reconcile_failed(true);
                 self.set_state(State::WaitingForDocker, Some(f.message.clone()));
             }
             Err(f) => {
-                self.failures += 1;
-                let delay = backoff(self.failures, Duration::from_secs(60));
-                self.schedule_retry(delay);
+                let delay = self.retry.reconcile_failed(false);
                 // The first failure of a streak, and a different one, at warn; the same again
                 // only at debug, so that a retry loop does not fill the log.
                 let same = self.status.borrow().reason.as_deref() == Some(f.message.as_str());
-                if self.failures == 1 || !same {
+                if self.retry.failures() == 1 || !same {
                     tracing::warn!(error = %f.message, retry_in = ?delay, "bringing the builder up failed");
                 } else {
-                    tracing::debug!(error = %f.message, failures = self.failures, retry_in = ?delay, "bringing the builder up failed again");
+                    tracing::debug!(error = %f.message, failures = self.retry.failures(), retry_in = ?delay, "bringing the builder up failed again");
                 }
-                if self.deaths >= 2 {
+                if self.retry.in_crash_loop() {
                     self.set_state(
                         State::Degraded,
                         Some(format!("the container keeps exiting: {}", f.message)),
@@ -594,7 +611,7 @@ impl Supervisor {
         };
         self.save_as(&next)?;
         self.persisted = next;
-        self.next_retry = None;
+        self.retry.cancel();
         self.set(|s| s.desired = "down".into());
         let mut removed_container = false;
         let docker_err = match self.docker().await {
@@ -616,11 +633,11 @@ impl Supervisor {
             Err(e) => Some(e.to_string()),
         };
         self.stop_relay();
-        self.fleet_down();
-        let synced = registration::sync(&self.cfg, None, &mut self.persisted.created);
+        self.fleet_down().await;
+        let synced = self.sync_files(None).await;
         self.save()?;
         if synced.nix_conf_changed && self.cfg.registration.restart_nix_daemon {
-            restart_nix_daemon();
+            restart_nix_daemon().await;
         }
         self.host_key = None;
         self.set(|s| {
@@ -648,7 +665,7 @@ impl Supervisor {
 
     /// At start with desired `down`: nothing of ours runs, nothing is registered.
     async fn ensure_down_quietly(&mut self) {
-        self.fleet_down();
+        self.fleet_down().await;
         if let Ok(d) = self.docker().await
             && let Ok(Some(f)) = docker::find(
                 &d,
@@ -660,7 +677,7 @@ impl Supervisor {
             let _ = docker::remove(&d, &f.id).await;
         }
         if !self.persisted.created.is_empty() || self.persisted.host_key_fingerprint.is_some() {
-            let _ = registration::sync(&self.cfg, None, &mut self.persisted.created);
+            let _ = self.sync_files(None).await;
             let _ = self.save();
         }
     }
@@ -729,19 +746,7 @@ pub fn slept(
     (gap > Duration::from_secs(3)).then_some(gap)
 }
 
-/// Exponential backoff with jitter: 0.5 s · 2^(n-1), capped.
-pub fn backoff(n: u32, cap: Duration) -> Duration {
-    let base = Duration::from_millis(500).saturating_mul(1u32 << n.saturating_sub(1).min(16));
-    let base = base.min(cap);
-    // Up to 10 % jitter from the clock's low bits, so that several instances do not align.
-    let jitter = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() % 1000)
-        .unwrap_or(0) as u64;
-    base + base.mul_f64(jitter as f64 / 10_000.0)
-}
-
-async fn sleep_until(at: Option<Instant>) {
+async fn sleep_until(at: Option<impl Into<tokio::time::Instant>>) {
     match at {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
@@ -792,15 +797,5 @@ mod tests {
             slept(t0, t0 - Duration::from_secs(60), Duration::from_secs(5)),
             None
         );
-    }
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        let cap = Duration::from_secs(30);
-        let b1 = backoff(1, cap);
-        let b3 = backoff(3, cap);
-        assert!(b1 >= Duration::from_millis(500) && b1 < Duration::from_millis(560));
-        assert!(b3 >= Duration::from_secs(2) && b3 < Duration::from_millis(2210));
-        assert!(backoff(20, cap) <= cap + cap / 10);
     }
 }

@@ -14,6 +14,9 @@ pub(super) struct OnDemand {
     pub running: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
     /// The container was stopped for idleness; the next connection wakes it.
     pub sleeping: bool,
+    /// The container put to sleep, and its privileges: what a wake starts without looking
+    /// anything up.
+    pub slept: Option<(String, docker::Privileges)>,
     /// When the builder goes to sleep unless a connection comes first.
     pub idle_deadline: Option<Instant>,
 }
@@ -29,6 +32,7 @@ impl OnDemand {
             activity,
             running: None,
             sleeping: false,
+            slept: None,
             idle_deadline: None,
         }
     }
@@ -72,6 +76,7 @@ impl Supervisor {
     }
 
     pub(super) fn stop_relay(&mut self) {
+        self.on_demand.slept = None;
         if let Some((stop, task)) = self.on_demand.running.take() {
             let _ = stop.send(true);
             task.abort();
@@ -118,13 +123,24 @@ impl Supervisor {
             return;
         }
         self.on_demand.sleeping = true;
-        self.next_retry = None;
+        self.retry.cancel();
         let owner = docker::owner_id(&self.cfg.state_dir);
         let stopped = match self.docker().await {
             Ok(d) => match docker::find(&d, &self.cfg.container_name, &owner).await {
-                Ok(Some(f)) => docker::container::stop(&d, &f.id, Duration::from_secs(5))
-                    .await
-                    .map_err(|e| e.to_string()),
+                Ok(Some(f)) => {
+                    let r = docker::container::stop(&d, &f.id, Duration::from_secs(5))
+                        .await
+                        .map_err(|e| e.to_string());
+                    if r.is_ok()
+                        && let Ok((tag, _)) = docker::image_for(&self.cfg)
+                    {
+                        let spec = docker::spec(&self.cfg, &tag);
+                        if f.spec_hash.as_deref() == Some(spec.hash().as_str()) {
+                            self.on_demand.slept = Some((f.id.clone(), spec.privileges));
+                        }
+                    }
+                    r
+                }
                 Ok(None) => Ok(()),
                 Err(e) => Err(e.to_string()),
             },
@@ -155,18 +171,10 @@ impl Supervisor {
     /// Starts the stopped container; returns its sshd's port. `None` when anything is not as
     /// it was left (the reconcile then does the whole work).
     async fn start_sleeping_container(&mut self) -> Option<u16> {
-        let d = self.docker().await.ok()?;
-        let owner = docker::owner_id(&self.cfg.state_dir);
-        let f = docker::find(&d, &self.cfg.container_name, &owner)
-            .await
-            .ok()??;
-        let (tag, _) = docker::image_for(&self.cfg).ok()?;
-        let spec = docker::spec(&self.cfg, &tag);
-        if f.spec_hash.as_deref() != Some(spec.hash().as_str()) {
-            return None;
-        }
-        docker::start(&d, &f.id, 0, &spec.privileges).await.ok()?;
-        docker::container::published_port(&d, &f.id).await.ok()?
+        let (id, privileges) = self.on_demand.slept.take()?;
+        let d = self.docker.clone()?;
+        docker::start(&d, &id, 0, &privileges).await.ok()?;
+        docker::container::published_port(&d, &id).await.ok()?
     }
 
     /// A connection arrived while the builder sleeps: bring it up; the relay holds the

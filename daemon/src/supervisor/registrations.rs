@@ -76,17 +76,17 @@ impl Supervisor {
             let _ = self.reconcile(&|_| {}).await;
         } else {
             if let Some(w) = self.wanted.clone() {
-                self.resync(&w, Some(&path));
+                self.resync(&w, Some(&path)).await;
             }
-            self.fleet_sync(true);
+            self.fleet_sync(true).await;
         }
     }
 
     /// Re-applies the registrations; with `edited`, each file that had to be written counts as
     /// a repair.
-    pub(super) fn resync(&mut self, wanted: &Wanted, edited: Option<&Path>) {
+    pub(super) async fn resync(&mut self, wanted: &Wanted, edited: Option<&Path>) {
         tracing::debug!(?edited, "re-applying the registrations");
-        let synced = registration::sync(&self.cfg, Some(wanted), &mut self.persisted.created);
+        let synced = self.sync_files(Some(wanted.clone())).await;
         let _ = self.save();
         if edited.is_some() {
             for w in &synced.written {
@@ -96,10 +96,26 @@ impl Supervisor {
             }
         }
         if synced.nix_conf_changed && self.cfg.registration.restart_nix_daemon {
-            restart_nix_daemon();
+            restart_nix_daemon().await;
         }
         self.publish_registrations(synced.statuses);
         self.watch_files();
+    }
+
+    /// Applies `wanted` (or removes every entry, with `None`) to the registration files, off the
+    /// async workers: editing a file takes a directory lock, waits for the file to be quiet and
+    /// syncs it to disk.
+    pub(super) async fn sync_files(&mut self, wanted: Option<Wanted>) -> registration::Synced {
+        let cfg = self.cfg.clone();
+        let mut created = self.persisted.created.clone();
+        let (synced, created) = tokio::task::spawn_blocking(move || {
+            let synced = registration::sync(&cfg, wanted.as_ref(), &mut created);
+            (synced, created)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        self.persisted.created = created;
+        synced
     }
 
     pub(super) fn publish_registrations(
@@ -162,7 +178,7 @@ impl Supervisor {
     }
 
     /// Writes the registrations. Returns whether a file changed.
-    pub(super) fn register(
+    pub(super) async fn register(
         &mut self,
         host_key: &PublicKey,
         facts: &health::Facts,
@@ -181,13 +197,13 @@ impl Supervisor {
                 ),
             ));
         }
-        self.unhealthy_since = None;
-        let synced = registration::sync(&self.cfg, Some(&wanted), &mut self.persisted.created);
+        self.retry.registered();
+        let synced = self.sync_files(Some(wanted.clone())).await;
         self.wanted = Some(wanted);
         self.watch_files();
         self.save()?;
         if synced.nix_conf_changed && self.cfg.registration.restart_nix_daemon {
-            restart_nix_daemon();
+            restart_nix_daemon().await;
         }
         let up_since = self.status.borrow().up_since.unwrap_or_else(now);
         self.set(|s| s.up_since = Some(up_since));
@@ -196,13 +212,21 @@ impl Supervisor {
     }
 }
 
-pub(super) fn restart_nix_daemon() {
-    let runner = builderd_launchd::System;
-    let os = builderd_launchd::Os::current();
-    if let Some(cmd) = builderd_launchd::nix_daemon_restart(os, &runner) {
-        match builderd_launchd::Runner::run(&runner, &cmd) {
-            Ok(_) => tracing::info!(command = %cmd.join(" "), "restarted the nix-daemon"),
-            Err(e) => tracing::warn!(error = %e, "could not restart the nix-daemon"),
+/// Restarts the nix-daemon (launchctl or systemctl), off the async workers.
+pub(super) async fn restart_nix_daemon() {
+    let restarted = tokio::task::spawn_blocking(|| {
+        let runner = builderd_launchd::System;
+        let os = builderd_launchd::Os::current();
+        let cmd = builderd_launchd::nix_daemon_restart(os, &runner)?;
+        Some((builderd_launchd::Runner::run(&runner, &cmd), cmd))
+    })
+    .await;
+    match restarted {
+        Ok(Some((Ok(_), cmd))) => {
+            tracing::info!(command = %cmd.join(" "), "restarted the nix-daemon")
         }
+        Ok(Some((Err(e), _))) => tracing::warn!(error = %e, "could not restart the nix-daemon"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "could not restart the nix-daemon"),
     }
 }
