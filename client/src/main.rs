@@ -152,7 +152,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let config_path = builderd::config::resolve_config_path(cli.config.as_deref());
-    let cfg = match Config::load(&config_path) {
+    let cfg = match Config::load_from(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("builderctl: {e}");
@@ -249,7 +249,7 @@ async fn run(cmd: Cmd, cfg: &Config, config_path: &Path, out: &output::Out) -> u
         Cmd::Doctor { build_test } => doctor::run(cfg, build_test, out).await,
         Cmd::Ssh { command } => service::ssh(cfg, &command),
         Cmd::Logs { follow, container } => service::logs(cfg, follow, container, out).await,
-        Cmd::Install { print, user } => service::install(cfg, config_path, print, user, out),
+        Cmd::Install { print, user } => service::install(cfg, config_path, print, user, out).await,
         Cmd::Uninstall { purge, user } => {
             service::uninstall(cfg, config_path, purge, user, out).await
         }

@@ -221,6 +221,9 @@ pub fn render_status(st: &Status, color: bool) -> String {
     if let Some(fp) = &st.host_key_fingerprint {
         rows.push(("host key".into(), fp.clone()));
     }
+    if let Some(p) = &st.state_file_problem {
+        rows.push(("state file".into(), paint(p, "33", color)));
+    }
     if let Some(c) = &st.host_key_changed {
         rows.push((
             String::new(),

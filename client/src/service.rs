@@ -28,7 +28,12 @@ pub fn ssh_argv(cfg: &Config, known_hosts: &Path, command: &[String]) -> Vec<Str
         "-o".into(),
         "StrictHostKeyChecking=yes".into(),
         "-o".into(),
-        format!("UserKnownHostsFile={}", known_hosts.display()),
+        // Quoted: ssh splits an option's value at spaces (this one takes several files), and
+        // the state dir may hold one (`~/Library/Application Support/builderd`).
+        format!(
+            "UserKnownHostsFile=\"{}\"",
+            known_hosts.display().to_string().replace('%', "%%")
+        ),
         "-o".into(),
         format!("HostKeyAlias={}", cfg.alias()),
     ];
@@ -73,7 +78,12 @@ pub async fn logs(cfg: &Config, follow: bool, container: bool, out: &Out) -> u8 
     if container {
         return container_logs(cfg, follow, out).await;
     }
-    let candidates = [cfg.daemon_log(), cfg.log_dir().join("builderd.err.log")];
+    let system_logs = builderd::config::system_dir().join("logs");
+    let candidates = [
+        cfg.daemon_log(),
+        cfg.log_dir().join("builderd.err.log"),
+        system_logs.join("builderd.err.log"),
+    ];
     let Some(path) = candidates.iter().find(|p| p.exists()) else {
         out.error(&format!(
             "no daemon log yet ({}): the daemon has not run with this config",
@@ -137,7 +147,9 @@ async fn container_logs(cfg: &Config, follow: bool, out: &Out) -> u8 {
     exit::OK
 }
 
-/// The service definition for this user and config.
+/// The service definition for this user and config. A system service runs as root: it runs
+/// root's own copies of builderd and the config ([`install_copies`]) with a fixed PATH, and
+/// logs to a directory only root can change; nothing in it is a file the user could replace.
 fn service_for(cfg: &Config, config_path: &Path, user: bool) -> Result<Service, String> {
     let program = std::env::current_exe()
         .ok()
@@ -146,11 +158,13 @@ fn service_for(cfg: &Config, config_path: &Path, user: bool) -> Result<Service, 
         .ok_or("cannot find the builderd binary next to builderctl")?;
     let config = std::path::absolute(config_path).map_err(|e| e.to_string())?;
     let mut env = BTreeMap::new();
-    env.insert(
-        "PATH".to_string(),
+    let path = if user {
         std::env::var("PATH")
-            .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into()),
-    );
+            .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into())
+    } else {
+        builderd::config::ROOT_PATH.to_string()
+    };
+    env.insert("PATH".to_string(), path);
     env.insert(
         "HOME".to_string(),
         builderd::config::home_dir().display().to_string(),
@@ -162,21 +176,72 @@ fn service_for(cfg: &Config, config_path: &Path, user: bool) -> Result<Service, 
         .ok()
         .and_then(|u| u.parse().ok())
         .unwrap_or_else(builderd::fsutil::current_euid);
-    if !user {
-        env.insert("BUILDERD_OWNER_UID".to_string(), uid.to_string());
+    if user {
+        return Ok(Service {
+            program,
+            config,
+            log_dir: cfg.log_dir(),
+            env,
+            system: false,
+            uid,
+        });
     }
+    env.insert("BUILDERD_OWNER_UID".to_string(), uid.to_string());
+    let dir = builderd::config::system_dir();
     Ok(Service {
-        program,
-        config,
-        log_dir: cfg.log_dir(),
+        program: dir.join("builderd"),
+        config: builderd::config::system_config_path(),
+        log_dir: dir.join("logs"),
         env,
-        system: !user,
+        system: true,
         uid,
     })
 }
 
+/// Copies `program` and the config at `config` (empty when it does not exist: the defaults)
+/// into `dir`, as root's files that only root may change: what the root service runs and
+/// reads. Refuses a `dir` that someone else controls.
+pub fn install_copies(dir: &Path, program: &Path, config: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let roots_alone = || match builderd::fsutil::controller_of(&dir.join("logs")).0 {
+        0 => Ok(()),
+        owner => Err(format!(
+            "{} is not root's alone (uid {owner} controls it): the service's binary and config must be files only root can change",
+            dir.display()
+        )),
+    };
+    roots_alone()?;
+    std::fs::create_dir_all(dir.join("logs"))
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    roots_alone()?;
+    for d in [dir.to_path_buf(), dir.join("logs")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("cannot set the mode of {}: {e}", d.display()))?;
+    }
+    let binary =
+        std::fs::read(program).map_err(|e| format!("cannot read {}: {e}", program.display()))?;
+    let text = match std::fs::read(config) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(format!("cannot read {}: {e}", config.display())),
+    };
+    let mut copy = format!(
+        "# builderd's root service reads this copy of {}, made by `sudo builderctl install`.\n# Edit yours and run `sudo builderctl install` again.\n",
+        config.display()
+    )
+    .into_bytes();
+    copy.extend_from_slice(&text);
+    for (name, bytes, mode) in [("builderd", &binary, 0o755), ("config.toml", &copy, 0o644)] {
+        let p = dir.join(name);
+        builderd::fsutil::write_atomic(&p, bytes, mode).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("cannot set the mode of {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
 /// `builderctl install [--print] [--user]`.
-pub fn install(cfg: &Config, config_path: &Path, print: bool, user: bool, out: &Out) -> u8 {
+pub async fn install(cfg: &Config, config_path: &Path, print: bool, user: bool, out: &Out) -> u8 {
     let svc = match service_for(cfg, config_path, user) {
         Ok(s) => s,
         Err(e) => {
@@ -202,6 +267,20 @@ pub fn install(cfg: &Config, config_path: &Path, print: bool, user: bool, out: &
         out.error("a system service is installed as root: run `sudo builderctl install`, or `builderctl install --user` for a per-user service");
         return exit::FAILURE;
     }
+    if !user {
+        let ours = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("builderd")))
+            .unwrap_or_default();
+        if let Err(e) = install_copies(&builderd::config::system_dir(), &ours, config_path) {
+            out.error(&e);
+            return exit::FAILURE;
+        }
+    }
+    if let Err(e) = hand_over(cfg).await {
+        out.error(&e);
+        return exit::FAILURE;
+    }
     match svc.install(os, &home, &System) {
         Ok(p) => {
             out.info(&format!(
@@ -217,6 +296,53 @@ pub fn install(cfg: &Config, config_path: &Path, print: bool, user: bool, out: &
     }
 }
 
+/// Removes what [`install_copies`] put in `dir`; with `purge` the logs too, and `dir` itself.
+pub fn remove_copies(dir: &Path, purge: bool) {
+    for name in ["builderd", "config.toml"] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    if purge {
+        let _ = std::fs::remove_dir_all(dir.join("logs"));
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// Stops a daemon that already serves this config as a user (one a plain `builderctl up`
+/// started), so that the service's daemon can take the state dir's lock instead of exiting and
+/// being restarted in a loop. The builder itself stays as it is; the service adopts it. A root
+/// daemon answering is the service already installed: `bootout` replaces it.
+async fn hand_over(cfg: &Config) -> Result<(), String> {
+    let Ok(stream) = builderd::client::connect(&cfg.socket).await else {
+        return Ok(());
+    };
+    if stream.peer_cred().is_ok_and(|c| c.uid() == 0) {
+        return Ok(());
+    }
+    drop(stream);
+    let _ = builderd::client::request(&cfg.socket, Request::Shutdown, |_| {}).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while builderd::client::connect(&cfg.socket).await.is_ok()
+        || lock_is_held(&cfg.state_dir.join("builderd.pid"))
+    {
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "the daemon on {} did not stop within 15 s: stop it with `builderctl shutdown`, then install again",
+                cfg.socket.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Whether a daemon holds the instance lock on `pidfile`.
+fn lock_is_held(pidfile: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(pidfile) else {
+        return false;
+    };
+    matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock))
+}
+
 /// `builderctl uninstall [--purge]`.
 pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool, out: &Out) -> u8 {
     let svc = match service_for(cfg, config_path, user) {
@@ -230,6 +356,9 @@ pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool
     if let Err(e) = svc.uninstall(Os::current(), &home, &System) {
         out.error(&e.to_string());
         return exit::FAILURE;
+    }
+    if !user && builderd::fsutil::current_euid() == 0 {
+        remove_copies(&builderd::config::system_dir(), purge);
     }
     out.info("the service is removed");
     if purge {
@@ -267,4 +396,55 @@ pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool
         }
     }
     exit::OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn install_copies_are_roots_and_refuse_a_directory_someone_else_controls() {
+        if builderd::fsutil::current_euid() != 0 {
+            eprintln!("not root: the copies cannot be given to root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let program = d.path().join("builderd-src");
+        std::fs::write(&program, b"\x7fELF builderd").unwrap();
+        let config = d.path().join("config.toml");
+        std::fs::write(&config, "port = 2300\n").unwrap();
+        let dir = d.path().join("system");
+        install_copies(&dir, &program, &config).unwrap();
+        let bin = std::fs::metadata(dir.join("builderd")).unwrap();
+        assert_eq!((bin.uid(), bin.mode() & 0o777), (0, 0o755));
+        assert_eq!(
+            std::fs::read(dir.join("builderd")).unwrap(),
+            b"\x7fELF builderd"
+        );
+        let copy = dir.join("config.toml");
+        let m = std::fs::metadata(&copy).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o644));
+        let text = std::fs::read_to_string(&copy).unwrap();
+        assert!(text.ends_with("port = 2300\n"), "{text}");
+        assert_eq!(Config::load(&copy).unwrap().port, 2300);
+        // No config yet: the copy holds the defaults.
+        std::fs::remove_file(&config).unwrap();
+        install_copies(&dir, &program, &config).unwrap();
+        assert_eq!(Config::load(&copy).unwrap().port, 2222);
+        // A directory another user controls is refused.
+        let theirs = d.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = install_copies(&theirs.join("builderd"), &program, &config).unwrap_err();
+        assert!(e.contains("uid 65534 controls it"), "{e}");
+        assert!(!theirs.join("builderd").exists(), "nothing made there");
+        // Uninstalling removes the copies, and with --purge the logs and the directory.
+        remove_copies(&dir, false);
+        assert!(!dir.join("builderd").exists() && !copy.exists());
+        assert!(dir.join("logs").is_dir());
+        remove_copies(&dir, true);
+        assert!(!dir.exists());
+    }
 }

@@ -24,6 +24,10 @@ pub enum ClientError {
     BadReply(String),
     #[error("the connection to builderd broke: {0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "builderd stopped before it answered (it was stopped or it crashed: `builderctl logs` tells which); what it was doing may be half done, and `builderctl up` or `down` finishes it"
+    )]
+    Closed,
 }
 
 impl ClientError {
@@ -69,10 +73,14 @@ pub async fn exchange(
         };
     }
     loop {
-        let Some(line) = lines.next_line().await? else {
-            return Err(ClientError::BadReply(
-                "the daemon closed the connection without a reply".into(),
-            ));
+        let line = match lines.next_line().await {
+            Ok(Some(line)) => line,
+            // A reset is a daemon that died as much as a clean end of the stream is.
+            Ok(None) => return Err(ClientError::Closed),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(ClientError::Closed);
+            }
+            Err(e) => return Err(e.into()),
         };
         if line.len() > protocol::MAX_FRAME * 16 {
             return Err(ClientError::BadReply("the reply is too large".into()));
@@ -129,9 +137,12 @@ pub async fn connect_or_start(
         .map_err(|e| ClientError::Start(format!("cannot open {}: {e}", log.display())))?;
     let start_len = out.metadata().map(|m| m.len()).unwrap_or(0);
     let mut cmd = std::process::Command::new(daemon);
-    cmd.arg("--config")
-        .arg(config_path)
-        .stdin(std::process::Stdio::null())
+    // A missing config is the default one (a named one that is missing is refused before
+    // this): the daemon finds that default itself, and may not be told a missing file.
+    if config_path.exists() {
+        cmd.arg("--config").arg(config_path);
+    }
+    cmd.stdin(std::process::Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
     // The daemon leaves this terminal's session itself (setsid), which it may only do while it

@@ -51,17 +51,104 @@ fn sudo_user() -> Option<String> {
 
 /// The config file to use: the flag, then `BUILDERD_CONFIG`, then the platform default.
 pub fn resolve_config_path(flag: Option<&Path>) -> PathBuf {
+    config_source(flag).0
+}
+
+/// The config file to use and what named it (`None`: the default, which may be missing).
+pub fn config_source(flag: Option<&Path>) -> (PathBuf, Option<&'static str>) {
     if let Some(p) = flag {
-        return p.to_path_buf();
+        return (p.to_path_buf(), Some("--config"));
     }
     match std::env::var_os("BUILDERD_CONFIG") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => default_config_path(),
+        Some(p) if !p.is_empty() => (PathBuf::from(p), Some("BUILDERD_CONFIG")),
+        _ => (default_config_path(), None),
     }
+}
+
+/// Where `sudo builderctl install` puts the root service's own copy of the config, binary and
+/// logs: a directory only root can change.
+pub fn system_dir() -> PathBuf {
+    if cfg!(target_os = "macos") {
+        PathBuf::from("/Library/Application Support/org.builderd")
+    } else {
+        PathBuf::from("/usr/local/lib/builderd")
+    }
+}
+
+/// The only PATH a root builderd uses to find the tools it runs (`nix`, `launchctl`,
+/// `systemctl`, `lsof`, `debootstrap`): directories only root can change, never the PATH of
+/// whoever started it.
+pub const ROOT_PATH: &str = "/usr/bin:/bin:/usr/sbin:/sbin:/nix/var/nix/profiles/default/bin";
+
+/// The root service's copy of the config.
+pub fn system_config_path() -> PathBuf {
+    system_dir().join("config.toml")
+}
+
+/// The user a root builderd serves (`BUILDERD_OWNER_UID`, set by `sudo builderctl install`), when
+/// this process is root and that user is not.
+pub fn served_user() -> Option<u32> {
+    if !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    std::env::var("BUILDERD_OWNER_UID")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&u| u != 0)
+}
+
+/// A root builderd serving another user reads only a config that only root can change: the
+/// config chooses which files root edits and what it writes there. `sudo builderctl install`
+/// copies the user's config to such a place.
+pub fn check_trusted(path: &Path) -> Result<(), ConfigError> {
+    let Some(uid) = served_user() else {
+        return Ok(());
+    };
+    let untrusted = |why: String| ConfigError::Untrusted {
+        path: path.to_path_buf(),
+        uid,
+        why,
+    };
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(path).map_err(|e| untrusted(format!("it cannot be read ({e})")))?;
+    // The path as given and where its links lead: both must be root's alone.
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let owner = [path, real.as_path()]
+        .into_iter()
+        .map(|p| crate::fsutil::controller_of(p).0)
+        .find(|&o| o != 0)
+        .unwrap_or(0);
+    if owner != 0 {
+        return Err(untrusted(format!(
+            "uid {owner} owns it or a directory above it"
+        )));
+    }
+    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(untrusted(format!(
+            "it is writable by others than root (owner uid {}, mode {:o})",
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error(
+        "config {path}: a root builderd serving uid {uid} reads only a config that only root can change, and {why}. Run `sudo builderctl install`, which copies your config to {}",
+        system_config_path().display()
+    )]
+    Untrusted {
+        path: PathBuf,
+        uid: u32,
+        why: String,
+    },
+    #[error(
+        "config {path} does not exist (named by {by}): check the path; only the default config may be missing"
+    )]
+    Missing { path: PathBuf, by: &'static str },
     #[error("cannot read config {path}: {source}")]
     Read {
         path: PathBuf,
@@ -281,14 +368,6 @@ fn is_address(s: &str) -> bool {
         && s.starts_with(|c: char| c.is_ascii_alphanumeric() || c == ':')
 }
 
-/// A value that lands in a file as one word: no whitespace, control characters, quotes,
-/// commas or comment signs.
-fn is_word(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-+".contains(c))
-}
-
 /// A path that lands in an ssh_config line (quoted when it has spaces).
 fn is_line_safe_path(p: &Path) -> bool {
     let s = p.to_string_lossy();
@@ -382,6 +461,20 @@ fn passwd_home(passwd: &str, user: &str) -> Option<PathBuf> {
 }
 
 impl Config {
+    /// Reads and validates the config that `flag`, `BUILDERD_CONFIG` or the default names. Only
+    /// the default may be missing (it means the defaults); a named file that does not exist is
+    /// an error, so that a typo never drives the default instance.
+    pub fn load_from(flag: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, by) = config_source(flag);
+        if let Some(by) = by
+            && std::fs::symlink_metadata(&path)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
+            return Err(ConfigError::Missing { path, by });
+        }
+        Self::load(&path)
+    }
+
     /// Reads and validates the config at `path`. A missing file gives the defaults.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {
@@ -460,9 +553,12 @@ impl Config {
             ));
         }
         if let Some(a) = &self.registration.alias
-            && (a.is_empty() || a.contains(|c: char| c.is_whitespace() || "*?!,#\"".contains(c)))
+            && !is_word(a)
         {
-            return Err(bad("alias", format!("is {a:?}: use a plain host name")));
+            return Err(bad(
+                "alias",
+                format!("is {a:?}: use a plain host name (letters, digits, '-', '_', '.')"),
+            ));
         }
         if self.idle_stop == 0 {
             return Err(bad(
@@ -471,6 +567,7 @@ impl Config {
                     .into(),
             ));
         }
+        self.validate_values(&bad)?;
         if self.health_interval == 0 {
             return Err(bad(
                 "health_interval",
@@ -495,6 +592,15 @@ impl Config {
             paths.push(("ssh_config", p));
         }
         for (key, p) in paths {
+            let text = p.display().to_string();
+            if let Some(c) = text.chars().find(|c| c.is_control() || *c == '"') {
+                return Err(bad(
+                    key,
+                    format!(
+                        "is {text:?}, which holds {c:?}: a path written into ssh_config and the machines file may hold no quote or control character"
+                    ),
+                ));
+            }
             if !p.is_absolute() {
                 return Err(bad(
                     key,
@@ -506,6 +612,19 @@ impl Config {
             }
         }
         self.validate_remotes(path, text)?;
+        // sockaddr_un's path: 104 bytes on macOS, 108 on Linux, the final NUL included.
+        let max = if cfg!(target_os = "macos") { 103 } else { 107 };
+        let len = self.socket.as_os_str().len();
+        if len > max {
+            return Err(bad(
+                "socket",
+                format!(
+                    "is {} bytes long ({}), more than the {max} a Unix socket path may have here: set `socket` to a shorter path",
+                    len,
+                    self.socket.display()
+                ),
+            ));
+        }
         if let Some(c) = &self.image.context
             && !c.join("Dockerfile").is_file()
         {
@@ -624,6 +743,92 @@ impl Config {
         Ok(())
     }
 
+    /// Every value that lands in a line of a file (the machines line, ssh_config, the builder's
+    /// nix.conf, a build argument): nothing that could end the line, split a field or open a
+    /// quote.
+    fn validate_values(
+        &self,
+        bad: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let lists: [(&str, &[String]); 2] = [
+            ("supported_features", &self.builder.supported_features),
+            ("systems", self.builder.systems.as_deref().unwrap_or(&[])),
+        ];
+        for (key, list) in lists {
+            if let Some(v) = list.iter().find(|v| !is_word(v)) {
+                return Err(bad(
+                    key,
+                    format!(
+                        "holds {v:?}: each entry is one word of letters, digits, '-', '_', '.' or '+'"
+                    ),
+                ));
+            }
+        }
+        if self.builder.systems.as_ref().is_some_and(|s| s.is_empty()) {
+            return Err(bad(
+                "systems",
+                "is empty: name at least one system, or remove the key".into(),
+            ));
+        }
+        // The machines line splits on whitespace and has no quoting. The alias form leaves the
+        // key to the ssh_config block (quoted there); only host:port puts it in the line.
+        if self.registration.uri == UriForm::HostPort
+            && self
+                .private_key
+                .display()
+                .to_string()
+                .contains(char::is_whitespace)
+        {
+            return Err(bad(
+                "private_key",
+                format!(
+                    "is {:?}: with `uri = \"host-port\"` the machines file holds the key's path, which cannot have a space; use a key path without one, or the alias form",
+                    self.private_key.display()
+                ),
+            ));
+        }
+        let one_line: Vec<(&str, Option<&str>)> = vec![
+            ("substituters", Some(&self.builder.substituters)),
+            (
+                "trusted_public_keys",
+                self.builder.trusted_public_keys.as_deref(),
+            ),
+        ];
+        for (key, v) in one_line {
+            if let Some(v) = v
+                && v.chars().any(|c| c.is_control() || "\"'\\".contains(c))
+            {
+                return Err(bad(
+                    key,
+                    format!("is {v:?}: it may hold no quote, backslash or control character"),
+                ));
+            }
+        }
+        let words: Vec<(&str, Option<&str>)> = vec![
+            ("docker_host", self.docker_host.as_deref()),
+            ("repository", Some(&self.image.repository)),
+            ("base_image", Some(&self.image.base_image)),
+            ("platform", self.image.platform.as_deref()),
+            ("debian_mirror", Some(&self.image.debian_mirror)),
+            ("debian_suite", Some(&self.image.debian_suite)),
+        ];
+        for (key, v) in words {
+            if let Some(v) = v
+                && (v.is_empty()
+                    || v.chars()
+                        .any(|c| c.is_control() || c.is_whitespace() || "\"'\\".contains(c)))
+            {
+                return Err(bad(
+                    key,
+                    format!(
+                        "is {v:?}: give one word, without spaces, quotes or control characters"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The key a remote logs in with.
     pub fn remote_identity<'a>(&'a self, r: &'a RemoteConfig) -> &'a Path {
         r.identity.as_deref().unwrap_or(&self.private_key)
@@ -635,6 +840,7 @@ impl Config {
         if self.file.as_os_str().is_empty() {
             return Ok(None);
         }
+        check_trusted(&self.file)?;
         let text = std::fs::read_to_string(&self.file).unwrap_or_default();
         if text == self.text {
             return Ok(None);
@@ -683,6 +889,15 @@ impl Config {
                 _ => "linux/amd64".into(),
             })
     }
+}
+
+/// One word of a machines line or an ssh_config host name: letters, digits, `-`, `_`, `.`, `+`,
+/// not starting with `-`.
+fn is_word(v: &str) -> bool {
+    !v.is_empty()
+        && !v.starts_with('-')
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c))
 }
 
 /// The 1-based line on which `key` is set, for error messages.
@@ -873,6 +1088,64 @@ mod tests {
             let e = load(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn values_that_would_break_a_line_are_refused() {
+        for (text, key, line) in [
+            (
+                "\n[builder]\nsupported_features = [\"kvm\\nssh-ng://evil x86_64-linux\"]\n",
+                "supported_features",
+                3,
+            ),
+            (
+                "[builder]\nsystems = [\"x86_64-linux kvm\"]\n",
+                "systems",
+                2,
+            ),
+            ("[builder]\nsystems = []\n", "systems", 2),
+            (
+                "[registration]\nalias = \"a\\nProxyCommand x\"\n",
+                "alias",
+                2,
+            ),
+            ("[registration]\nalias = \"-oProxyCommand=x\"\n", "alias", 2),
+            (
+                "[registration]\nknown_hosts = [\"/k\\n  ProxyCommand sh\"]\n",
+                "known_hosts",
+                2,
+            ),
+            ("private_key = \"/a b/id\"\n", "private_key", 1),
+            ("private_key = \"/a\\\"b/id\"\n", "private_key", 1),
+            (
+                "[builder]\nsubstituters = \"x\\ny = 1\"\n",
+                "substituters",
+                2,
+            ),
+            ("docker_host = \"unix:///a b\"\n", "docker_host", 1),
+        ] {
+            let e = load(text).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("line {line}: `{key}`")),
+                "{text:?}: {e}"
+            );
+        }
+        let ok = load(
+            "[builder]\nsupported_features = [\"kvm\", \"gccarch-armv8-a\"]\nsystems = [\"x86_64-linux\"]\n",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn a_socket_path_too_long_for_the_os_is_refused() {
+        let long = format!("/tmp/{}/s.sock", "d".repeat(120));
+        let e = load(&format!("\nsocket = \"{long}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2: `socket` is 132 bytes long"), "{e}");
+        assert!(e.contains("set `socket` to a shorter path"), "{e}");
+        let fits = if cfg!(target_os = "macos") { 98 } else { 102 };
+        load(&format!("socket = \"/tmp/{}\"\n", "d".repeat(fits))).unwrap();
     }
 
     #[test]

@@ -1,6 +1,13 @@
 //! Writing files that other people own: atomic replace with mode and owner kept, a lock per
 //! directory so that two builderd instances never interleave, and clean-up of temp files that a
 //! killed writer left behind.
+//!
+//! A root builderd touches files in directories its user controls (their home, the state dir).
+//! There it acts with the user's identity ([`as_owner_of`]), so that the kernel lets it do exactly
+//! what the user could do and a planted link cannot make root write, read or give away a file.
+//! Temp files get random names and are created exclusively (`O_EXCL`, `O_NOFOLLOW`) under a
+//! directory descriptor, and renamed in the same directory: no path builderd writes through is
+//! ever followed to a place the user chose.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -55,7 +62,36 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, FsError> {
 
 /// Reads a file as text; a missing file is `None`.
 pub fn read_optional(path: &Path) -> Result<Option<String>, FsError> {
-    match fs::read(path) {
+    read_text(path, fs::read(path))
+}
+
+/// Reads the file at `path` itself, never through a link (a link there is refused).
+fn read_no_follow(path: &Path) -> Result<Option<String>, FsError> {
+    let bytes = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .and_then(|mut f| {
+            let mut b = Vec::new();
+            io::Read::read_to_end(&mut f, &mut b).map(|_| b)
+        });
+    if let Err(e) = &bytes
+        && e.raw_os_error() == Some(libc::ELOOP)
+    {
+        return Err(FsError::new(
+            "refusing to edit",
+            path,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "it became a symlink while builderd edited it",
+            ),
+        ));
+    }
+    read_text(path, bytes)
+}
+
+fn read_text(path: &Path, bytes: io::Result<Vec<u8>>) -> Result<Option<String>, FsError> {
+    match bytes {
         Ok(b) => Ok(Some(String::from_utf8(b).map_err(|_| {
             FsError::new(
                 "refusing to edit",
@@ -99,10 +135,11 @@ pub fn edit_file(
         }
     }
     let _lock = lock_dir(dir)?;
-    clean_stale_temps_locked(dir);
+    let dir_fd = open_dir(dir)?;
+    clean_stale_temps_locked(&dir_fd);
     wait_quiet(path);
     for _ in 0..8 {
-        let before = read_optional(path)?;
+        let before = read_no_follow(path)?;
         let wanted = edit(before.as_deref());
         if wanted.as_deref() == before.as_deref() {
             return Ok(Outcome::Unchanged);
@@ -113,20 +150,16 @@ pub fn edit_file(
                 return Ok(Outcome::Removed);
             }
             Some(text) => {
-                let meta = fs::metadata(path).ok();
-                let tmp = write_temp(path, dir, text.as_bytes(), meta.as_ref(), new_mode)?;
-                if read_optional(path)?.as_deref() != before.as_deref() {
+                let meta = fs::symlink_metadata(path).ok().filter(|m| m.is_file());
+                let tmp = write_temp(path, &dir_fd, text.as_bytes(), meta.as_ref(), new_mode)?;
+                if read_no_follow(path)?.as_deref() != before.as_deref() {
                     // Someone wrote the file while we computed: start again from what is there.
-                    let _ = fs::remove_file(&tmp);
+                    let _ =
+                        rustix::fs::unlinkat(&dir_fd, tmp.as_str(), rustix::fs::AtFlags::empty());
                     continue;
                 }
-                fs::rename(&tmp, path).map_err(|e| {
-                    let _ = fs::remove_file(&tmp);
-                    FsError::new("cannot replace", path, e)
-                })?;
-                if let Ok(d) = File::open(dir) {
-                    let _ = d.sync_all();
-                }
+                rename_into(&dir_fd, &tmp, path)?;
+                let _ = dir_fd.sync_all();
                 return Ok(if before.is_some() {
                     Outcome::Written
                 } else {
@@ -165,32 +198,44 @@ fn wait_quiet(path: &Path) {
     }
 }
 
+/// Creates a temp file next to `path` under a random name (exclusively, never through a link),
+/// writes `bytes`, and gives it `path`'s mode and owner (a new file: `new_mode`, the directory's
+/// owner). Returns the temp file's name in `dir_fd`.
 fn write_temp(
     path: &Path,
-    dir: &Path,
+    dir_fd: &File,
     bytes: &[u8],
     meta: Option<&fs::Metadata>,
     new_mode: u32,
-) -> Result<PathBuf, FsError> {
+) -> Result<String, FsError> {
+    use rustix::fs::{Mode, OFlags};
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}{TEMP_MARK}.{}", std::process::id()));
     let mode = meta.map(|m| m.mode() & 0o7777).unwrap_or(new_mode);
+    let mut attempt = 0;
+    let (tmp, fd) = loop {
+        let tmp = format!(".{name}{TEMP_MARK}.{}", random_suffix());
+        match rustix::fs::openat(
+            dir_fd,
+            tmp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => break (tmp, fd),
+            Err(rustix::io::Errno::EXIST) if attempt < 16 => attempt += 1,
+            Err(e) => return Err(FsError::new("cannot write", path, e.into())),
+        }
+    };
+    let mut f = File::from(fd);
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
         f.write_all(bytes)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         let (uid, gid) = match meta {
             Some(m) => (m.uid(), m.gid()),
             None => {
-                let d = fs::metadata(dir)?;
+                let d = dir_fd.metadata()?;
                 (d.uid(), d.gid())
             }
         };
@@ -203,24 +248,67 @@ fn write_temp(
     match result {
         Ok(()) => Ok(tmp),
         Err(e) => {
-            let _ = fs::remove_file(&tmp);
+            let _ = rustix::fs::unlinkat(dir_fd, tmp.as_str(), rustix::fs::AtFlags::empty());
             Err(FsError::new("cannot write", path, e))
         }
     }
 }
 
-/// Removes temp files a killed writer left in `dir`. Call it holding the directory's lock: every
-/// live writer holds that lock while its temp file exists, so what is found then is stale.
-fn clean_stale_temps_locked(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
+/// 64 unpredictable bits for a temp file's name (the process's random hash keys, a counter and
+/// the time; exclusivity comes from `O_EXCL`, unpredictability only spares a retry).
+fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("{:016x}", h.finish())
+}
+
+/// Renames `tmp` (a name in `dir_fd`) over `path`'s name in the same directory.
+fn rename_into(dir_fd: &File, tmp: &str, path: &Path) -> Result<(), FsError> {
+    let name = path.file_name().unwrap_or_default();
+    rustix::fs::renameat(dir_fd, tmp, dir_fd, name).map_err(|e| {
+        let _ = rustix::fs::unlinkat(dir_fd, tmp, rustix::fs::AtFlags::empty());
+        FsError::new("cannot replace", path, e.into())
+    })
+}
+
+/// Opens a directory for `*at` calls, so that the temp file and the rename land in one directory
+/// even if its path is changed meanwhile.
+fn open_dir(dir: &Path) -> Result<File, FsError> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir)
+        .map_err(|e| FsError::new("cannot open directory", dir, e))
+}
+
+/// Removes temp files a killed writer left in the directory. Call it holding the directory's
+/// lock: every live writer holds that lock while its temp file exists, so what is found then is
+/// stale. Names are unlinked in the directory itself (a link is removed, never followed).
+fn clean_stale_temps_locked(dir_fd: &File) {
+    let Ok(dup) = dir_fd.try_clone() else {
         return;
     };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
+    let Ok(mut entries) = rustix::fs::Dir::read_from(&dup) else {
+        return;
+    };
+    let mut stale = Vec::new();
+    while let Some(Ok(e)) = entries.read() {
+        let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') && name.contains(TEMP_MARK) {
-            let _ = fs::remove_file(e.path());
+            stale.push(name);
         }
+    }
+    for name in stale {
+        let _ = rustix::fs::unlinkat(dir_fd, name.as_str(), rustix::fs::AtFlags::empty());
     }
 }
 
@@ -228,20 +316,97 @@ fn clean_stale_temps_locked(dir: &Path) {
 pub fn clean_stale_temps(path: &Path) {
     if let Some(dir) = path.parent()
         && let Ok(_lock) = lock_dir(dir)
+        && let Ok(fd) = open_dir(dir)
     {
-        clean_stale_temps_locked(dir);
+        clean_stale_temps_locked(&fd);
     }
 }
 
-/// Writes a small file of builderd's own atomically.
+/// Writes a small file of builderd's own atomically (with the identity of whoever controls its
+/// directory, see [`as_owner_of`]).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(dir).map_err(|e| FsError::new("cannot create directory", dir, e))?;
-    let tmp = write_temp(path, dir, bytes, None, mode)?;
-    fs::rename(&tmp, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        FsError::new("cannot replace", path, e)
+    as_owner_of(path, || {
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        fs::create_dir_all(dir).map_err(|e| FsError::new("cannot create directory", dir, e))?;
+        let dir_fd = open_dir(dir)?;
+        let tmp = write_temp(path, &dir_fd, bytes, None, mode)?;
+        rename_into(&dir_fd, &tmp, path)
     })
+}
+
+/// Who controls `path`: the owner of the first component, from `/` down and never following a
+/// link, that root does not own (that user may rename or replace everything below it), or root
+/// when root owns every existing component. Returns `(uid, gid)` of that component.
+pub fn controller_of(path: &Path) -> (u32, u32) {
+    let mut cur = PathBuf::from("/");
+    for c in path.components().skip(1) {
+        cur.push(c);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.uid() != 0 => return (m.uid(), m.gid()),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    (0, 0)
+}
+
+/// Runs `f` with the identity of whoever controls `path` ([`controller_of`]) when this process
+/// is root and that is another user: on a thread of its own that has become that user for good,
+/// so that every path `f` opens is checked by the kernel as that user's, links included. Not
+/// root, or a path root controls: `f` runs here.
+pub fn as_owner_of<T: Send>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, FsError> + Send,
+) -> Result<T, FsError> {
+    if current_euid() != 0 {
+        return f();
+    }
+    let (uid, gid) = controller_of(path);
+    if uid == 0 {
+        return f();
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            become_user(uid, gid).map_err(|e| {
+                FsError::new(
+                    "cannot take the identity of the owner of",
+                    path,
+                    io::Error::other(format!("uid {uid}: {e}")),
+                )
+            })?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// Makes the calling thread (only it) the user `uid` with group `gid`, for good.
+#[cfg(target_os = "linux")]
+fn become_user(uid: u32, gid: u32) -> io::Result<()> {
+    use rustix::process::{Gid, Uid};
+    use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+    let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    set_thread_groups(&[g])?;
+    set_thread_res_gid(g, g, g)?;
+    set_thread_res_uid(u, u, u)?;
+    Ok(())
+}
+
+/// Makes the calling thread (only it) the user `uid` with group `gid`: macOS's per-thread
+/// credentials, which end with the thread.
+#[cfg(target_os = "macos")]
+#[allow(unsafe_code)]
+fn become_user(uid: u32, gid: u32) -> io::Result<()> {
+    unsafe extern "C" {
+        fn pthread_setugid_np(uid: libc::uid_t, gid: libc::gid_t) -> libc::c_int;
+    }
+    // SAFETY: a plain system call on the calling thread's own credentials.
+    if unsafe { pthread_setugid_np(uid, gid) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 pub fn current_euid() -> u32 {
@@ -301,5 +466,42 @@ mod tests {
         let e = edit_file(&p, 0o644, |_| Some("x".into())).unwrap_err();
         assert!(e.to_string().contains("not UTF-8"), "{e}");
         assert_eq!(fs::read(&p).unwrap(), b"\xff\xfe");
+    }
+
+    #[test]
+    fn a_directory_a_user_controls_is_written_as_that_user() {
+        if current_euid() != 0 {
+            eprintln!("not root: nothing to switch from");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(controller_of(&d.path().join("x/y")).0, 0);
+        let theirs = d.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        assert_eq!(controller_of(&theirs.join("a/b")), (65534, 65534));
+        // A file of theirs: written as them.
+        write_atomic(&theirs.join("f"), b"x", 0o644).unwrap();
+        assert_eq!(fs::metadata(theirs.join("f")).unwrap().uid(), 65534);
+        // Their link to a file only root may write: the edit fails as it would for them.
+        let roots = d.path().join("roots");
+        fs::write(&roots, "root's\n").unwrap();
+        std::os::unix::fs::symlink(&roots, theirs.join("link")).unwrap();
+        let link = theirs.join("link");
+        let e = as_owner_of(&link, || {
+            let crate::registration::Target::Write(target) =
+                crate::registration::resolve_target(&link)
+            else {
+                panic!("a link to a plain file is followed");
+            };
+            edit_file(&target, 0o644, |_| Some("evil\n".into()))
+        })
+        .unwrap_err();
+        assert!(e.source.kind() == io::ErrorKind::PermissionDenied, "{e}");
+        assert_eq!(fs::read_to_string(&roots).unwrap(), "root's\n");
+        // This thread stayed root.
+        assert_eq!(current_euid(), 0);
     }
 }

@@ -155,9 +155,29 @@ pub fn parse_public(path: &Path, bytes: &[u8]) -> Result<PublicKey, KeyError> {
     Ok(key)
 }
 
+/// Reads a key file with the identity of whoever controls its path (see
+/// [`crate::fsutil::as_owner_of`]): a root builderd reads only the key files its user could
+/// read, wherever their links lead.
+fn read_as_owner(path: &Path) -> std::io::Result<(std::fs::Metadata, Option<Vec<u8>>)> {
+    crate::fsutil::as_owner_of(path, || {
+        let err = |e| crate::fsutil::FsError {
+            action: "cannot read",
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let meta = std::fs::metadata(path).map_err(err)?;
+        if meta.is_dir() || meta.len() > 64 * 1024 {
+            return Ok((meta, None));
+        }
+        let bytes = std::fs::read(path).map_err(err)?;
+        Ok((meta, Some(bytes)))
+    })
+    .map_err(|e| e.source)
+}
+
 /// Reads and checks the public key file.
 pub fn read_public(path: &Path) -> Result<PublicKey, KeyError> {
-    let meta = match std::fs::metadata(path) {
+    let (meta, bytes) = match read_as_owner(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(KeyError::Missing(path.to_path_buf()));
@@ -172,13 +192,9 @@ pub fn read_public(path: &Path) -> Result<PublicKey, KeyError> {
     if meta.is_dir() {
         return Err(KeyError::IsDirectory(path.to_path_buf()));
     }
-    if meta.len() > 64 * 1024 {
+    let Some(bytes) = bytes else {
         return Err(KeyError::Garbled(path.to_path_buf()));
-    }
-    let bytes = std::fs::read(path).map_err(|e| KeyError::Unreadable {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    };
     parse_public(path, &bytes)
 }
 
@@ -204,13 +220,24 @@ pub fn load_private(path: &Path) -> Result<std::sync::Arc<PrivateKey>, KeyError>
 /// Reads and checks both halves of the client key pair.
 pub fn load_client_keys(public: &Path, private: &Path) -> Result<ClientKeys, KeyError> {
     let pubkey = read_public(public)?;
-    if !private.exists() {
-        return Err(KeyError::PrivateMissing(private.to_path_buf()));
-    }
-    let bytes = std::fs::read(private).map_err(|e| KeyError::PrivateUnreadable {
-        path: private.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let bytes = match read_as_owner(private) {
+        Ok((_, Some(b))) => b,
+        Ok((_, None)) => {
+            return Err(KeyError::PrivateUnreadable {
+                path: private.to_path_buf(),
+                reason: "it is a directory or larger than 64 KiB".into(),
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(KeyError::PrivateMissing(private.to_path_buf()));
+        }
+        Err(e) => {
+            return Err(KeyError::PrivateUnreadable {
+                path: private.to_path_buf(),
+                reason: e.to_string(),
+            });
+        }
+    };
     let privkey =
         ssh_key::PrivateKey::from_openssh(&bytes).map_err(|e| KeyError::PrivateUnreadable {
             path: private.to_path_buf(),

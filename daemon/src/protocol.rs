@@ -178,6 +178,9 @@ pub struct Status {
     /// timestamp builderd saw it.
     #[serde(default)]
     pub last_event: Option<EventSeen>,
+    /// The state file could not be read at start: why, and where the bad file was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file_problem: Option<String>,
     /// The remote builders of the config, in its order.
     #[serde(default)]
     pub remotes: Vec<RemoteStatus>,

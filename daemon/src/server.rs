@@ -2,7 +2,6 @@
 //! peer credentials checked), request framing, and a bounded graceful shutdown.
 
 use std::fs::File;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -43,18 +42,43 @@ pub struct InstanceLock {
     path: PathBuf,
 }
 
-/// Takes the state dir's instance lock, or says which daemon holds it.
+/// Takes the state dir's instance lock, or says which daemon holds it. The pid file is opened
+/// never through a link (one planted there is removed), with the identity of whoever controls
+/// the state dir.
 pub fn lock_instance(state_dir: &Path) -> anyhow::Result<InstanceLock> {
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("cannot create the state dir {}", state_dir.display()))?;
     let path = state_dir.join("builderd.pid");
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let open = || -> Result<File, crate::fsutil::FsError> {
+        let err = |action, e| crate::fsutil::FsError {
+            action,
+            path: path.clone(),
+            source: e,
+        };
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| err("cannot create the state dir for", e))?;
+        let open = || {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+        };
+        match open() {
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                // A live daemon's pid file is never a link: this one was planted.
+                std::fs::remove_file(&path).map_err(|e| err("cannot remove the link", e))?;
+                open().map_err(|e| err("cannot open", e))
+            }
+            r => r.map_err(|e| err("cannot open", e)),
+        }
+    };
+    let mut f = crate::fsutil::as_owner_of(&path, open)?;
+    if !f.metadata()?.is_file() {
+        bail!("{} is not a plain file: remove it", path.display());
+    }
     match f.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -83,33 +107,46 @@ impl Drop for InstanceLock {
 }
 
 /// Binds the client socket. A socket file that refuses connections is stale and replaced; one
-/// that answers belongs to a running daemon.
+/// that answers belongs to a running daemon. Bound with the identity of whoever controls its
+/// directory; a socket root binds for its user is handed over without following a link.
 pub async fn bind(path: &Path, owner: Owner) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the socket's directory {}", dir.display()))?;
+    if path.exists() && UnixStream::connect(path).await.is_ok() {
+        bail!(
+            "a daemon already answers on {}: use `builderctl shutdown` to stop it",
+            path.display()
+        );
     }
-    if path.exists() {
-        match UnixStream::connect(path).await {
-            Ok(_) => bail!(
-                "a daemon already answers on {}: use `builderctl shutdown` to stop it",
-                path.display()
-            ),
-            Err(_) => {
-                std::fs::remove_file(path).with_context(|| {
-                    format!("cannot remove the stale socket {}", path.display())
-                })?;
-            }
+    let p = path.to_path_buf();
+    let bind = || -> Result<std::os::unix::net::UnixListener, crate::fsutil::FsError> {
+        let err = |action, e| crate::fsutil::FsError {
+            action,
+            path: p.clone(),
+            source: e,
+        };
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| err("cannot create the directory of the socket", e))?;
         }
-    }
-    // The socket is made with a tight umask so that it is never open to others, even briefly.
-    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
-    let bound = UnixListener::bind(path);
-    rustix::process::umask(old);
-    let listener = bound.with_context(|| format!("cannot bind the socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    if rustix::process::geteuid().is_root() && owner.0 != 0 {
-        std::os::unix::fs::chown(path, Some(owner.0), None)
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err("cannot remove the stale socket", e)),
+        }
+        // The socket is made with a tight umask so that it is never open to others, even
+        // briefly.
+        let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+        let bound = std::os::unix::net::UnixListener::bind(&p);
+        rustix::process::umask(old);
+        bound.map_err(|e| err("cannot bind the socket", e))
+    };
+    let std_listener = crate::fsutil::as_owner_of(path, bind)?;
+    std_listener.set_nonblocking(true)?;
+    let listener = UnixListener::from_std(std_listener)?;
+    if rustix::process::geteuid().is_root()
+        && owner.0 != 0
+        && crate::fsutil::controller_of(path).0 == 0
+    {
+        std::os::unix::fs::lchown(path, Some(owner.0), None)
             .with_context(|| format!("cannot give {} to uid {}", path.display(), owner.0))?;
     }
     Ok(listener)

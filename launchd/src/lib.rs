@@ -101,16 +101,20 @@ impl Os {
     }
 }
 
+/// The nix-daemon's launchd labels: Determinate Nix's, then the upstream installer's.
+pub const NIX_DAEMON_LABELS: [&str; 2] = ["systems.determinate.nix-daemon", "org.nixos.nix-daemon"];
+
 /// The commands that restart the host's nix-daemon after nix.conf changed. On Linux only when
 /// systemd knows a nix-daemon unit; `None` when there is nothing to restart.
 pub fn nix_daemon_restart(os: Os, runner: &dyn Runner) -> Option<Vec<String>> {
     match os {
-        Os::MacOs => Some(argv(&[
-            "launchctl",
-            "kickstart",
-            "-k",
-            "system/org.nixos.nix-daemon",
-        ])),
+        // Determinate Nix runs its daemon under its own label; the upstream installer and
+        // nix-darwin under org.nixos's. The one launchd knows is the one to restart.
+        Os::MacOs => NIX_DAEMON_LABELS.iter().find_map(|label| {
+            let target = format!("system/{label}");
+            runner.run(&argv(&["launchctl", "print", &target])).ok()?;
+            Some(argv(&["launchctl", "kickstart", "-k", &target]))
+        }),
         Os::Linux => {
             if !Path::new("/run/systemd/system").exists() {
                 return None;
@@ -230,10 +234,11 @@ impl Service {
             Os::MacOs => {
                 let domain = self.domain();
                 let target = format!("{domain}/{LABEL}");
+                // A disabled label makes bootstrap fail (error 5), so enable comes first.
                 vec![
                     argv(&["launchctl", "bootout", &target]),
-                    argv(&["launchctl", "bootstrap", &domain, &p]),
                     argv(&["launchctl", "enable", &target]),
+                    argv(&["launchctl", "bootstrap", &domain, &p]),
                     argv(&["launchctl", "kickstart", "-k", &target]),
                 ]
             }
@@ -272,32 +277,67 @@ impl Service {
         }
     }
 
-    /// Writes the definition and loads it. `bootout` of a job that is not loaded fails; that one
-    /// failure is expected and ignored.
+    /// Writes the definition (mode 0644; a system one owned by root:wheel, as launchd requires)
+    /// and the log directory, then loads it. `bootout` of a job that is not loaded fails; that
+    /// one failure is expected and ignored. `bootout` returns before the old job is gone, and a
+    /// `bootstrap` meanwhile fails: it is tried again for a few seconds.
     pub fn install(
         &self,
         os: Os,
         home: &Path,
         runner: &dyn Runner,
     ) -> Result<PathBuf, InstallError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.path(os, home);
         let bytes = match os {
             Os::MacOs => self.plist(),
             Os::Linux => self.unit().into_bytes(),
         };
+        let werr =
+            |p: &Path, e: std::io::Error| InstallError::Write(p.to_path_buf(), e.to_string());
+        std::fs::create_dir_all(&self.log_dir).map_err(|e| werr(&self.log_dir, e))?;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| InstallError::Write(path.clone(), e.to_string()))?;
+            std::fs::create_dir_all(dir).map_err(|e| werr(&path, e))?;
         }
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| InstallError::Write(path.clone(), e.to_string()))?;
+        let _ = std::fs::remove_file(&tmp);
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(&bytes)?;
+                // The mode itself, whatever the umask (sudo may carry a tight one).
+                f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+                if self.system && rustix::process::geteuid().is_root() {
+                    std::os::unix::fs::fchown(&f, Some(0), Some(0))?;
+                }
+                f.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(werr(&path, e));
+        }
         for (i, cmd) in self.install_commands(os, &path).iter().enumerate() {
-            match runner.run(cmd) {
-                Ok(_) => {}
-                Err(_) if os == Os::MacOs && i == 0 => {}
-                Err(e) => return Err(InstallError::Run(e)),
+            let retries = if os == Os::MacOs && cmd[1] == "bootstrap" {
+                20
+            } else {
+                0
+            };
+            let mut attempt = 0;
+            loop {
+                match runner.run(cmd) {
+                    Ok(_) => break,
+                    Err(_) if os == Os::MacOs && i == 0 => break,
+                    Err(_) if attempt < retries => {
+                        attempt += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(250));
+                    }
+                    Err(e) => return Err(InstallError::Run(e)),
+                }
             }
         }
         Ok(path)
@@ -414,8 +454,8 @@ mod tests {
             lines,
             [
                 "launchctl bootout gui/501/org.builderd.builderd",
-                "launchctl bootstrap gui/501 /Users/me/Library/LaunchAgents/org.builderd.builderd.plist",
                 "launchctl enable gui/501/org.builderd.builderd",
+                "launchctl bootstrap gui/501 /Users/me/Library/LaunchAgents/org.builderd.builderd.plist",
                 "launchctl kickstart -k gui/501/org.builderd.builderd",
             ]
         );
@@ -456,12 +496,95 @@ mod tests {
         );
     }
 
+    /// Answers like launchctl on a Mac that knows only `known` labels, and fails `bootstrap`
+    /// `busy` times (a job still being booted out), recording every line.
+    struct FakeLaunchctl {
+        known: Vec<&'static str>,
+        busy: Mutex<u32>,
+        lines: Recorder,
+    }
+
+    impl Runner for FakeLaunchctl {
+        fn run(&self, argv: &[String]) -> Result<String, RunError> {
+            self.lines.run(argv)?;
+            let fail = || {
+                Err(RunError::Failed {
+                    command: argv.join(" "),
+                    code: "exit 5".into(),
+                    stderr: "Bootstrap failed: 5: Input/output error".into(),
+                })
+            };
+            match argv[1].as_str() {
+                "print" if !self.known.iter().any(|l| argv[2].ends_with(l)) => fail(),
+                "bootstrap" => {
+                    let mut busy = self.busy.lock().unwrap();
+                    if *busy > 0 {
+                        *busy -= 1;
+                        return fail();
+                    }
+                    Ok(String::new())
+                }
+                _ => Ok(String::new()),
+            }
+        }
+    }
+
+    #[test]
+    fn determinate_and_upstream_nix_daemon_labels() {
+        for (known, want) in [
+            (
+                vec!["systems.determinate.nix-daemon"],
+                Some("launchctl kickstart -k system/systems.determinate.nix-daemon"),
+            ),
+            (
+                vec!["org.nixos.nix-daemon"],
+                Some("launchctl kickstart -k system/org.nixos.nix-daemon"),
+            ),
+            (vec![], None),
+        ] {
+            let fake = FakeLaunchctl {
+                known,
+                busy: Mutex::new(0),
+                lines: Recorder::default(),
+            };
+            let got = nix_daemon_restart(Os::MacOs, &fake).map(|a| a.join(" "));
+            assert_eq!(got.as_deref(), want);
+        }
+    }
+
+    #[test]
+    fn launchd_install_writes_0644_makes_the_log_dir_and_retries_bootstrap() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let mut s = service(false);
+        s.log_dir = d.path().join("logs/builderd");
+        let fake = FakeLaunchctl {
+            known: vec![],
+            busy: Mutex::new(3),
+            lines: Recorder::default(),
+        };
+        let path = s.install(Os::MacOs, d.path(), &fake).unwrap();
+        assert!(s.log_dir.is_dir());
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o644);
+        let lines = fake.lines.lines();
+        assert_eq!(
+            lines.iter().filter(|l| l.contains(" bootstrap ")).count(),
+            4
+        );
+        assert_eq!(lines[1], "launchctl enable gui/501/org.builderd.builderd");
+        assert_eq!(
+            lines.last().unwrap(),
+            "launchctl kickstart -k gui/501/org.builderd.builderd"
+        );
+    }
+
     #[test]
     fn nix_daemon_restart_lines() {
         let rec = Recorder::default();
         assert_eq!(
             nix_daemon_restart(Os::MacOs, &rec).unwrap().join(" "),
-            "launchctl kickstart -k system/org.nixos.nix-daemon"
+            "launchctl kickstart -k system/systems.determinate.nix-daemon"
         );
         // On Linux only where systemd runs and knows the unit.
         let linux = nix_daemon_restart(Os::Linux, &rec);

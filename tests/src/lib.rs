@@ -660,3 +660,173 @@ pub fn context_with(extra: &str) -> tempfile::TempDir {
     .unwrap();
     ctx
 }
+
+/// A real unprivileged account made for one test (`useradd`), removed again on drop. Its home
+/// is the given directory, which it is given.
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl TestUser {
+    pub fn new(home: &Path) -> TestUser {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let name = format!("bdu{}x{n}", std::process::id());
+        // useradd takes /etc/passwd's lock; another test's useradd may hold it for a moment.
+        let mut tries = 0;
+        loop {
+            let o = Command::new("useradd")
+                .args(["--no-create-home", "--user-group", "--shell", "/bin/sh"])
+                .arg("--home-dir")
+                .arg(home)
+                .arg(&name)
+                .output()
+                .expect("useradd runs (passwd)");
+            if o.status.success() {
+                break;
+            }
+            tries += 1;
+            assert!(
+                tries < 50,
+                "useradd {name} failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let id = |flag: &str| -> u32 {
+            let o = Command::new("id").arg(flag).arg(&name).output().unwrap();
+            String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+        };
+        TestUser {
+            uid: id("-u"),
+            gid: id("-g"),
+            name,
+        }
+    }
+
+    /// A command that runs as this user (real and effective ids, its groups only).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.gid))
+            .arg("--init-groups")
+            .arg("--")
+            .arg(program)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs a shell command line as this user; asserts it succeeded.
+    pub fn sh(&self, script: &str) {
+        let o = self
+            .command("/bin/sh")
+            .args(["-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "as {}: {script}: {}",
+            self.name,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// Gives `path` (and everything below it) to this user.
+    pub fn give(&self, path: &Path) {
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", self.uid, self.gid))
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-u", &self.name])
+            .status();
+        for _ in 0..50 {
+            let o = Command::new("userdel").arg(&self.name).output();
+            if o.is_ok_and(|o| o.status.success()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("could not remove the test user {}", self.name);
+    }
+}
+
+impl Env {
+    /// An environment whose `home` and `state` belong to `user`, served by a root builderd
+    /// (`BUILDERD_OWNER_UID`): the layout of `sudo builderctl install`. Root's files (the config,
+    /// `etc`, `root`) stay root's; the environment's directory is opened for the user to pass.
+    pub fn root_served(extra: &str) -> (Env, TestUser) {
+        let env = Env::new(extra);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(env.path("state")).unwrap();
+        let user = TestUser::new(&env.path("home"));
+        user.give(&env.path("home"));
+        user.give(&env.path("state"));
+        (env, user)
+    }
+
+    /// Starts a root `builderd` serving `uid` and waits until its socket answers; `Err` holds
+    /// its output when it exits instead.
+    pub fn start_root_daemon(&self, uid: u32) -> Result<(), String> {
+        self.start_root_daemon_with(uid, &[])
+    }
+
+    /// [`Env::start_root_daemon`] with more environment variables (what the user may have left
+    /// in the environment `sudo` passes on).
+    pub fn start_root_daemon_with(&self, uid: u32, vars: &[(&str, &str)]) -> Result<(), String> {
+        let log = self.path("root-daemon.log");
+        let f = File::create(&log).unwrap();
+        let mut child = Command::new(bin_dir().join("builderd"))
+            .arg("--config")
+            .arg(&self.config)
+            .envs(vars.iter().copied())
+            .env("BUILDERD_OWNER_UID", uid.to_string())
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("builderd starts");
+        let sock = self.path("state/builderd.sock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+                std::thread::spawn(move || child.wait());
+                return Ok(());
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                let out = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("builderd exited ({st}): {out}"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the root builderd did not answer: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// builderctl as `user`, with this environment's config.
+    pub fn ctl_as(&self, user: &TestUser, args: &[&str]) -> Output {
+        user.command(bin_dir().join("builderctl"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("HOME", self.path("home"))
+            .output()
+            .expect("builderctl runs")
+    }
+}

@@ -18,7 +18,12 @@ struct Args {
     config: Option<PathBuf>,
 }
 
+#[allow(unsafe_code)]
 fn main() -> ExitCode {
+    if rustix::process::geteuid().is_root() {
+        // SAFETY: no other thread exists yet. Root runs only tools from root's directories.
+        unsafe { std::env::set_var("PATH", builderd::config::ROOT_PATH) };
+    }
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -32,7 +37,9 @@ fn main() -> ExitCode {
     // the terminal does not hang it up. Under launchd or systemd it already leads its own.
     let _ = rustix::process::setsid();
     let path = builderd::config::resolve_config_path(args.config.as_deref());
-    let cfg = match builderd::config::Config::load(&path) {
+    let loaded = builderd::config::check_trusted(&path)
+        .and_then(|()| builderd::config::Config::load_from(args.config.as_deref()));
+    let cfg = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("builderd: {e}");

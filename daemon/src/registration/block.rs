@@ -137,6 +137,31 @@ pub fn all_block_lines(text: &str) -> Vec<bool> {
         .collect()
 }
 
+/// Like [`apply`], but the block also stays first: when the user's own lines come before it (a
+/// `Host *` put above it sets options first, and ssh keeps the first value it reads), it moves
+/// back to the top. Other instances' blocks may come before it; they are closed the same way.
+pub fn apply_first(text: &str, instance: &str, lines: &[String]) -> String {
+    let applied = apply(text, instance, lines);
+    let b = begin(instance);
+    let mut inside_other = false;
+    for l in applied.split_inclusive('\n') {
+        let c = content(l);
+        if c == b {
+            return applied;
+        }
+        if inside_other {
+            inside_other = !is_any_end(l);
+        } else if is_any_begin(l) {
+            inside_other = true;
+        } else if !c.trim().is_empty() {
+            // The user's line above the block: put the block back on top.
+            let rest = remove(&applied, instance);
+            return apply(&rest, instance, lines);
+        }
+    }
+    applied
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,5 +225,22 @@ mod tests {
             remove(&with, "u-not-an-instance").replace("u\n", "")
         );
         assert_eq!(apply(&moved, "nb", &v(&["x"])), moved);
+    }
+
+    #[test]
+    fn apply_first_keeps_the_block_on_top_but_beside_other_instances() {
+        let lines = vec!["Host a".to_string(), "Host *".to_string()];
+        let other = vec!["Host b".to_string(), "Host *".to_string()];
+        let t = apply_first("Host *\n  ProxyJump x\n", "a", &lines);
+        assert!(t.starts_with(&begin("a")), "{t}");
+        // The user moved their lines above it: back on top, their bytes kept.
+        let rest = remove(&t, "a");
+        let moved = format!("{rest}{}", &t[..t.len() - rest.len()]);
+        let back = apply_first(&moved, "a", &lines);
+        assert_eq!(back, t);
+        // Two instances: each settles below the other's block without moving it.
+        let both = apply_first(&t, "b", &other);
+        assert_eq!(apply_first(&both, "a", &lines), both);
+        assert_eq!(apply_first(&both, "b", &other), both);
     }
 }

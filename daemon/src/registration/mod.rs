@@ -84,35 +84,17 @@ impl Wanted {
     /// `control_dir` holds the connection-sharing sockets: the directory of the ssh_config file
     /// itself, which exists and belongs to the user whose file it is.
     pub fn ssh_config_lines(&self, known_hosts: Option<&Path>, control_dir: &Path) -> Vec<String> {
-        let mut v = vec![
-            format!("Host {}", self.alias),
-            "  HostName 127.0.0.1".to_string(),
-            format!("  Port {}", self.port),
-            "  User root".to_string(),
-            format!("  IdentityFile {}", quote(&self.identity)),
-            "  IdentitiesOnly yes".to_string(),
-            format!("  HostKeyAlias {}", self.alias),
-        ];
-        if let Some(k) = known_hosts {
-            v.push(format!("  UserKnownHostsFile {}", quote(k)));
-        }
-        v.extend(
-            [
-                "  StrictHostKeyChecking yes",
-                "  BatchMode yes",
-                "  ConnectTimeout 10",
-                "  ServerAliveInterval 15",
-                "  ControlMaster auto",
-            ]
-            .map(String::from),
-        );
-        v.push(format!(
-            "  ControlPath {}",
-            quote(&control_dir.join("builderd-%C"))
-        ));
-        v.push("  ControlPersist 120".into());
-        v.push("Host *".into());
-        v
+        alias_lines(
+            &Alias {
+                name: &self.alias,
+                host_name: "127.0.0.1",
+                port: self.port,
+                user: "root",
+                identity: &self.identity,
+            },
+            known_hosts,
+            control_dir,
+        )
     }
 
     /// What to put in a nix-darwin configuration instead of writing its files.
@@ -146,12 +128,100 @@ impl Wanted {
     }
 }
 
+/// Whether `DIR/builderd-%C` fits a Unix socket path once expanded: `%C` is 40 hex digits, and
+/// ssh binds the master first under a name 17 bytes longer (`.XXXXXXXXXXXXXXXX`).
+fn control_path_fits(dir: &str) -> bool {
+    let max = if cfg!(target_os = "macos") { 103 } else { 107 };
+    dir.len() + "/builderd-".len() + 40 + 17 <= max
+}
+
+/// A path as one ssh_config argument: `%` escaped (these keywords expand `%` tokens), quoted
+/// when it holds a space. The config refuses quotes and control characters in paths.
+/// An ssh_config alias for a builder: the local container or a remote host.
+pub struct Alias<'a> {
+    pub name: &'a str,
+    pub host_name: &'a str,
+    pub port: u16,
+    pub user: &'a str,
+    pub identity: &'a Path,
+}
+
+/// The hardened `Host` block for `a`, closed by `Host *`: strict host key checking against the
+/// alias's own entry, only the given key, and nothing a `Host *` elsewhere sets (proxies,
+/// forwarding, agents, commands) reaching the builder.
+pub fn alias_lines(a: &Alias<'_>, known_hosts: Option<&Path>, control_dir: &Path) -> Vec<String> {
+    let mut v = vec![
+        format!("Host {}", a.name),
+        format!("  HostName {}", a.host_name),
+        format!("  Port {}", a.port),
+        format!("  User {}", a.user),
+        format!("  IdentityFile {}", quote(a.identity)),
+        "  IdentitiesOnly yes".to_string(),
+        format!("  HostKeyAlias {}", a.name),
+    ];
+    if let Some(k) = known_hosts {
+        v.push(format!("  UserKnownHostsFile {}", quote(k)));
+    }
+    v.extend(
+        [
+            "  StrictHostKeyChecking yes",
+            // ssh keeps the first value it reads, and this block comes first: options a
+            // `Host *` sets for every host cannot reach the builder.
+            "  IgnoreUnknown KnownHostsCommand,SessionType,StdinNull,ForkAfterAuthentication",
+            "  ProxyJump none",
+            "  ProxyCommand none",
+            "  PermitLocalCommand no",
+            "  RemoteCommand none",
+            "  RequestTTY auto",
+            "  ForwardAgent no",
+            "  ForwardX11 no",
+            "  ClearAllForwardings yes",
+            "  Tunnel no",
+            "  GlobalKnownHostsFile /dev/null",
+            "  KnownHostsCommand none",
+            "  UpdateHostKeys no",
+            "  VerifyHostKeyDNS no",
+            "  CanonicalizeHostname no",
+            "  PKCS11Provider none",
+            "  IdentityAgent none",
+            "  AddKeysToAgent no",
+            "  SessionType default",
+            "  StdinNull no",
+            "  ForkAfterAuthentication no",
+            "  BatchMode yes",
+            "  ConnectTimeout 10",
+            "  ServerAliveInterval 15",
+        ]
+        .map(String::from),
+    );
+    let dir = control_dir.display().to_string();
+    let dir = dir.trim_end_matches('/');
+    if control_path_fits(dir) {
+        v.push("  ControlMaster auto".into());
+        v.push(format!(
+            "  ControlPath {}",
+            quote_escaped(&format!("{}/builderd-%C", dir.replace('%', "%%")))
+        ));
+        v.push("  ControlPersist 120".into());
+    } else {
+        // The master's socket would not fit a Unix socket path, and ssh would fail: no
+        // connection sharing rather than no connection.
+        v.push("  ControlMaster no".into());
+        v.push("  ControlPath none".into());
+    }
+    v.push("Host *".into());
+    v
+}
+
 fn quote(p: &Path) -> String {
-    let s = p.display().to_string();
+    quote_escaped(&p.display().to_string().replace('%', "%%"))
+}
+
+fn quote_escaped(s: &str) -> String {
     if s.contains(char::is_whitespace) {
         format!("\"{s}\"")
     } else {
-        s
+        s.to_string()
     }
 }
 
@@ -250,19 +320,53 @@ fn status(kind: &str, path: &Path, state: &str, detail: Option<String>) -> Regis
     }
 }
 
+/// What resolving and editing one registration file came to.
+enum Done {
+    Edited(PathBuf, Result<Outcome, fsutil::FsError>),
+    NixDarwin,
+    Manual(String),
+}
+
 /// Applies (`Some`) or removes (`None`) builderd's block in one file.
 fn sync_block(
     kind: &str,
     path: &Path,
     instance: &str,
-    wanted: Option<&dyn Fn(&str) -> String>,
+    wanted: Option<&(dyn Fn(&str) -> String + Sync)>,
     manual_lines: &str,
     created: &mut Created,
     out: &mut Synced,
 ) -> Outcome {
-    let target = match resolve_target(path) {
-        Target::Write(p) => p,
-        Target::NixDarwin => {
+    // Resolved and written with the identity of whoever controls the path, so that a link in
+    // the user's files never leads root to a file the user could not write.
+    let mode = if kind == "ssh_config" { 0o600 } else { 0o644 };
+    let known: &Created = created;
+    let done = fsutil::as_owner_of(path, || {
+        Ok(match resolve_target(path) {
+            Target::Write(target) => {
+                let was_created = known.contains(&target);
+                let r = fsutil::edit_file(&target, mode, |cur| match (wanted, cur) {
+                    (Some(f), cur) => Some(f(cur.unwrap_or(""))),
+                    // Nothing there and nothing of ours: a missing file stays missing.
+                    (None, None) => None,
+                    (None, Some(cur)) => {
+                        let rest = block::remove(cur, instance);
+                        if was_created && rest.trim().is_empty() {
+                            None
+                        } else {
+                            Some(rest)
+                        }
+                    }
+                });
+                Done::Edited(target, r)
+            }
+            Target::NixDarwin => Done::NixDarwin,
+            Target::Manual(why) => Done::Manual(why),
+        })
+    });
+    let (target, result) = match done {
+        Ok(Done::Edited(t, r)) => (t, r),
+        Ok(Done::NixDarwin) => {
             out.statuses.push(status(
                 kind,
                 path,
@@ -274,7 +378,7 @@ fn sync_block(
             ));
             return Outcome::Unchanged;
         }
-        Target::Manual(why) => {
+        Ok(Done::Manual(why)) => {
             out.statuses.push(status(
                 kind,
                 path,
@@ -285,22 +389,8 @@ fn sync_block(
             ));
             return Outcome::Unchanged;
         }
+        Err(e) => (path.to_path_buf(), Err(e)),
     };
-    let was_created = created.contains(&target);
-    let mode = if kind == "ssh_config" { 0o600 } else { 0o644 };
-    let result = fsutil::edit_file(&target, mode, |cur| match (wanted, cur) {
-        (Some(f), cur) => Some(f(cur.unwrap_or(""))),
-        // Nothing there and nothing of ours: a missing file stays missing.
-        (None, None) => None,
-        (None, Some(cur)) => {
-            let rest = block::remove(cur, instance);
-            if was_created && rest.trim().is_empty() {
-                None
-            } else {
-                Some(rest)
-            }
-        }
-    });
     match result {
         Ok(outcome) => {
             match (&outcome, wanted.is_some()) {
@@ -358,7 +448,7 @@ pub fn sync(cfg: &Config, wanted: Option<&Wanted>, created: &mut Created) -> Syn
         .unwrap_or_default();
     let manual = wanted.map(|w| w.nix_darwin_snippet()).unwrap_or_default();
     let apply_machines = |t: &str| block::apply(t, instance, &machines_body);
-    let machines_fn: Option<&dyn Fn(&str) -> String> =
+    let machines_fn: Option<&(dyn Fn(&str) -> String + Sync)> =
         if wanted.is_some() && !machines_body.is_empty() {
             Some(&apply_machines)
         } else {
@@ -398,7 +488,7 @@ pub fn sync(cfg: &Config, wanted: Option<&Wanted>, created: &mut Created) -> Syn
             let dir = p.parent().unwrap_or(Path::new("/"));
             let body = w.ssh_config_lines(reg.known_hosts.get(i).map(PathBuf::as_path), dir);
             let manual = body.join("\n");
-            let f = |t: &str| block::apply(t, instance, &body);
+            let f = |t: &str| block::apply_first(t, instance, &body);
             sync_block(
                 "ssh_config",
                 p,
@@ -437,7 +527,7 @@ fn sync_nix_conf(
     let line = format!("{KEY} = true");
     let apply = |t: &str| block::apply(t, instance, std::slice::from_ref(&line));
     let needed = wanted.is_some() && user_setting.is_none();
-    let f: Option<&dyn Fn(&str) -> String> = if needed { Some(&apply) } else { None };
+    let f: Option<&(dyn Fn(&str) -> String + Sync)> = if needed { Some(&apply) } else { None };
     let before = out.statuses.len();
     let outcome = sync_block("nix.conf", &target, instance, f, manual, created, out);
     if outcome != Outcome::Unchanged {

@@ -70,6 +70,23 @@ proptest! {
     }
 
     #[test]
+    fn ssh_config_block_stays_first_settles_and_gives_the_bytes_back(
+        text in file_text(),
+        a in body(),
+        b in body(),
+    ) {
+        prop_assume!(!text.contains("builderd one ") && !text.contains("builderd two "));
+        let one = block::apply_first(&text, "one", &a);
+        prop_assert!(one.starts_with(&block::begin("one")));
+        prop_assert_eq!(block::apply_first(&one, "one", &a), one.clone());
+        // A second instance settles too: neither moves the other again.
+        let both = block::apply_first(&one, "two", &b);
+        prop_assert_eq!(block::apply_first(&both, "one", &a), both.clone());
+        prop_assert_eq!(block::apply_first(&both, "two", &b), both.clone());
+        prop_assert_eq!(block::remove(&block::remove(&both, "two"), "one"), text);
+    }
+
+    #[test]
     fn known_hosts_is_idempotent_and_keeps_other_hosts(text in file_text()) {
         let names = known_hosts::names(2222, "nb");
         let lines = known_hosts::lines(2222, "nb", "ssh-ed25519 AAAANEW");

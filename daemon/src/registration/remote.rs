@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 
-use super::{Created, Synced, block, quote, sync_block};
+use super::{Alias, Created, Synced, alias_lines, block, sync_block};
 use crate::config::Config;
 
 /// What the files must say about one remote builder whose host key is pinned.
@@ -65,35 +65,17 @@ impl RemoteWanted {
 
     /// The ssh_config `Host` block, hardened as the local builder's is, closed by `Host *`.
     pub fn ssh_config_lines(&self, known_hosts: Option<&Path>, control_dir: &Path) -> Vec<String> {
-        let mut v = vec![
-            format!("Host {}", self.name),
-            format!("  HostName {}", self.address),
-            format!("  Port {}", self.port),
-            format!("  User {}", self.user),
-            format!("  IdentityFile {}", quote(&self.identity)),
-            "  IdentitiesOnly yes".to_string(),
-            format!("  HostKeyAlias {}", self.name),
-        ];
-        if let Some(k) = known_hosts {
-            v.push(format!("  UserKnownHostsFile {}", quote(k)));
-        }
-        v.extend(
-            [
-                "  StrictHostKeyChecking yes",
-                "  BatchMode yes",
-                "  ConnectTimeout 10",
-                "  ServerAliveInterval 15",
-                "  ControlMaster auto",
-            ]
-            .map(String::from),
-        );
-        v.push(format!(
-            "  ControlPath {}",
-            quote(&control_dir.join("builderd-%C"))
-        ));
-        v.push("  ControlPersist 120".into());
-        v.push("Host *".into());
-        v
+        alias_lines(
+            &Alias {
+                name: &self.name,
+                host_name: &self.address,
+                port: self.port,
+                user: &self.user,
+                identity: &self.identity,
+            },
+            known_hosts,
+            control_dir,
+        )
     }
 }
 
@@ -111,7 +93,8 @@ pub fn sync(
         let name = w.name.as_str();
         let line = [w.machines_line()];
         let apply = |t: &str| block::apply(t, name, &line);
-        let f: Option<&dyn Fn(&str) -> String> = if w.listed { Some(&apply) } else { None };
+        let f: Option<&(dyn Fn(&str) -> String + Sync)> =
+            if w.listed { Some(&apply) } else { None };
         let manual = line.join("\n");
         sync_block(
             "machines",

@@ -97,12 +97,14 @@ impl Supervisor {
 
         // The volume: the client's public key as host.pub.
         let vol = cfg.volume_dir();
-        std::fs::create_dir_all(&vol).map_err(|e| {
-            Failure::new(
-                ErrorKind::Failed,
-                format!("cannot create {}: {e}", vol.display()),
-            )
-        })?;
+        crate::fsutil::as_owner_of(&vol, || {
+            std::fs::create_dir_all(&vol).map_err(|e| crate::fsutil::FsError {
+                action: "cannot create",
+                path: vol.clone(),
+                source: e,
+            })
+        })
+        .map_err(|e| Failure::new(ErrorKind::Failed, e))?;
         let host_pub = vol.join("host.pub");
         let line = format!("{}\n", keys.public_line);
         let key_changed = std::fs::read_to_string(&host_pub).ok().as_deref() != Some(line.as_str());

@@ -187,7 +187,19 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new(cfg: Config) -> (Supervisor, watch::Receiver<Status>) {
         let endpoint = docker::resolve_endpoint(&cfg);
-        let persisted = Persisted::load(&cfg.state_dir);
+        let (persisted, corrupt) = Persisted::load(&cfg.state_dir);
+        let state_file_problem = corrupt.map(|c| {
+            let msg = format!(
+                "{} could not be read ({}){}; taken as `up`, so that the builder stays: run `builderctl down` if you want it down",
+                crate::state::path(&cfg.state_dir).display(),
+                c.error,
+                c.kept_at
+                    .map(|k| format!(" and was kept as {}", k.display()))
+                    .unwrap_or_default()
+            );
+            tracing::warn!("{msg}");
+            msg
+        });
         let status = Status {
             version: crate::VERSION.into(),
             protocol: crate::protocol::PROTOCOL,
@@ -207,6 +219,7 @@ impl Supervisor {
             docker_host: format!("{} ({})", endpoint.host, endpoint.source),
             last_event: None,
             remotes: Vec::new(),
+            state_file_problem,
         };
         let (tx, rx) = watch::channel(status);
         let (relay_tx, relay_rx) = mpsc::channel(64);

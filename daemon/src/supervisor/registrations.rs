@@ -199,6 +199,9 @@ impl Supervisor {
         }
         self.retry.registered();
         let synced = self.sync_files(Some(wanted.clone())).await;
+        for w in &synced.written {
+            tracing::info!(file = %w.display(), "wrote builderd's entries");
+        }
         self.wanted = Some(wanted);
         self.watch_files();
         self.save()?;
