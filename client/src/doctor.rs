@@ -1,11 +1,17 @@
 //! `builderctl doctor`: every check, each PASS, WARN or FAIL with the exact fix.
+//!
+//! Each check looks at the effect itself (the engine's container, a real build, root's own ssh),
+//! never at what builderd believes it did.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use builderd::client;
 use builderd::config::Config;
+use builderd::docker::Endpoint;
 use builderd::protocol::{Reply, Request, State, Status};
 use builderd::registration::{Target, block, nix_conf, resolve_target};
 
@@ -58,16 +64,333 @@ const KEY_REFUSED: &str = "the builder refused the key: ssh offers the .pub file
 /// A 132-byte static x86_64 Linux program that exits with status 42.
 const X86_64_PROBE: &str = "f0VMRgIBAQAAAAAAAAAAAAIAPgABAAAAeABAAAAAAABAAAAAAAAAAAAAAAAAAAAAAAAAAEAAOAABAAAAAAAAAAEAAAAFAAAAAAAAAAAAAAAAAEAAAAAAAAAAQAAAAAAAhAAAAAAAAACEAAAAAAAAAAAQAAAAAAAAvyoAAAC4PAAAAA8F";
 
-/// root's ssh_config among the configured ones: the one under root's home, else the last.
-fn root_ssh_config(cfg: &Config) -> Option<PathBuf> {
-    let list = &cfg.registration.ssh_config;
-    list.iter()
-        .find(|p| p.starts_with("/var/root") || p.starts_with("/root"))
-        .or(list.last())
-        .cloned()
+/// The builder's container as the engine reports it.
+struct Engine {
+    state: String,
+    running: bool,
+    /// The host address and port that the engine publishes the container's port 22 on.
+    published: Option<(String, u16)>,
 }
 
-/// Runs `command` on the builder through the pinned-key ssh command line.
+/// Everything the checks look at, gathered once.
+struct Ctx<'a> {
+    cfg: &'a Config,
+    status: Result<Status, String>,
+    endpoint: Endpoint,
+    engine: Result<(), String>,
+    /// `None` when the engine has no such container (or cannot be asked).
+    container: Option<Engine>,
+    build_test: bool,
+}
+
+impl Ctx<'_> {
+    fn status(&self) -> Option<&Status> {
+        self.status.as_ref().ok()
+    }
+
+    /// The daemon says healthy and the engine says the container runs.
+    fn up(&self) -> bool {
+        self.status().is_some_and(|s| s.healthy)
+            && self.container.as_ref().is_some_and(|c| c.running)
+    }
+
+    /// Down on purpose: `builderctl down`, or no daemon and no container.
+    fn down(&self) -> bool {
+        match self.status() {
+            Some(s) => s.desired == "down",
+            None => self.container.is_none(),
+        }
+    }
+
+    /// builderd's own line in the machines file.
+    fn machines_line(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.cfg.registration.machines_file).ok()?;
+        block::body(&text, &self.cfg.container_name).and_then(|b| b.first().cloned())
+    }
+}
+
+type CheckFn = fn(&Ctx) -> Vec<Check>;
+
+/// Every check, in the order they are printed.
+const CHECKS: &[CheckFn] = &[
+    check_builder,
+    check_docker,
+    check_rosetta,
+    check_x86_64,
+    check_port,
+    check_keys,
+    check_nix_uri,
+    check_substitute,
+    check_owners,
+    check_root_ssh,
+    check_sandbox,
+    check_disk,
+    check_remotes,
+    check_build,
+];
+
+async fn daemon_status(cfg: &Config) -> Result<Status, String> {
+    match client::request(&cfg.socket, Request::Status, |_| {}).await {
+        Ok(Reply::Status(s)) => Ok(*s),
+        Ok(other) => Err(format!("unexpected reply {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Asks the engine about builderd's container: its state and the port it publishes.
+async fn engine_view(cfg: &Config, endpoint: &Endpoint) -> (Result<(), String>, Option<Engine>) {
+    let d = match builderd::docker::connect(endpoint).await {
+        Ok(d) => d,
+        Err(e) => return (Err(e.to_string()), None),
+    };
+    let Ok(Some(found)) = builderd::docker::find(
+        &d,
+        &cfg.container_name,
+        &builderd::docker::owner_id(&cfg.state_dir),
+    )
+    .await
+    else {
+        return (Ok(()), None);
+    };
+    let published = d
+        .inspect_container(&found.id, None)
+        .await
+        .ok()
+        .and_then(|c| c.network_settings?.ports?.get("22/tcp").cloned()?)
+        .and_then(|bindings| {
+            bindings.into_iter().find_map(|b| {
+                let port = b.host_port?.parse::<u16>().ok()?;
+                Some((b.host_ip.unwrap_or_default(), port))
+            })
+        });
+    (
+        Ok(()),
+        Some(Engine {
+            state: found.state,
+            running: found.running,
+            published,
+        }),
+    )
+}
+
+pub async fn run(cfg: &Config, build_test: bool, out: &Out) -> u8 {
+    let status = daemon_status(cfg).await;
+    let endpoint = builderd::docker::resolve_endpoint(cfg);
+    let (engine, container) = engine_view(cfg, &endpoint).await;
+    let ctx = Ctx {
+        cfg,
+        status,
+        endpoint,
+        engine,
+        container,
+        build_test,
+    };
+    let mut failed = false;
+    for check in CHECKS {
+        for c in check(&ctx) {
+            let tag = match c.verdict {
+                Verdict::Pass => paint("PASS", "32", out.color()),
+                Verdict::Warn => paint("WARN", "33", out.color()),
+                Verdict::Fail => {
+                    failed = true;
+                    paint("FAIL", "31", out.color())
+                }
+            };
+            println!("{tag}  {:<10} {}", c.name, c.message);
+            if let Some(f) = &c.fix {
+                for (i, l) in f.lines().enumerate() {
+                    println!(
+                        "      {:<10} {}{l}",
+                        "",
+                        if i == 0 { "fix: " } else { "     " }
+                    );
+                }
+            }
+        }
+    }
+    if failed { exit::DOCTOR } else { exit::OK }
+}
+
+fn paint(s: &str, code: &str, color: bool) -> String {
+    if color {
+        format!("\x1b[{code}m{s}\x1b[0m")
+    } else {
+        s.to_string()
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+/// The daemon's view, checked against the engine's.
+fn check_builder(ctx: &Ctx) -> Vec<Check> {
+    let engine_says = ctx.container.as_ref().map_or_else(
+        || "no container".to_string(),
+        |c| format!("container {}", c.state),
+    );
+    let s = match &ctx.status {
+        Ok(s) => s,
+        Err(e) => {
+            let mut v = vec![fail(
+                "daemon",
+                format!("not reachable: {e}"),
+                "run `builderctl up` (or `sudo builderctl install` to keep it running)",
+            )];
+            if let Some(c) = &ctx.container
+                && !c.running
+            {
+                v.push(fail(
+                    "builder",
+                    format!("container {} is {}", ctx.cfg.container_name, c.state),
+                    "run `builderctl up`: it starts the container and keeps it running",
+                ));
+            }
+            return v;
+        }
+    };
+    let running = ctx.container.as_ref().is_some_and(|c| c.running);
+    let reason = || first_line(s.reason.as_deref().unwrap_or("not healthy")).to_string();
+    vec![if s.desired == "down" {
+        fail("builder", "the builder is down", "run `builderctl up`")
+    } else if s.state == State::Sleeping {
+        pass(
+            "builder",
+            format!(
+                "asleep on demand ({engine_says}); the next connection to 127.0.0.1:{} wakes it",
+                s.port
+            ),
+        )
+    } else if s.healthy && !running && ctx.engine.is_ok() {
+        fail(
+            "builder",
+            format!("the daemon last saw it healthy, but the engine says: {engine_says}"),
+            "see `builderctl logs --container`; `builderctl up` starts it again",
+        )
+    } else if s.healthy && s.state == State::Up {
+        pass("builder", format!("up and healthy on 127.0.0.1:{}", s.port))
+    } else if s.healthy {
+        warn(
+            "builder",
+            format!(
+                "healthy on 127.0.0.1:{}, but {}",
+                s.port,
+                first_line(s.reason.as_deref().unwrap_or("degraded"))
+            ),
+            "see the checks below",
+        )
+    } else {
+        fail(
+            "builder",
+            format!("state {} ({engine_says}): {}", s.state.as_str(), reason()),
+            "see `builderctl logs` and `builderctl logs --container`; `builderctl up` starts it again",
+        )
+    }]
+}
+
+fn check_docker(ctx: &Ctx) -> Vec<Check> {
+    let ep = &ctx.endpoint;
+    vec![match &ctx.engine {
+        Ok(()) => pass(
+            "docker",
+            format!("reachable at {} (from {})", ep.host, ep.source),
+        ),
+        Err(e) => fail(
+            "docker",
+            format!("not reachable at {} (from {}): {e}", ep.host, ep.source),
+            "start Docker Desktop (or Colima/OrbStack), or set `docker_host` in the config to the engine's socket",
+        ),
+    }]
+}
+
+/// Which engine a socket path belongs to, by where it really leads.
+#[derive(Debug, PartialEq, Eq)]
+enum EngineKind {
+    DockerDesktop,
+    Colima,
+    OrbStack,
+    Other,
+}
+
+fn engine_kind(host: &str) -> EngineKind {
+    let Some(path) = host.strip_prefix("unix://") else {
+        return EngineKind::Other;
+    };
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path));
+    let real = real.to_string_lossy();
+    if real.contains("/.colima/") {
+        EngineKind::Colima
+    } else if real.contains("/.orbstack/") || real.contains("/OrbStack/") {
+        EngineKind::OrbStack
+    } else if real.contains("/.docker/run/")
+        || real.contains("/Library/Containers/com.docker.docker/")
+        || real.contains("/.docker/desktop/")
+    {
+        EngineKind::DockerDesktop
+    } else {
+        EngineKind::Other
+    }
+}
+
+fn check_rosetta(ctx: &Ctx) -> Vec<Check> {
+    if !cfg!(target_os = "macos") {
+        return vec![pass(
+            "rosetta",
+            format!("not needed: the host is {}-linux", std::env::consts::ARCH),
+        )];
+    }
+    if std::env::consts::ARCH != "aarch64" {
+        return vec![pass("rosetta", "not needed on an Intel Mac")];
+    }
+    if !Path::new("/Library/Apple/usr/libexec/oah/libRosettaRuntime").exists() {
+        return vec![fail(
+            "rosetta",
+            "Rosetta is not installed",
+            "softwareupdate --install-rosetta --agree-to-license",
+        )];
+    }
+    let kind = engine_kind(&ctx.endpoint.host);
+    if kind != EngineKind::DockerDesktop {
+        // Docker Desktop's settings say nothing about another engine; the x86_64 check runs a
+        // real program instead.
+        return vec![pass(
+            "rosetta",
+            format!(
+                "installed; the engine is {} (see the x86_64 check for how it runs x86_64)",
+                match kind {
+                    EngineKind::Colima => "Colima",
+                    EngineKind::OrbStack => "OrbStack",
+                    _ => "not Docker Desktop",
+                }
+            ),
+        )];
+    }
+    let dir = builderd::config::home_dir().join("Library/Group Containers/group.com.docker");
+    let on = [dir.join("settings-store.json"), dir.join("settings.json")]
+        .iter()
+        .find_map(|p| {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+            v.get("UseVirtualizationFrameworkRosetta")
+                .or_else(|| v.get("useVirtualizationFrameworkRosetta"))
+                .and_then(|b| b.as_bool())
+        });
+    vec![match on {
+        Some(true) => pass("rosetta", "installed, and Docker Desktop uses it"),
+        Some(false) => fail(
+            "rosetta",
+            "Docker Desktop's Rosetta setting is off",
+            "Docker Desktop → Settings → General: turn on \"Use Rosetta for x86_64/amd64 emulation on Apple Silicon\"",
+        ),
+        None => warn(
+            "rosetta",
+            "installed; Docker Desktop's setting could not be read",
+            "check Docker Desktop → Settings → General → \"Use Rosetta for x86_64/amd64 emulation\"",
+        ),
+    }]
+}
+
+/// Runs `command` on the builder through the pinned-key ssh command line: the host key is this
+/// install's volume key, so an answer comes from this builder's container and no other.
 fn on_builder(cfg: &Config, command: &str) -> Result<String, String> {
     let host_pub = cfg.volume_dir().join("id_ed25519.pub");
     let key = builderd::keys::read_public(&host_pub).map_err(|e| e.to_string())?;
@@ -96,176 +419,185 @@ fn on_builder(cfg: &Config, command: &str) -> Result<String, String> {
     }
 }
 
-async fn daemon_status(cfg: &Config) -> Result<Status, String> {
-    match client::request(&cfg.socket, Request::Status, |_| {}).await {
-        Ok(Reply::Status(s)) => Ok(*s),
-        Ok(other) => Err(format!("unexpected reply {other:?}")),
-        Err(e) => Err(e.to_string()),
+fn check_x86_64(ctx: &Ctx) -> Vec<Check> {
+    if !ctx.up() {
+        return vec![];
     }
+    let cmd = format!(
+        "echo {X86_64_PROBE} | base64 -d > /tmp/builderd-x86-probe && chmod +x /tmp/builderd-x86-probe; /tmp/builderd-x86-probe; echo \"exit=$?\"; rm -f /tmp/builderd-x86-probe"
+    );
+    vec![match on_builder(ctx.cfg, &cmd) {
+        Ok(o) if o.contains("exit=42") => {
+            let how = ctx
+                .status()
+                .and_then(|s| s.builder.as_ref())
+                .map(|b| b.x86_64.clone())
+                .unwrap_or_default();
+            pass(
+                "x86_64",
+                format!("the builder runs x86_64 programs ({how})"),
+            )
+        }
+        Ok(o) => fail(
+            "x86_64",
+            format!(
+                "an x86_64 program did not run on the builder ({})",
+                o.trim()
+            ),
+            "turn on \"Use Rosetta for x86_64/amd64 emulation on Apple Silicon\" in Docker Desktop's settings, then `builderctl down && builderctl up`",
+        ),
+        Err(e) => {
+            let fix = if e.contains("Permission denied") {
+                KEY_REFUSED
+            } else {
+                "see `builderctl status` and `builderctl logs`"
+            };
+            fail("x86_64", format!("could not run the probe: {e}"), fix)
+        }
+    }]
 }
 
-pub async fn run(cfg: &Config, build_test: bool, out: &Out) -> u8 {
-    let mut checks = Vec::new();
-    let status = daemon_status(cfg).await;
-    let up = status.as_ref().is_ok_and(|s| s.healthy);
-
-    // The daemon and the builder.
-    match &status {
-        Ok(s) if s.healthy && s.state == State::Up => checks.push(pass(
-            "builder",
-            format!("up and healthy on 127.0.0.1:{}", s.port),
-        )),
-        Ok(s) if s.healthy => checks.push(warn(
-            "builder",
-            format!(
-                "healthy on 127.0.0.1:{}, but {}",
-                s.port,
-                s.reason
-                    .as_deref()
-                    .unwrap_or("degraded")
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-            ),
-            "see the checks below",
-        )),
-        Ok(s) if s.desired == "down" => checks.push(fail(
-            "builder",
-            "the builder is down",
-            "run `builderctl up`",
-        )),
-        Ok(s) => {
-            let container = s
-                .container
-                .as_ref()
-                .map(|c| format!("container {}", c.state))
-                .unwrap_or_else(|| "no container".into());
-            checks.push(fail(
-                "builder",
-                format!(
-                    "state {} ({container}): {}",
-                    s.state.as_str(),
-                    s.reason.as_deref().unwrap_or("not healthy").lines().next().unwrap_or("")
-                ),
-                "see `builderctl logs` and `builderctl logs --container`; `builderctl up` starts it again",
-            ))
-        }
-        Err(e) => {
-            checks.push(fail(
-                "daemon",
-                format!("not reachable: {e}"),
-                "run `builderctl up` (or `sudo builderctl install` to keep it running)",
-            ));
-            // Without the daemon, ask the engine about the container directly.
-            let ep = builderd::docker::resolve_endpoint(cfg);
-            if let Ok(d) = builderd::docker::connect(&ep).await
-                && let Ok(Some(c)) = builderd::docker::find(
-                    &d,
-                    &cfg.container_name,
-                    &builderd::docker::owner_id(&cfg.state_dir),
-                )
-                .await
-                && !c.running
-            {
-                checks.push(fail(
-                    "builder",
-                    format!("container {} is {}", cfg.container_name, c.state),
-                    "run `builderctl up`: it starts the container and keeps it running",
-                ));
-            }
-        }
-    }
-
-    // The engine.
-    let ep = builderd::docker::resolve_endpoint(cfg);
-    match builderd::docker::connect(&ep).await {
-        Ok(_) => checks.push(pass(
-            "docker",
-            format!("reachable at {} (from {})", ep.host, ep.source),
-        )),
-        Err(e) => checks.push(fail(
-            "docker",
-            format!("not reachable at {} (from {}): {e}", ep.host, ep.source),
-            "start Docker Desktop (or Colima/OrbStack), or set `docker_host` in the config to the engine's socket",
-        )),
-    }
-
-    // Rosetta and x86_64.
-    checks.push(rosetta_check());
-    if up {
-        let cmd = format!(
-            "echo {X86_64_PROBE} | base64 -d > /tmp/builderd-x86-probe && chmod +x /tmp/builderd-x86-probe; /tmp/builderd-x86-probe; echo \"exit=$?\"; rm -f /tmp/builderd-x86-probe"
-        );
-        match on_builder(cfg, &cmd) {
-            Ok(o) if o.contains("exit=42") => {
-                let how = status
-                    .as_ref()
-                    .ok()
-                    .and_then(|s| s.builder.as_ref())
-                    .map(|b| b.x86_64.clone())
-                    .unwrap_or_default();
-                checks.push(pass("x86_64", format!("the builder runs x86_64 programs ({how})")))
-            }
-            Ok(o) => checks.push(fail(
-                "x86_64",
-                format!("an x86_64 program did not run on the builder ({})", o.trim()),
-                "turn on \"Use Rosetta for x86_64/amd64 emulation on Apple Silicon\" in Docker Desktop's settings, then `builderctl down && builderctl up`",
-            )),
-            Err(e) => {
-                let fix = if e.contains("Permission denied") {
-                    KEY_REFUSED
-                } else {
-                    "see `builderctl status` and `builderctl logs`"
-                };
-                checks.push(fail("x86_64", format!("could not run the probe: {e}"), fix))
-            }
-        }
-    }
-
-    // The port.
-    let ours = status
-        .as_ref()
-        .is_ok_and(|s| s.container.as_ref().is_some_and(|c| c.state == "running"));
-    if builderd::port::is_free(cfg.port) {
-        checks.push(pass("port", format!("127.0.0.1:{} is free", cfg.port)));
-    } else if ours {
-        checks.push(pass(
-            "port",
-            format!("127.0.0.1:{} is the builder's", cfg.port),
-        ));
-    } else {
-        let holder = builderd::port::holder(cfg.port).unwrap_or_else(|| "another process".into());
-        checks.push(fail(
+/// The port the engine really publishes, against the config's.
+fn check_port(ctx: &Ctx) -> Vec<Check> {
+    let cfg = ctx.cfg;
+    let taken = |holder: String| {
+        fail(
             "port",
             format!("127.0.0.1:{} is taken by {holder}", cfg.port),
             format!(
                 "stop {holder}, or set `port` in {} to a free port",
                 cfg.file.display()
             ),
-        ));
+        )
+    };
+    let holder = || builderd::port::holder(cfg.port).unwrap_or_else(|| "another process".into());
+    if cfg.on_demand {
+        return vec![on_demand_port(ctx, &holder)];
     }
+    vec![match ctx.container.as_ref().filter(|c| c.running) {
+        Some(c) => match &c.published {
+            Some((ip, p)) if *p == cfg.port && ip == "127.0.0.1" => pass(
+                "port",
+                format!("127.0.0.1:{p} is the builder's (the engine publishes it)"),
+            ),
+            Some((ip, p)) if *p == cfg.port => fail(
+                "port",
+                format!("the engine publishes the builder on {ip}:{p}, not on 127.0.0.1 only"),
+                "run `builderctl down && builderctl up`: it publishes the port on 127.0.0.1",
+            ),
+            Some((ip, p)) => {
+                let now = if builderd::port::is_free(cfg.port) {
+                    "free".to_string()
+                } else {
+                    format!("taken by {}", holder())
+                };
+                fail(
+                    "port",
+                    format!(
+                        "the engine publishes the builder on {ip}:{p}, but {} says port {} ({now})",
+                        cfg.file.display(),
+                        cfg.port
+                    ),
+                    "run `builderctl up`: it re-creates the container on the config's port (choose a free one)",
+                )
+            }
+            None => fail(
+                "port",
+                "the engine publishes no port for the builder",
+                "run `builderctl down && builderctl up`",
+            ),
+        },
+        None if builderd::port::is_free(cfg.port) => {
+            pass("port", format!("127.0.0.1:{} is free", cfg.port))
+        }
+        None => taken(holder()),
+    }]
+}
 
-    // The key files.
-    match builderd::keys::load_client_keys(&cfg.public_key, &cfg.private_key) {
-        Ok(k) => checks.push(pass(
-            "keys",
-            format!("{} ({})", cfg.public_key.display(), k.fingerprint),
-        )),
-        Err(e) => checks.push(fail(
-            "keys",
-            e.to_string(),
-            "fix the key files named above (`ssh-keygen -t ed25519` makes a new pair), then `builderctl up`",
-        )),
+/// On demand, builderd's relay holds the configured port and the engine publishes sshd on
+/// another loopback port.
+fn on_demand_port(ctx: &Ctx, holder: &dyn Fn() -> String) -> Check {
+    let cfg = ctx.cfg;
+    let daemon = ctx.status().map(|s| s.pid);
+    if builderd::port::is_free(cfg.port) {
+        return if ctx.down() {
+            pass("port", format!("127.0.0.1:{} is free", cfg.port))
+        } else {
+            fail(
+                "port",
+                format!("127.0.0.1:{} is not held by builderd's relay", cfg.port),
+                "run `builderctl up`",
+            )
+        };
     }
+    let h = holder();
+    let ours = daemon.is_some_and(|pid| h.starts_with(&format!("pid {pid} ")));
+    if !ours {
+        return fail(
+            "port",
+            format!("127.0.0.1:{} is taken by {h}", cfg.port),
+            format!(
+                "stop {h}, or set `port` in {} to a free port",
+                cfg.file.display()
+            ),
+        );
+    }
+    match ctx
+        .container
+        .as_ref()
+        .filter(|c| c.running)
+        .and_then(|c| c.published.clone())
+    {
+        Some((ip, p)) if ip != "127.0.0.1" => fail(
+            "port",
+            format!("the engine publishes the builder's sshd on {ip}:{p}, not on 127.0.0.1 only"),
+            "run `builderctl down && builderctl up`",
+        ),
+        Some((_, p)) => pass(
+            "port",
+            format!(
+                "127.0.0.1:{} is builderd's relay, to sshd on 127.0.0.1:{p}",
+                cfg.port
+            ),
+        ),
+        None => pass(
+            "port",
+            format!(
+                "127.0.0.1:{} is builderd's relay (the builder sleeps)",
+                cfg.port
+            ),
+        ),
+    }
+}
 
-    // The host's Nix against the machines line's URI form.
-    let version = builderd::hostnix::host_version();
-    let machines = std::fs::read_to_string(&cfg.registration.machines_file).unwrap_or_default();
-    let uri = block::body(&machines, &cfg.container_name)
-        .and_then(|b| b.first().cloned())
-        .and_then(|l| l.split_whitespace().next().map(str::to_string));
-    match (&uri, version) {
-        (None, _) => checks.push(if up {
+fn check_keys(ctx: &Ctx) -> Vec<Check> {
+    let cfg = ctx.cfg;
+    vec![
+        match builderd::keys::load_client_keys(&cfg.public_key, &cfg.private_key) {
+            Ok(k) => pass(
+                "keys",
+                format!("{} ({})", cfg.public_key.display(), k.fingerprint),
+            ),
+            Err(e) => fail(
+                "keys",
+                e.to_string(),
+                "fix the key files named above (`ssh-keygen -t ed25519` makes a new pair), then `builderctl up`",
+            ),
+        },
+    ]
+}
+
+/// The host's Nix against the machines line's URI form, and field 8 against the volume's key.
+fn check_nix_uri(ctx: &Ctx) -> Vec<Check> {
+    let cfg = ctx.cfg;
+    let Some(line) = ctx.machines_line() else {
+        return vec![if ctx.down() {
+            warn(
+                "nix-uri",
+                "no machines line (the builder is down)",
+                "run `builderctl up`",
+            )
+        } else {
             fail(
                 "nix-uri",
                 format!(
@@ -274,153 +606,90 @@ pub async fn run(cfg: &Config, build_test: bool, out: &Out) -> u8 {
                 ),
                 "run `builderctl up`; see `builderctl status` for why it could not be written",
             )
-        } else {
-            warn(
-                "nix-uri",
-                "no machines line (the builder is not up)",
-                "run `builderctl up`",
-            )
-        }),
-        (Some(u), v) => {
-            let host_port = u.contains('@')
-                && u.rsplit(':')
-                    .next()
-                    .is_some_and(|p| p.parse::<u16>().is_ok());
-            let vs = v.map_or("unknown".to_string(), |(a, b, c)| format!("{a}.{b}.{c}"));
-            if host_port && v.is_some_and(|v| v < (2, 31, 0)) {
-                checks.push(fail(
-                    "nix-uri",
-                    format!("{u} needs Nix 2.31 or newer; this host has {vs}"),
-                    "set `uri = \"alias\"` under [registration] (or remove `uri`), then `builderctl up`",
-                ));
-            } else {
-                checks.push(pass("nix-uri", format!("{u} suits the host's Nix {vs}")));
-            }
-        }
+        }];
+    };
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let uri = fields.first().copied().unwrap_or("");
+    let Some(v) = builderd::hostnix::host_version() else {
+        return vec![fail(
+            "nix-uri",
+            "no `nix` (or `nix-store`) on PATH: the host's Nix is unknown",
+            "install Nix, or put its bin directory on PATH",
+        )];
+    };
+    let vs = format!("{}.{}.{}", v.0, v.1, v.2);
+    let host_port = uri.contains('@')
+        && uri
+            .rsplit(':')
+            .next()
+            .is_some_and(|p| p.parse::<u16>().is_ok());
+    if host_port && v < (2, 31, 0) {
+        return vec![fail(
+            "nix-uri",
+            format!("{uri} needs Nix 2.31 or newer; this host has {vs}"),
+            "set `uri = \"alias\"` under [registration] (or remove `uri`), then `builderctl up`",
+        )];
     }
-
-    // builders-use-substitutes as Nix reads it.
-    checks.push(substitutes_check(cfg));
-
-    // Who owns nix.conf and machines.
-    for (what, path) in [
-        ("nix.conf", &cfg.registration.nix_conf),
-        ("machines", &cfg.registration.machines_file),
-    ] {
-        checks.push(owner_check(what, path, status.as_ref().ok()));
-    }
-
-    // root reaches the builder with its own known_hosts and config.
-    if up {
-        checks.push(root_check(cfg));
-        checks.push(sandbox_check(cfg));
-    }
-
-    // Disk.
-    if let Some(b) = status.as_ref().ok().and_then(|s| s.builder.as_ref())
-        && let Some(free) = b.disk_free_bytes
-    {
-        if free < cfg.builder.min_free {
-            checks.push(fail(
-                "disk",
-                format!("only {} free for the builder's store", human_bytes(free)),
-                "run `builderctl gc`, or free space on the Docker disk",
-            ));
-        } else if free < 4 * cfg.builder.min_free {
-            checks.push(warn(
-                "disk",
-                format!("{} free for the builder's store", human_bytes(free)),
-                "run `builderctl gc` soon",
-            ));
-        } else {
-            checks.push(pass("disk", format!("{} free", human_bytes(free))));
-        }
-    }
-
-    // Each remote builder.
-    if let Ok(s) = &status {
-        checks.extend(s.remotes.iter().map(remote_check));
-    }
-
-    if build_test {
-        checks.push(build_check(cfg));
-    }
-
-    let mut failed = false;
-    for c in &checks {
-        let tag = match c.verdict {
-            Verdict::Pass => paint("PASS", "32", out.color()),
-            Verdict::Warn => paint("WARN", "33", out.color()),
-            Verdict::Fail => {
-                failed = true;
-                paint("FAIL", "31", out.color())
-            }
-        };
-        println!("{tag}  {:<10} {}", c.name, c.message);
-        if let Some(f) = &c.fix {
-            for (i, l) in f.lines().enumerate() {
-                println!(
-                    "      {:<10} {}{l}",
-                    "",
-                    if i == 0 { "fix: " } else { "     " }
-                );
-            }
-        }
-    }
-    if failed { exit::DOCTOR } else { exit::OK }
-}
-
-fn paint(s: &str, code: &str, color: bool) -> String {
-    if color {
-        format!("\x1b[{code}m{s}\x1b[0m")
-    } else {
-        s.to_string()
-    }
-}
-
-fn rosetta_check() -> Check {
-    if !cfg!(target_os = "macos") {
-        return pass(
-            "rosetta",
-            format!("not needed: the host is {}-linux", std::env::consts::ARCH),
-        );
-    }
-    if std::env::consts::ARCH != "aarch64" {
-        return pass("rosetta", "not needed on an Intel Mac");
-    }
-    if !Path::new("/Library/Apple/usr/libexec/oah/libRosettaRuntime").exists() {
-        return fail(
-            "rosetta",
-            "Rosetta is not installed",
-            "softwareupdate --install-rosetta --agree-to-license",
-        );
-    }
-    let settings = builderd::config::home_dir()
-        .join("Library/Group Containers/group.com.docker/settings-store.json");
-    let legacy = builderd::config::home_dir()
-        .join("Library/Group Containers/group.com.docker/settings.json");
-    let on = [settings, legacy].iter().find_map(|p| {
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
-        v.get("UseVirtualizationFrameworkRosetta")
-            .or_else(|| v.get("useVirtualizationFrameworkRosetta"))
-            .and_then(|b| b.as_bool())
+    // Field 8 must be this volume's host key, or ssh refuses the builder (or, worse, accepts
+    // another one).
+    let host_pub = cfg.volume_dir().join("id_ed25519.pub");
+    let want = std::fs::read_to_string(&host_pub)
+        .ok()
+        .map(|t| t.split_whitespace().take(2).collect::<Vec<_>>().join(" "));
+    let field8 = fields.get(7).copied().unwrap_or("-");
+    let got = (field8 != "-").then(|| {
+        base64::engine::general_purpose::STANDARD
+            .decode(field8)
+            .ok()
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
     });
-    match on {
-        Some(true) => pass("rosetta", "installed, and Docker Desktop uses it"),
-        Some(false) => fail(
-            "rosetta",
-            "Docker Desktop's Rosetta setting is off",
-            "Docker Desktop → Settings → General: turn on \"Use Rosetta for x86_64/amd64 emulation on Apple Silicon\"",
+    vec![match (got, want) {
+        (Some(got), Some(want)) if got != want => fail(
+            "nix-uri",
+            format!(
+                "field 8 of the machines line is not the builder's host key ({})",
+                host_pub.display()
+            ),
+            format!(
+                "run `builderctl up` (it rewrites its line in {})",
+                cfg.registration.machines_file.display()
+            ),
         ),
-        None => warn(
-            "rosetta",
-            "installed; Docker Desktop's setting could not be read",
-            "check Docker Desktop → Settings → General → \"Use Rosetta for x86_64/amd64 emulation\"",
+        (Some(_), None) => warn(
+            "nix-uri",
+            format!(
+                "{uri} suits the host's Nix {vs}; the builder's host key ({}) cannot be read to compare with field 8",
+                host_pub.display()
+            ),
+            "run doctor as the user (or root) that runs builderd",
         ),
-    }
+        (None, _) if !host_port => fail(
+            "nix-uri",
+            format!("{uri} has no host key in field 8"),
+            "run `builderctl up` (it writes field 8)",
+        ),
+        (Some(_), Some(_)) => pass(
+            "nix-uri",
+            format!("{uri} suits the host's Nix {vs}; field 8 is the builder's host key"),
+        ),
+        (None, _) => pass(
+            "nix-uri",
+            format!("{uri} suits the host's Nix {vs} (its host key is in root's known_hosts)"),
+        ),
+    }]
 }
 
-fn substitutes_check(cfg: &Config) -> Check {
+/// `builders-use-substitutes` as the nix-daemon reads it: the system's nix.conf and its
+/// includes, never the invoking user's own files.
+fn check_substitute(ctx: &Ctx) -> Vec<Check> {
+    let cfg = ctx.cfg;
     let dir = cfg
         .registration
         .nix_conf
@@ -432,7 +701,11 @@ fn substitutes_check(cfg: &Config) -> Check {
             .args(sub.split(' '))
             .args(["--extra-experimental-features", "nix-command"])
             .env("NIX_CONF_DIR", &dir)
+            // An empty list: no user file at all (the XDG ones included).
+            .env("NIX_USER_CONF_FILES", "")
             .env_remove("NIX_CONFIG")
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("XDG_CONFIG_DIRS")
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .output()
@@ -447,13 +720,12 @@ fn substitutes_check(cfg: &Config) -> Check {
         "builders-use-substitutes",
         &read,
     );
-    let value = match &shown {
-        Some(text) => text.lines().find_map(|l| {
+    let value = shown.as_ref().and_then(|text| {
+        text.lines().find_map(|l| {
             let (k, v) = l.split_once('=')?;
             (k.trim() == "builders-use-substitutes").then(|| v.trim().to_string())
-        }),
-        None => None,
-    };
+        })
+    });
     // What Nix shows; without a nix binary, what the files say (builderd's own block included).
     let effective = value.or_else(|| {
         let text = read(&cfg.registration.nix_conf).unwrap_or_default();
@@ -462,28 +734,36 @@ fn substitutes_check(cfg: &Config) -> Check {
             .map(|_| "true".to_string())
             .or(file_value.as_ref().map(|s| s.value.clone()))
     });
-    match effective.as_deref() {
+    let how = if shown.is_some() {
+        "as the nix-daemon reads it"
+    } else {
+        "in the files"
+    };
+    vec![match effective.as_deref() {
         Some("true") => pass(
             "substitute",
-            format!(
-                "builders-use-substitutes = true ({})",
-                if shown.is_some() {
-                    "as Nix reads it"
-                } else {
-                    "in the files"
-                }
-            ),
+            format!("builders-use-substitutes = true ({how})"),
+        ),
+        // Unset while down: `up` sets it, nothing is wrong.
+        _ if ctx.down() && file_value.is_none() => warn(
+            "substitute",
+            "builders-use-substitutes is unset (the builder is down)",
+            "`builderctl up` sets it",
         ),
         other => {
             let where_ = file_value
+                .as_ref()
                 .filter(|s| s.value != "true")
                 .map(|s| format!(" ({}:{} sets it)", s.file.display(), s.line))
                 .unwrap_or_default();
             fail(
                 "substitute",
                 format!(
-                    "builders-use-substitutes is {}{where_}",
-                    other.unwrap_or("false (unset)")
+                    "builders-use-substitutes is {}{where_} ({how})",
+                    match (other, &file_value) {
+                        (Some(v), Some(_)) => v,
+                        _ => "false (unset)",
+                    }
                 ),
                 format!(
                     "set `builders-use-substitutes = true` in {} (builderd leaves a value you wrote), then restart the nix-daemon",
@@ -491,18 +771,71 @@ fn substitutes_check(cfg: &Config) -> Check {
                 ),
             )
         }
-    }
+    }]
 }
 
-fn owner_check(what: &'static str, path: &Path, status: Option<&Status>) -> Check {
-    let name = if what == "nix.conf" {
-        "nix.conf"
-    } else {
-        "machines"
-    };
+fn check_owners(ctx: &Ctx) -> Vec<Check> {
+    let reg = &ctx.cfg.registration;
+    vec![
+        owner_check(ctx, "nix.conf", &reg.nix_conf),
+        owner_check(ctx, "machines", &reg.machines_file),
+    ]
+}
+
+fn owner_check(ctx: &Ctx, name: &'static str, path: &Path) -> Check {
+    // A link is judged by where it leads (nix-darwin's may dangle outside a Mac); anything
+    // else must be a plain file that exists.
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link {
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return if ctx.down() {
+                    warn(
+                        name,
+                        format!("{} does not exist (the builder is down)", path.display()),
+                        "`builderctl up` creates it",
+                    )
+                } else {
+                    fail(
+                        name,
+                        format!("{} does not exist", path.display()),
+                        "run `builderctl up`; see `builderctl status` for why it could not be written",
+                    )
+                };
+            }
+            Err(e) => {
+                return fail(
+                    name,
+                    format!("{} cannot be read: {e}", path.display()),
+                    "run doctor as the user (or root) that runs builderd",
+                );
+            }
+            Ok(m) if m.is_dir() => {
+                return fail(
+                    name,
+                    format!("{} is a directory, not a file", path.display()),
+                    format!(
+                        "move {} aside, then `builderctl up` writes the file",
+                        path.display()
+                    ),
+                );
+            }
+            Ok(m) if !m.is_file() => {
+                return fail(
+                    name,
+                    format!("{} is not a plain file", path.display()),
+                    format!(
+                        "move {} aside, then `builderctl up` writes the file",
+                        path.display()
+                    ),
+                );
+            }
+            Ok(_) => {}
+        }
+    }
     match resolve_target(path) {
         Target::NixDarwin => {
-            let detail = status.and_then(|s| {
+            let detail = ctx.status().and_then(|s| {
                 s.registrations
                     .iter()
                     .find(|r| r.path == path.display().to_string())
@@ -510,7 +843,7 @@ fn owner_check(what: &'static str, path: &Path, status: Option<&Status>) -> Chec
             });
             // Already said in the nix-darwin configuration? The generated file tells.
             let text = std::fs::read_to_string(path).unwrap_or_default();
-            let done = match what {
+            let done = match name {
                 "nix.conf" => text
                     .lines()
                     .any(|l| l.replace(' ', "") == "builders-use-substitutes=true"),
@@ -549,7 +882,7 @@ fn owner_check(what: &'static str, path: &Path, status: Option<&Status>) -> Chec
         ),
         Target::Write(real) => {
             let text = std::fs::read_to_string(path).unwrap_or_default();
-            if what == "nix.conf" && nix_conf::determinate_custom_conf(path, &text).is_some() {
+            if name == "nix.conf" && nix_conf::determinate_custom_conf(path, &text).is_some() {
                 pass(
                     name,
                     format!(
@@ -569,87 +902,376 @@ fn owner_check(what: &'static str, path: &Path, status: Option<&Status>) -> Chec
     }
 }
 
-fn root_check(cfg: &Config) -> Check {
-    let Some(config) = root_ssh_config(cfg) else {
-        return warn(
-            "root-ssh",
-            "no ssh_config is configured for root",
-            "add root's ~/.ssh/config to `ssh_config`",
-        );
-    };
-    let mut cmd = Command::new("ssh");
-    if builderd::fsutil::current_euid() != 0 {
-        cmd = Command::new("sudo");
-        cmd.args(["-n", "ssh"]);
+/// root's home directory, from the password database.
+fn root_home() -> PathBuf {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() >= 7 && f[2] == "0").then(|| PathBuf::from(f[5]))
+            })
+        })
+        .unwrap_or_else(|| {
+            PathBuf::from(if cfg!(target_os = "macos") {
+                "/var/root"
+            } else {
+                "/root"
+            })
+        })
+}
+
+/// The ssh_config that root's plain `ssh ALIAS` reads (besides the system-wide one).
+fn root_ssh_config() -> PathBuf {
+    root_home().join(".ssh/config")
+}
+
+/// Whether an ssh_config file has a `Host` line naming `alias`.
+fn defines_alias(path: &Path, alias: &str) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|t| {
+        t.lines().any(|l| {
+            let mut w = l.split_whitespace();
+            w.next().is_some_and(|k| k.eq_ignore_ascii_case("host")) && w.any(|h| h == alias)
+        })
+    })
+}
+
+/// The nix-daemon connects as root with root's own ssh: run exactly that, with no shared
+/// connection to lean on.
+fn check_root_ssh(ctx: &Ctx) -> Vec<Check> {
+    if !ctx.up() {
+        return vec![];
     }
+    let cfg = ctx.cfg;
+    let alias = cfg.alias();
+    let config = root_ssh_config();
+    let as_root = builderd::fsutil::current_euid() == 0;
+    let mut cmd = if as_root {
+        Command::new("ssh")
+    } else {
+        let mut c = Command::new("sudo");
+        c.args(["-n", "ssh"]);
+        c
+    };
     let o = cmd
-        .arg("-F")
-        .arg(&config)
         .args([
             "-o",
             "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
             "-o",
             "ControlMaster=no",
             "-o",
             "ControlPath=none",
         ])
-        .arg(cfg.alias())
+        .arg(alias)
         .arg("true")
         .stdin(Stdio::null())
         .output();
-    match o {
-        Ok(o) if o.status.success() => pass(
-            "root-ssh",
-            format!("root reaches `{}` with {}", cfg.alias(), config.display()),
-        ),
-        Ok(o) if String::from_utf8_lossy(&o.stderr).contains("Permission denied") => {
-            fail("root-ssh", "the builder refused root's key", KEY_REFUSED)
+    let sudo_fix = "run `sudo builderctl doctor`: root's ssh can only be tried as root";
+    let o = match o {
+        Ok(o) => o,
+        Err(e) if !as_root => {
+            return vec![warn(
+                "root-ssh",
+                format!("not tried: this is not root, and sudo cannot run ({e})"),
+                sudo_fix,
+            )];
         }
-        Ok(o) => fail(
+        Err(e) => {
+            return vec![fail(
+                "root-ssh",
+                format!("cannot run ssh: {e}"),
+                "install OpenSSH's client",
+            )];
+        }
+    };
+    let err = String::from_utf8_lossy(&o.stderr);
+    let last = err.trim().lines().last().unwrap_or("").to_string();
+    if o.status.success() {
+        return vec![pass(
             "root-ssh",
             format!(
-                "root cannot reach the builder: {}",
-                String::from_utf8_lossy(&o.stderr)
-                    .trim()
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-            ),
-            format!(
-                "the nix-daemon connects as root: run builderd as root (`sudo builderctl install`) so that it keeps {} and root's known_hosts true",
+                "root's own `ssh {alias}` reaches the builder ({})",
                 config.display()
             ),
-        ),
-        Err(e) => fail(
+        )];
+    }
+    if !as_root && (err.contains("password is required") || err.starts_with("sudo:")) {
+        return vec![warn(
             "root-ssh",
-            format!("cannot run ssh: {e}"),
-            "install OpenSSH's client",
+            format!("not tried: this is not root, and sudo asks for a password ({last})"),
+            sudo_fix,
+        )];
+    }
+    let keep = format!(
+        "add {} to `ssh_config` (and root's known_hosts to `known_hosts`) under [registration] in {}, and run builderd as root (`sudo builderctl install`) so that it keeps them true",
+        config.display(),
+        cfg.file.display()
+    );
+    vec![if err.contains("Could not resolve hostname") {
+        let why = if !config.exists() {
+            format!("{} does not exist", config.display())
+        } else if !defines_alias(&config, alias) {
+            format!("{} has no `Host {alias}`", config.display())
+        } else {
+            last.clone()
+        };
+        fail(
+            "root-ssh",
+            format!("root's `ssh {alias}` cannot resolve the alias: {why}"),
+            keep,
+        )
+    } else if err.contains("Host key verification failed")
+        || err.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+    {
+        fail(
+            "root-ssh",
+            format!("root's `ssh {alias}` does not accept the builder's host key"),
+            keep,
+        )
+    } else if err.contains("Permission denied") {
+        fail("root-ssh", "the builder refused root's key", KEY_REFUSED)
+    } else {
+        fail(
+            "root-ssh",
+            format!("root's `ssh {alias}` cannot reach the builder: {last}"),
+            keep,
+        )
+    }]
+}
+
+/// A real build through builderd's machines line alone.
+struct Built {
+    out: String,
+    text: String,
+    took: Duration,
+}
+
+/// Escapes `s` for a Nix double-quoted string.
+fn nix_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                o.push('\\');
+                o.push(c);
+            }
+            '$' => o.push_str("\\$"),
+            _ => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// Builds a derivation for `system` whose builder is `/bin/sh -c script`, through a machines
+/// file holding only builderd's line, with no shared ssh connection; then reads the output back
+/// from this builder's store (the pinned host key makes it this container and no other).
+fn remote_build(ctx: &Ctx, system: &str, script: &str) -> Result<Built, String> {
+    let cfg = ctx.cfg;
+    let line = ctx.machines_line().ok_or_else(|| {
+        format!(
+            "{} has no builderd line",
+            cfg.registration.machines_file.display()
+        )
+    })?;
+    let dir =
+        std::env::temp_dir().join(format!("builderd-doctor-{}-{}", std::process::id(), system));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let result = remote_build_in(ctx, &dir, &line, system, script);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn remote_build_in(
+    ctx: &Ctx,
+    dir: &Path,
+    line: &str,
+    system: &str,
+    script: &str,
+) -> Result<Built, String> {
+    let cfg = ctx.cfg;
+    let machines = dir.join("machines");
+    std::fs::write(&machines, format!("{line}\n")).map_err(|e| e.to_string())?;
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let drv = dir.join("probe.nix");
+    std::fs::write(
+        &drv,
+        format!(
+            "derivation {{ name = \"builderd-doctor\"; system = {}; builder = \"/bin/sh\"; nonce = \"{nonce}\"; args = [ \"-c\" {} ]; }}\n",
+            nix_str(system),
+            nix_str(script)
         ),
+    )
+    .map_err(|e| e.to_string())?;
+    // The file that root's (the nix-daemon's) ssh reads; else one of builderd's that has the
+    // alias, for a single-user Nix that runs ssh as this user.
+    let alias = cfg.alias();
+    let ssh_config = std::iter::once(root_ssh_config())
+        .chain(cfg.registration.ssh_config.iter().cloned())
+        .find(|p| defines_alias(p, alias));
+    let mut sshopts = "-o ControlMaster=no -o ControlPath=none".to_string();
+    if let Some(c) = &ssh_config {
+        sshopts = format!("-F {} {sshopts}", c.display());
+    }
+    let mut cmd = Command::new("nix-build");
+    cmd.arg(&drv)
+        .args(["--no-out-link", "--max-jobs", "0"])
+        .arg("--builders")
+        .arg(format!("@{}", machines.display()))
+        .args(["--option", "substituters", ""])
+        .env("NIX_SSHOPTS", sshopts)
+        .stdin(Stdio::null());
+    // A single-user Nix without build users (no nix-daemon): build as this user.
+    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    if !groups.lines().any(|l| l.starts_with("nixbld:"))
+        && !Path::new("/nix/var/nix/daemon-socket/socket").exists()
+    {
+        cmd.args(["--option", "build-users-group", ""]);
+    }
+    let start = Instant::now();
+    let o = cmd
+        .output()
+        .map_err(|e| format!("cannot run nix-build: {e}"))?;
+    let took = start.elapsed();
+    if !o.status.success() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        // Nix's own error, not the progress lines before it.
+        let why = err
+            .lines()
+            .find(|l| l.trim_start().starts_with("error"))
+            .or_else(|| err.trim().lines().last())
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        return Err(format!("the build failed: {why}"));
+    }
+    let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    if !out.starts_with("/nix/store/") {
+        return Err(format!("nix-build printed no store path: {out:?}"));
+    }
+    let text = on_builder(cfg, &format!("cat '{out}'"))
+        .map_err(|e| format!("{out} is not in this builder's store: {e}"))?;
+    Ok(Built { out, text, took })
+}
+
+fn sandbox_fix(cfg: &Config) -> String {
+    if cfg.builder.sandbox {
+        "the container lacks what Nix's sandbox needs: see `builderctl logs --container`, and the README's section on privileges".to_string()
+    } else {
+        format!(
+            "set `sandbox = true` under [builder] in {}, then `builderctl up`",
+            cfg.file.display()
+        )
     }
 }
 
-fn sandbox_check(cfg: &Config) -> Check {
-    if !cfg.builder.sandbox {
-        return warn(
-            "sandbox",
-            "Nix's build sandbox is off in the builder (`sandbox = false`)",
-            "on an engine that allows privileged containers, set `privileged = true` and `sandbox = true` under [builder]",
-        );
+/// Proves the sandbox with a build that looks at itself: pid 1 in its own namespace, no /usr,
+/// building in /build. What it wrote decides, not what Nix printed.
+fn check_sandbox(ctx: &Ctx) -> Vec<Check> {
+    if !ctx.up() {
+        return vec![];
     }
-    let cmd = "nix-build --no-out-link --option sandbox true --option sandbox-fallback false -E 'derivation { name = \"builderd-sandbox-probe\"; system = builtins.currentSystem; builder = \"/bin/sh\"; args = [ \"-c\" \"echo $RANDOM > $out\" ]; nonce = builtins.currentTime; }' 2>&1 | tail -n 2";
-    match on_builder(cfg, cmd) {
-        Ok(o) if o.contains("/nix/store/") => {
-            pass("sandbox", "a sandboxed build works in the builder")
+    let system = ctx
+        .status()
+        .and_then(|s| s.builder.as_ref())
+        .and_then(|b| b.systems.first().cloned())
+        .unwrap_or_else(|| "x86_64-linux".to_string());
+    // Builds run with PATH unset: shell builtins only.
+    let script = "if [ \"$$\" = 1 ]; then p=pid1; else p=notpid1; fi; \
+                  if [ -e /usr ]; then u=usr-present; else u=usr-absent; fi; \
+                  echo \"$p $u dir=$PWD\" > \"$out\"";
+    vec![match remote_build(ctx, &system, script) {
+        Ok(b) => {
+            let seen = b.text.trim();
+            if seen == "pid1 usr-absent dir=/build" {
+                pass(
+                    "sandbox",
+                    "a build in the builder ran sandboxed (as process 1, without /usr, in /build)",
+                )
+            } else {
+                fail(
+                    "sandbox",
+                    format!("a build in the builder ran without the sandbox (it saw: {seen})"),
+                    sandbox_fix(ctx.cfg),
+                )
+            }
         }
-        Ok(o) | Err(o) => fail(
+        Err(e) if e.contains("sandbox") || e.contains("namespaces") => fail(
             "sandbox",
-            format!(
-                "a sandboxed build fails: {}",
-                o.trim().lines().last().unwrap_or("")
-            ),
-            "the sandbox needs a privileged container: set `privileged = true` under [builder] (or `sandbox = false` to build without it)",
+            format!("the sandbox probe did not build: {e}"),
+            sandbox_fix(ctx.cfg),
         ),
+        Err(e) => fail(
+            "sandbox",
+            format!("not proven: the probe could not build through builderd's line: {e}"),
+            "see the checks above (keys, root-ssh, nix-uri); `builderctl doctor --build-test` shows the build alone",
+        ),
+    }]
+}
+
+fn check_disk(ctx: &Ctx) -> Vec<Check> {
+    // Only a running builder's disk is a fact now.
+    if !ctx.up() {
+        return vec![];
     }
+    let Some(free) = ctx
+        .status()
+        .and_then(|s| s.builder.as_ref())
+        .and_then(|b| b.disk_free_bytes)
+    else {
+        return vec![];
+    };
+    let min = ctx.cfg.builder.min_free;
+    vec![if free < min {
+        fail(
+            "disk",
+            format!("only {} free for the builder's store", human_bytes(free)),
+            "run `builderctl gc`, or free space on the Docker disk",
+        )
+    } else if free < 4 * min {
+        warn(
+            "disk",
+            format!("{} free for the builder's store", human_bytes(free)),
+            "run `builderctl gc` soon",
+        )
+    } else {
+        pass("disk", format!("{} free", human_bytes(free)))
+    }]
+}
+
+/// Each remote builder: what the daemon last saw, and whether the machines file says the same.
+fn check_remotes(ctx: &Ctx) -> Vec<Check> {
+    let Some(st) = ctx.status() else {
+        return Vec::new();
+    };
+    let machines = std::fs::read_to_string(&ctx.cfg.registration.machines_file).unwrap_or_default();
+    st.remotes
+        .iter()
+        .map(|r| {
+            let in_file = block::body(&machines, &r.name).is_some_and(|b| !b.is_empty());
+            if r.listed != in_file && st.desired == "up" {
+                return fail(
+                    "remote",
+                    format!(
+                        "{} ({}:{}): the daemon says it is {}listed, but {} {} its line",
+                        r.name,
+                        r.address,
+                        r.port,
+                        if r.listed { "" } else { "not " },
+                        ctx.cfg.registration.machines_file.display(),
+                        if in_file { "has" } else { "lacks" }
+                    ),
+                    "run `builderctl check`; if it stays so, `builderctl logs` says why the file could not be written",
+                );
+            }
+            remote_check(r)
+        })
+        .collect()
 }
 
 /// One remote builder, as the daemon last saw it.
@@ -709,69 +1331,91 @@ fn remote_check(r: &builderd::protocol::RemoteStatus) -> Check {
     }
 }
 
-fn build_check(cfg: &Config) -> Check {
-    let dir = match tempfile_dir() {
-        Ok(d) => d,
-        Err(e) => return fail("build", e, "check the temp dir"),
+/// With `--build-test`: a tiny build for every system the builder reports.
+fn check_build(ctx: &Ctx) -> Vec<Check> {
+    if !ctx.build_test {
+        return vec![];
+    }
+    let systems = ctx
+        .status()
+        .and_then(|s| s.builder.as_ref())
+        .map(|b| b.systems.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| vec!["x86_64-linux".to_string()]);
+    // How the builder said it runs each system: native, rosetta, qemu.
+    let how = |system: &str| {
+        ctx.status()
+            .and_then(|s| s.builder.as_ref())
+            .and_then(|b| b.platforms.iter().find(|p| p.system == system))
+            .map(|p| p.how.clone())
     };
-    let drv = dir.join("probe.nix");
-    let nonce = format!("{:?}", std::time::SystemTime::now());
-    let text = format!(
-        "derivation {{ name = \"builderd-doctor\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; nonce = \"{nonce}\"; args = [ \"-c\" \"/bin/uname -n > $out\" ]; }}\n"
-    );
-    if let Err(e) = std::fs::write(&drv, text) {
-        return fail("build", e.to_string(), "check the temp dir");
-    }
-    let mut cmd = Command::new("nix-build");
-    cmd.arg(&drv)
-        .args(["--no-out-link", "--max-jobs", "0"])
-        .arg("--builders")
-        .arg(format!("@{}", cfg.registration.machines_file.display()))
-        .stdin(Stdio::null());
-    // A single-user Nix without build users (no nix-daemon): build as this user.
-    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    if !groups.lines().any(|l| l.starts_with("nixbld:"))
-        && !Path::new("/nix/var/nix/daemon-socket/socket").exists()
-    {
-        cmd.args(["--option", "build-users-group", ""]);
-    }
-    if let Some(c) = root_ssh_config(cfg) {
-        cmd.env("NIX_SSHOPTS", format!("-F {}", c.display()));
-    }
-    let start = Instant::now();
-    let o = cmd.output();
-    let took = start.elapsed();
-    let _ = std::fs::remove_dir_all(&dir);
-    match o {
-        Ok(o) if o.status.success() => pass(
-            "build",
-            format!(
-                "a tiny x86_64-linux build ran on the builder in {:.2} s",
-                took.as_secs_f64()
-            ),
-        ),
-        Ok(o) => fail(
-            "build",
-            format!(
-                "the remote build failed: {}",
-                String::from_utf8_lossy(&o.stderr)
-                    .trim()
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-            ),
-            "see the checks above; `builderctl logs` has the daemon's side",
-        ),
-        Err(e) => fail(
-            "build",
-            format!("cannot run nix-build: {e}"),
-            "install Nix on this machine",
-        ),
-    }
+    let mut seen = HashMap::new();
+    systems
+        .iter()
+        .filter(|s| seen.insert(s.to_string(), ()).is_none())
+        .map(|system| {
+            let token = format!("builderd-doctor-{system}");
+            let script = format!("echo {token} > \"$out\"");
+            match remote_build(ctx, system, &script) {
+                Ok(b) if b.text.trim() == token => pass(
+                    "build",
+                    format!(
+                        "a tiny {system} build{} ran in this builder in {:.2} s",
+                        how(system).map(|h| format!(" ({h})")).unwrap_or_default(),
+                        b.took.as_secs_f64()
+                    ),
+                ),
+                Ok(b) => fail(
+                    "build",
+                    format!(
+                        "{} in this builder's store holds {:?}, not what the build wrote",
+                        b.out,
+                        b.text.trim()
+                    ),
+                    "see `builderctl logs`",
+                ),
+                Err(e) => fail(
+                    "build",
+                    format!("{system}: {e}"),
+                    "see the checks above; `builderctl logs` has the daemon's side",
+                ),
+            }
+        })
+        .collect()
 }
 
-fn tempfile_dir() -> Result<PathBuf, String> {
-    let d = std::env::temp_dir().join(format!("builderd-doctor-{}", std::process::id()));
-    std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
-    Ok(d)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_kind_by_socket_path() {
+        assert_eq!(
+            engine_kind("unix:///Users/me/.colima/default/docker.sock"),
+            EngineKind::Colima
+        );
+        assert_eq!(
+            engine_kind("unix:///Users/me/.orbstack/run/docker.sock"),
+            EngineKind::OrbStack
+        );
+        assert_eq!(
+            engine_kind("unix:///Users/me/.docker/run/docker.sock"),
+            EngineKind::DockerDesktop
+        );
+        assert_eq!(engine_kind("tcp://127.0.0.1:2375"), EngineKind::Other);
+    }
+
+    #[test]
+    fn nix_strings_are_escaped() {
+        assert_eq!(nix_str("a \"$b\" \\"), "\"a \\\"\\$b\\\" \\\\\"");
+    }
+
+    #[test]
+    fn an_alias_is_found_on_a_host_line() {
+        let d = std::env::temp_dir().join(format!("builderd-alias-{}", std::process::id()));
+        std::fs::write(&d, "Host other nb\n  Port 1\nHost *\n").unwrap();
+        assert!(defines_alias(&d, "nb"));
+        assert!(!defines_alias(&d, "n"));
+        let _ = std::fs::remove_file(&d);
+    }
 }

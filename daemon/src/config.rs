@@ -438,8 +438,13 @@ impl Default for Config {
 /// that `sudo builderctl install` serves the user's keys, files and Docker.
 pub fn home_dir() -> PathBuf {
     if let Some(user) = sudo_user() {
-        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-        return passwd_home(&passwd, &user).unwrap_or_else(|| {
+        // The user database (Directory Services on macOS), not a parse of /etc/passwd.
+        let home = nix::unistd::User::from_name(&user)
+            .ok()
+            .flatten()
+            .map(|u| u.dir)
+            .filter(|d| !d.as_os_str().is_empty());
+        return home.unwrap_or_else(|| {
             if cfg!(target_os = "macos") {
                 PathBuf::from("/Users").join(&user)
             } else {
@@ -450,14 +455,6 @@ pub fn home_dir() -> PathBuf {
     directories::BaseDirs::new()
         .map(|b| b.home_dir().to_path_buf())
         .unwrap_or_else(|| PathBuf::from("/"))
-}
-
-/// `user`'s home directory in an /etc/passwd text.
-fn passwd_home(passwd: &str, user: &str) -> Option<PathBuf> {
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 7 && f[0] == user && !f[5].is_empty()).then(|| PathBuf::from(f[5]))
-    })
 }
 
 impl Config {
@@ -900,15 +897,22 @@ fn is_word(v: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c))
 }
 
-/// The 1-based line on which `key` is set, for error messages.
+/// The 1-based line on which `key` is set, for error messages: found with toml's spans, at
+/// the top level or in one of the config's tables (not in an array of tables such as
+/// `[[remote]]`, whose keys are named by their own errors), never in a comment or a string.
 pub fn line_of(text: &str, key: &str) -> Option<usize> {
-    text.lines()
-        .position(|l| {
-            let l = l.trim_start();
-            l.strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
+    fn find(table: &toml::de::DeTable<'_>, key: &str) -> Option<usize> {
+        if let Some((k, _)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == key) {
+            return Some(k.span().start);
+        }
+        table.iter().find_map(|(_, v)| match v.get_ref() {
+            toml::de::DeValue::Table(t) => find(t, key),
+            _ => None,
         })
-        .map(|i| i + 1)
+    }
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let at = find(doc.get_ref(), key)?;
+    Some(text[..at].matches('\n').count() + 1)
 }
 
 /// The 1-based line on which `key` is set in the `n`-th `[[remote]]` table.
@@ -1005,10 +1009,13 @@ mod tests {
     }
 
     #[test]
-    fn passwd_homes() {
-        let p = "root:x:0:0:root:/root:/bin/sh\nme:x:1000:1000:Me,,,:/home/me:/bin/zsh\n";
-        assert_eq!(passwd_home(p, "me"), Some(PathBuf::from("/home/me")));
-        assert_eq!(passwd_home(p, "nobody"), None);
+    fn homes_come_from_the_user_database() {
+        let root = nix::unistd::User::from_name("root").unwrap().unwrap();
+        assert!(root.dir.is_absolute());
+        assert_eq!(
+            nix::unistd::User::from_name("no-such-user-here").unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -1115,7 +1122,11 @@ mod tests {
                 "known_hosts",
                 2,
             ),
-            ("private_key = \"/a b/id\"\n", "private_key", 1),
+            (
+                "private_key = \"/a b/id\"\n[registration]\nuri = \"host-port\"\n",
+                "private_key",
+                1,
+            ),
             ("private_key = \"/a\\\"b/id\"\n", "private_key", 1),
             (
                 "[builder]\nsubstituters = \"x\\ny = 1\"\n",
@@ -1130,6 +1141,8 @@ mod tests {
                 "{text:?}: {e}"
             );
         }
+        // In the alias form the key's path goes to the ssh_config block, quoted: a space is fine.
+        assert!(load("private_key = \"/a b/id\"\n").is_ok());
         let ok = load(
             "[builder]\nsupported_features = [\"kvm\", \"gccarch-armv8-a\"]\nsystems = [\"x86_64-linux\"]\n",
         );

@@ -189,7 +189,7 @@ impl Service {
         out
     }
 
-    /// The systemd unit.
+    /// The systemd unit. Paths in `ExecStart=` are quoted as systemd reads them.
     pub fn unit(&self) -> String {
         let mut env = String::new();
         for (k, v) in &self.env {
@@ -199,8 +199,8 @@ impl Service {
             "[Unit]\nDescription=builderd: the Nix remote builder in Docker\nWants=docker.service\nAfter=docker.service network-online.target\n\n\
              [Service]\nType=simple\nExecStart={} --config {}\nRestart=always\nRestartSec=2\n{env}\n\
              [Install]\nWantedBy={}\n",
-            self.program.display(),
-            self.config.display(),
+            systemd_quote(&self.program.display().to_string()),
+            systemd_quote(&self.config.display().to_string()),
             if self.system {
                 "multi-user.target"
             } else {
@@ -370,9 +370,37 @@ pub enum InstallError {
     Run(#[from] RunError),
 }
 
+/// One `ExecStart=` argument, quoted: in double quotes, with `\\` and `"` escaped, and `%` and
+/// `$` doubled so that systemd expands neither.
+fn systemd_quote(arg: &str) -> String {
+    let mut q = String::from("\"");
+    for c in arg.chars() {
+        match c {
+            '\\' | '"' => {
+                q.push('\\');
+                q.push(c);
+            }
+            '%' => q.push_str("%%"),
+            '$' => q.push_str("$$"),
+            c => q.push(c),
+        }
+    }
+    q.push('"');
+    q
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exec_start_arguments_are_quoted_as_systemd_reads_them() {
+        assert_eq!(
+            systemd_quote("/Users/me/Library/Application Support/builderd/config.toml"),
+            "\"/Users/me/Library/Application Support/builderd/config.toml\""
+        );
+        assert_eq!(systemd_quote(r#"a"b\c%d$e"#), r#""a\"b\\c%%d$$e""#);
+    }
 
     fn service(system: bool) -> Service {
         let mut env = BTreeMap::new();
@@ -479,7 +507,7 @@ mod tests {
         assert!(
             std::fs::read_to_string(&path)
                 .unwrap()
-                .contains("ExecStart=/usr/local/bin/builderd --config")
+                .contains("ExecStart=\"/usr/local/bin/builderd\" --config \"")
         );
         assert_eq!(
             rec.lines(),

@@ -145,6 +145,45 @@ impl Env {
             .expect("builderctl runs")
     }
 
+    /// Runs builderctl with these environment variables set (or removed, for `None`).
+    pub fn ctl_env(&self, args: &[&str], vars: &[(&str, Option<&str>)]) -> Output {
+        let mut c = Command::new(bin_dir().join("builderctl"));
+        c.arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        for (k, v) in vars {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c.output().expect("builderctl runs")
+    }
+
+    /// `builderctl doctor ARGS` as root, with this environment's `root/` in place of root's
+    /// home: a private mount namespace binds it over the real one, so root's plain `ssh` reads
+    /// this environment's root ssh_config, and no other process sees the change.
+    pub fn doctor(&self, args: &[&str]) -> Output {
+        let root = self.path("root");
+        let home = root_home();
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount --bind \"$0\" \"$1\" && shift && exec \"$@\"")
+            .arg(&root)
+            .arg(&home)
+            .arg(bin_dir().join("builderctl"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("doctor")
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("unshare runs")
+    }
+
     /// Runs builderctl and asserts it succeeded; returns stdout.
     pub fn ctl_ok(&self, args: &[&str]) -> String {
         let o = self.ctl(args);
@@ -328,7 +367,14 @@ impl Env {
                 "build-users-group",
                 "",
             ])
-            .env("NIX_SSHOPTS", format!("-F {}", ssh_config.display()))
+            // No shared connection: each build goes through the host key and key checks.
+            .env(
+                "NIX_SSHOPTS",
+                format!(
+                    "-F {} -o ControlMaster=no -o ControlPath=none",
+                    ssh_config.display()
+                ),
+            )
             .stdin(Stdio::null())
             .output()
             .expect("nix-build runs (tests/run installs nix-bin)");
@@ -358,6 +404,37 @@ impl Env {
             "{out} is not in this builder's store: built elsewhere"
         );
         text
+    }
+
+    /// A remote build through `machines` that must fail, with no shared connection; returns
+    /// Nix's error output.
+    pub fn nix_build_fails(&self, machines: &Path, ssh_config: &Path) -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let expr = format!(
+            "derivation {{ name = \"builderd-refused\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; nonce = \"{nanos}\"; args = [ \"-c\" \"echo > $out\" ]; }}"
+        );
+        let o = Command::new("nix-build")
+            .args(["-E", &expr, "--max-jobs", "0", "--no-out-link"])
+            .arg("--builders")
+            .arg(format!("@{}", machines.display()))
+            .args(["--option", "substituters", ""])
+            .args(["--option", "build-users-group", ""])
+            .env(
+                "NIX_SSHOPTS",
+                format!(
+                    "-F {} -o ControlMaster=no -o ControlPath=none",
+                    ssh_config.display()
+                ),
+            )
+            .stdin(Stdio::null())
+            .output()
+            .expect("nix-build runs");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "the build passed: {err}");
+        err
     }
 }
 
@@ -405,6 +482,24 @@ impl Drop for Env {
     }
 }
 
+/// Standard base64, as in a machines line's field 8.
+pub fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// root's home directory, from the password database.
+pub fn root_home() -> PathBuf {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 7 && f[2] == "0").then(|| PathBuf::from(f[5]))
+        })
+        .unwrap_or_else(|| PathBuf::from("/root"))
+}
+
 /// Serializes `up` across test processes while the image for a config is not built yet.
 pub struct ImageBuildLock {
     _held: Option<File>,
@@ -416,15 +511,7 @@ impl ImageBuildLock {
         let Ok((tag, _)) = builderd::docker::image_for(&cfg) else {
             return ImageBuildLock { _held: None };
         };
-        let exists = |t: &str| {
-            Command::new("docker")
-                .args(["image", "inspect", t])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if exists(&tag) {
+        if image_exists(&tag) {
             return ImageBuildLock { _held: None };
         }
         let f = File::create(std::env::temp_dir().join("builderd-tests-image.lock")).unwrap();
@@ -607,18 +694,32 @@ pub fn redact(env: &Env, text: &str) -> String {
     t
 }
 
+/// Whether the engine holds the image `tag`.
+pub fn image_exists(tag: &str) -> bool {
+    Command::new("docker")
+        .args(["image", "inspect", tag])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A build context of one Dockerfile: `FROM` [`local_base`], then `rest`.
+pub fn context_from_base(rest: &str) -> tempfile::TempDir {
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {}\n{rest}\n", local_base()),
+    )
+    .unwrap();
+    ctx
+}
+
 /// The base the default config builds from on this machine, made by a default `up` first if
 /// there is none yet: `debian:trixie-slim` where it can be pulled, else the local
 /// `builderd-base:trixie`.
 pub fn local_base() -> String {
-    let exists = |t: &str| {
-        Command::new("docker")
-            .args(["image", "inspect", t])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
+    let exists = image_exists;
     let pulled = builderd::docker::base::DEFAULT_BASE;
     let local = builderd::docker::base::offline_tag("trixie");
     if !exists(pulled) && !exists(&local) {

@@ -301,15 +301,7 @@ fn config_dockerfile_fails_to_build() {
     if skip_docker() {
         return;
     }
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        format!(
-            "FROM {}\nRUN echo 'this step fails on purpose' && exit 7\n",
-            builderd_tests::local_base()
-        ),
-    )
-    .unwrap();
+    let ctx = builderd_tests::context_from_base("RUN echo 'this step fails on purpose' && exit 7");
     let env = Env::new(&format!("[image]\ncontext = \"{}\"", ctx.path().display()));
     let err = up_fails(&env, 1, "the image build failed");
     assert!(err.contains("returned a non-zero code: 7"), "{err}");

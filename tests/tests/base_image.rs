@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use builderd_tests::{Env, free_port, skip_docker};
+use builderd_tests::{Env, free_port, image_exists, skip_docker};
 
 /// A registry on 127.0.0.1 only, its storage in a temp dir; stopped when dropped.
 struct Registry {
@@ -69,16 +69,6 @@ fn docker_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn image_exists(tag: &str) -> bool {
-    Command::new("docker")
-        .args(["image", "inspect", tag])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
 }
 
 /// `builderctl up`, which must succeed; returns what it printed (progress goes to stderr).

@@ -68,6 +68,25 @@ fn status_in_each_state() {
     assert_eq!(o.status.code(), Some(0));
     insta::assert_snapshot!("status_up", redact(&env, &text(&o)));
 
+    // The container's state is the engine's word, not builderd's belief.
+    assert_eq!(env.status()["container"]["state"], "running");
+    assert!(env.docker(&["pause", &env.name]).status.success());
+    env.wait_status(Duration::from_secs(30), "the container paused", |s| {
+        s["container"]["state"] == "paused"
+    });
+    // doctor asks the engine too: a paused builder is not up, whatever was last seen.
+    let o = env.doctor(&[]);
+    assert_eq!(o.status.code(), Some(4));
+    let out = text(&o);
+    assert!(
+        verdict(&out, "builder").starts_with("FAIL") && out.contains("container paused"),
+        "{out}"
+    );
+    assert!(env.docker(&["unpause", &env.name]).status.success());
+    env.wait_status(Duration::from_secs(10), "the container running", |s| {
+        s["container"]["state"] == "running"
+    });
+
     // A registration builderd must not override: degraded, with the reason.
     say_substitutes_false(&env);
     let o = env.ctl(&["status"]);
@@ -88,6 +107,24 @@ fn status_in_each_state() {
     insta::assert_snapshot!("status_waiting_for_docker", redact(&gone, &text(&o)));
     let st = gone.status();
     assert_eq!(st["state"], "waiting-for-docker");
+    let o = gone.doctor(&[]);
+    assert_eq!(o.status.code(), Some(4));
+    let out = text(&o);
+    assert!(
+        verdict(&out, "docker")
+            .starts_with("FAIL  docker     not reachable at unix:///nonexistent/docker.sock"),
+        "{out}"
+    );
+}
+
+/// The line of doctor's output for check `name`, e.g. `FAIL  port       …`.
+fn verdict<'a>(out: &'a str, name: &str) -> &'a str {
+    out.lines()
+        .find(|l| {
+            l.get(6..)
+                .is_some_and(|r| r.starts_with(&format!("{name} ")))
+        })
+        .unwrap_or_else(|| panic!("no `{name}` line in:\n{out}"))
 }
 
 #[test]
@@ -98,13 +135,41 @@ fn doctor_passes_and_each_failure_prints_its_fix() {
     let _g = settings().bind_to_scope();
     let env = Env::new("");
     env.up();
-    let o = env.ctl(&["doctor", "--build-test"]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    insta::assert_snapshot!("doctor_ok", redact(&env, &text(&o)));
+    let o = env.doctor(&["--build-test"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.lines().all(|l| l.starts_with("PASS")), "{out}");
+    assert!(verdict(&out, "sandbox").contains("ran sandboxed"), "{out}");
+    assert!(
+        verdict(&out, "build").contains("x86_64-linux build (native) ran in this builder"),
+        "{out}"
+    );
+    insta::assert_snapshot!("doctor_ok", redact(&env, &out));
 
-    // nix.conf says false.
+    // nix.conf says false; the invoking user's own nix.conf says true, which the nix-daemon
+    // never reads.
     say_substitutes_false(&env);
-    let o = env.ctl(&["doctor"]);
+    let user_conf = env.path("home/.config/nix/nix.conf");
+    std::fs::create_dir_all(user_conf.parent().unwrap()).unwrap();
+    std::fs::write(&user_conf, "builders-use-substitutes = true\n").unwrap();
+    for vars in [
+        vec![("XDG_CONFIG_HOME", env.path("home/.config"))],
+        vec![("NIX_USER_CONF_FILES", user_conf.clone())],
+    ] {
+        let vars: Vec<(&str, Option<&str>)> = vars
+            .iter()
+            .map(|(k, v)| (*k, Some(v.to_str().unwrap())))
+            .collect();
+        let o = env.ctl_env(&["doctor"], &vars);
+        assert_eq!(o.status.code(), Some(4));
+        let out = text(&o);
+        assert!(
+            verdict(&out, "substitute")
+                .starts_with("FAIL  substitute builders-use-substitutes is false"),
+            "{vars:?}: {out}"
+        );
+    }
+    let o = env.doctor(&[]);
     assert_eq!(o.status.code(), Some(4));
     let out = text(&o);
     assert!(out.contains("FAIL  substitute"), "{out}");
@@ -129,7 +194,7 @@ fn doctor_passes_and_each_failure_prints_its_fix() {
                 .any(|r| r["kind"] == "nix.conf" && r["state"] == "owned-by-nix-darwin")
         },
     );
-    let o = env.ctl(&["doctor"]);
+    let o = env.doctor(&[]);
     assert_eq!(o.status.code(), Some(4));
     let out = text(&o);
     assert!(out.contains("FAIL  nix.conf"), "{out}");
@@ -141,16 +206,58 @@ fn doctor_passes_and_each_failure_prints_its_fix() {
     std::fs::remove_file(env.path("etc/nix/nix.conf")).unwrap();
     env.wait_status(Duration::from_secs(10), "up again", |s| s["state"] == "up");
 
+    // root's plain ssh reads root's real home, where this environment wrote nothing.
+    let o = env.ctl(&["doctor"]);
+    assert_eq!(o.status.code(), Some(4));
+    let out = text(&o);
+    let root_cfg = builderd_tests::root_home().join(".ssh/config");
+    assert!(
+        verdict(&out, "root-ssh").starts_with(&format!(
+            "FAIL  root-ssh   root's `ssh {}` cannot resolve the alias: {}",
+            env.name,
+            root_cfg.display()
+        )),
+        "{out}"
+    );
+
     // A public key that is not the private key's.
     keygen(&env.path("other"), "ed25519");
     let good = std::fs::read(env.path("home/.ssh/id_ed25519.pub")).unwrap();
     std::fs::copy(env.path("other.pub"), env.path("home/.ssh/id_ed25519.pub")).unwrap();
-    let o = env.ctl(&["doctor"]);
+    let o = env.doctor(&[]);
     assert_eq!(o.status.code(), Some(4));
     let out = text(&o);
     assert!(out.contains("FAIL  keys"), "{out}");
     insta::assert_snapshot!("doctor_wrong_key", redact(&env, &out));
     std::fs::write(env.path("home/.ssh/id_ed25519.pub"), good).unwrap();
+
+    // The engine publishes the builder on one port; the edited config names another, which
+    // another process holds.
+    let thief = TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = thief.local_addr().unwrap().port();
+    let cfg_text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        cfg_text.replace(
+            &format!("port = {}\n", env.port),
+            &format!("port = {other}\n"),
+        ),
+    )
+    .unwrap();
+    let o = env.doctor(&[]);
+    assert_eq!(o.status.code(), Some(4));
+    let out = text(&o);
+    assert!(
+        verdict(&out, "port").starts_with(&format!(
+            "FAIL  port       the engine publishes the builder on 127.0.0.1:{}, but {} says port {other} (taken by pid {}",
+            env.port,
+            env.config.display(),
+            std::process::id()
+        )),
+        "{out}"
+    );
+    std::fs::write(&env.config, cfg_text).unwrap();
+    drop(thief);
 
     // A stopped container, with no daemon to start it again.
     env.ctl_ok(&["shutdown"]);
@@ -159,7 +266,7 @@ fn doctor_passes_and_each_failure_prints_its_fix() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(env.docker(&["stop", "-t", "1", &env.name]).status.success());
-    let o = env.ctl(&["doctor"]);
+    let o = env.doctor(&[]);
     assert_eq!(o.status.code(), Some(4));
     let out = text(&o);
     assert!(
@@ -168,19 +275,181 @@ fn doctor_passes_and_each_failure_prints_its_fix() {
     );
     insta::assert_snapshot!("doctor_stopped_container", redact(&env, &out));
 
-    // Another process holds the port while the builder is down.
+    // After `down`: no stale facts about the removed container, no failure `up` would fix;
+    // another process holds the port.
     env.up();
     env.ctl_ok(&["down"]);
     let thief = TcpListener::bind(("127.0.0.1", env.port)).unwrap();
-    let o = env.ctl(&["doctor"]);
+    let o = env.doctor(&[]);
     assert_eq!(o.status.code(), Some(4));
     let out = text(&o);
     assert!(
         out.contains(&format!("is taken by pid {}", std::process::id())),
         "{out}"
     );
+    assert!(!out.contains(" disk "), "{out}");
+    assert!(verdict(&out, "substitute").starts_with("WARN"), "{out}");
     insta::assert_snapshot!("doctor_port_taken", redact(&env, &out));
     drop(thief);
+}
+
+#[test]
+fn doctor_fails_a_builder_that_builds_unsandboxed() {
+    if skip_docker() {
+        return;
+    }
+    let env = Env::new("[builder]\nprivileged = false\nsandbox = false\nsubstituters = \"\"\n");
+    env.up();
+    let o = env.doctor(&[]);
+    assert_eq!(o.status.code(), Some(4));
+    let out = text(&o);
+    let line = verdict(&out, "sandbox");
+    assert!(
+        line.starts_with("FAIL  sandbox    a build in the builder ran without the sandbox (it saw: notpid1 usr-present dir=/tmp/nix-build-"),
+        "{out}"
+    );
+}
+
+#[test]
+fn doctor_on_demand_knows_the_relay_and_a_sleeping_builder() {
+    if skip_docker() {
+        return;
+    }
+    let env = Env::new("on_demand = true\nidle_stop = 2\n");
+    env.up();
+    env.wait_status(Duration::from_secs(30), "sleeping", |s| {
+        s["state"] == "sleeping"
+    });
+    let o = env.doctor(&[]);
+    let out = text(&o);
+    assert!(
+        verdict(&out, "builder").starts_with("PASS  builder    asleep on demand"),
+        "{out}"
+    );
+    assert!(
+        verdict(&out, "port").starts_with(&format!(
+            "PASS  port       127.0.0.1:{} is builderd's relay",
+            env.port
+        )),
+        "{out}"
+    );
+    // A build through builderd's line wakes it.
+    let o = env.doctor(&["--build-test"]);
+    let out = text(&o);
+    assert!(
+        verdict(&out, "build").starts_with("PASS  build      a tiny x86_64-linux build"),
+        "{out}"
+    );
+}
+
+#[test]
+fn doctor_checks_the_files_and_the_line_themselves() {
+    if skip_docker() {
+        return;
+    }
+    let env = Env::new("");
+    env.up();
+    // No daemon to put things back; the container keeps running.
+    env.ctl_ok(&["shutdown"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.path("state/builderd.sock").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Field 8 names another key, while a shared ssh connection to the builder is open.
+    let root_cfg = env.path("root/.ssh/config");
+    let root_cfg = root_cfg.to_str().unwrap();
+    let o = env.ssh(&["-F", root_cfg, &env.name], "true");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("ssh")
+        .args(["-F", root_cfg, "-O", "check", &env.name])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "no master is open: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    keygen(&env.path("stranger"), "ed25519");
+    let stranger = std::fs::read_to_string(env.path("stranger.pub")).unwrap();
+    let stranger = stranger
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let machines = env.path("etc/nix/machines");
+    let text_before = std::fs::read_to_string(&machines).unwrap();
+    let line = text_before
+        .lines()
+        .find(|l| l.starts_with("ssh-ng://"))
+        .unwrap();
+    let field8 = line.split(' ').nth(7).unwrap();
+    let ours = env.host_key_line();
+    assert!(!field8.is_empty());
+    std::fs::write(
+        &machines,
+        text_before.replace(field8, &builderd_tests::b64(&format!("{stranger}\n"))),
+    )
+    .unwrap();
+    assert_ne!(stranger, ours);
+    let o = env.doctor(&["--build-test"]);
+    assert_eq!(o.status.code(), Some(4));
+    let out = text(&o);
+    assert!(
+        verdict(&out, "nix-uri").starts_with(
+            "FAIL  nix-uri    field 8 of the machines line is not the builder's host key"
+        ),
+        "{out}"
+    );
+    assert!(
+        verdict(&out, "build").starts_with("FAIL  build      x86_64-linux: the build failed"),
+        "{out}"
+    );
+    std::fs::write(&machines, &text_before).unwrap();
+
+    // No nix on PATH.
+    let bin = env.path("bin-without-nix");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["ssh", "docker", "sh"] {
+        let real = String::from_utf8(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(real.trim(), bin.join(tool)).unwrap();
+    }
+    let o = env.ctl_env(&["doctor"], &[("PATH", Some(bin.to_str().unwrap()))]);
+    assert_eq!(o.status.code(), Some(4));
+    let out = text(&o);
+    assert!(
+        verdict(&out, "nix-uri").starts_with("FAIL  nix-uri    no `nix`"),
+        "{out}"
+    );
+
+    // nix.conf is a directory; the machines file is gone.
+    std::fs::remove_file(env.path("etc/nix/nix.conf")).unwrap();
+    std::fs::create_dir(env.path("etc/nix/nix.conf")).unwrap();
+    std::fs::remove_file(&machines).unwrap();
+    let o = env.doctor(&[]);
+    assert_eq!(o.status.code(), Some(4));
+    let out = text(&o);
+    assert!(
+        verdict(&out, "nix.conf").starts_with(&format!(
+            "FAIL  nix.conf   {} is a directory",
+            env.path("etc/nix/nix.conf").display()
+        )),
+        "{out}"
+    );
+    assert!(
+        verdict(&out, "machines").starts_with(&format!(
+            "FAIL  machines   {} does not exist",
+            machines.display()
+        )),
+        "{out}"
+    );
 }
 
 /// Runs `cmd` in a new detached tmux session of `height` lines, 120 columns wide.

@@ -14,8 +14,43 @@ fn gc_logs_and_ssh() {
     let env = Env::new("");
     env.up();
     env.nix_build(&env.path("root/.ssh/config"), "garbage");
+    let probes = || {
+        let o = env.docker(&[
+            "exec",
+            &env.name,
+            "sh",
+            "-c",
+            "ls -d /nix/store/*-builderd-probe 2>/dev/null || true",
+        ]);
+        String::from_utf8_lossy(&o.stdout).lines().count()
+    };
+    assert!(probes() > 0, "the build left nothing to collect");
     let out = env.ctl_ok(&["gc"]);
-    assert!(out.contains("deleted") || out.contains("freed"), "{out}");
+    assert!(out.contains("store paths deleted"), "{out}");
+    assert_eq!(probes(), 0, "gc ran, yet the garbage stays: {out}");
+
+    // A collector that fails makes gc fail, with its words.
+    let roots = "/nix/var/nix/gcroots";
+    let moved = env.docker(&[
+        "exec",
+        &env.name,
+        "sh",
+        "-c",
+        &format!("mv {roots} {roots}.away && touch {roots}"),
+    ]);
+    assert!(moved.status.success());
+    let o = env.ctl(&["gc"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("gcroots"), "{err}");
+    let back = env.docker(&[
+        "exec",
+        &env.name,
+        "sh",
+        "-c",
+        &format!("rm {roots} && mv {roots}.away {roots}"),
+    ]);
+    assert!(back.status.success());
     let st = env.status();
     assert!(st["builder"]["store_bytes"].as_u64().is_some(), "{st:#}");
     assert!(st["builder"]["disk_free_bytes"].as_u64().unwrap() > 0);

@@ -10,6 +10,18 @@ fn healthy(s: &serde_json::Value) -> bool {
     s["state"] == "up" && s["healthy"] == true
 }
 
+/// Up, after a health check that passed and was made after `before` was taken: a later check
+/// of the same daemon, or any check of a new one. "healthy" alone can be left over from
+/// before a failure.
+fn healthy_since(before: serde_json::Value) -> impl Fn(&serde_json::Value) -> bool {
+    let seq = |s: &serde_json::Value| s["last_health"]["seq"].as_u64().unwrap_or(0);
+    move |s| {
+        healthy(s)
+            && s["last_health"]["ok"] == true
+            && (s["pid"] != before["pid"] || seq(s) > seq(&before))
+    }
+}
+
 #[test]
 fn killed_and_removed_containers_come_back_with_the_same_host_key() {
     if skip_docker() {
@@ -20,12 +32,14 @@ fn killed_and_removed_containers_come_back_with_the_same_host_key() {
     let fp = env.status()["host_key_fingerprint"].clone();
     let mut kill_times = Vec::new();
     for _ in 0..5 {
-        let id_before = env.status()["container"]["id"].clone();
+        let before = env.status();
+        let id_before = before["container"]["id"].clone();
         let t = Instant::now();
         assert!(env.docker(&["kill", &env.name]).status.success());
         // Healthy again, with no command: a new health check after the kill.
+        let again = healthy_since(before);
         env.wait_status(Duration::from_secs(30), "healthy after docker kill", |s| {
-            healthy(s)
+            again(s)
                 && s["container"]["state"] == "running"
                 && env.container_state().as_deref() == Some("running")
         });
@@ -38,10 +52,14 @@ fn killed_and_removed_containers_come_back_with_the_same_host_key() {
     }
     let mut rm_times = Vec::new();
     for _ in 0..5 {
+        let before = env.status();
         let t = Instant::now();
         assert!(env.docker(&["rm", "-f", &env.name]).status.success());
+        let again = healthy_since(before);
         env.wait_status(Duration::from_secs(30), "healthy after docker rm -f", |s| {
-            healthy(s) && env.container_state().as_deref() == Some("running")
+            again(s)
+                && s["container"]["state"] == "running"
+                && env.container_state().as_deref() == Some("running")
         });
         rm_times.push(t.elapsed());
     }
@@ -70,17 +88,23 @@ fn a_reboot_brings_it_back_and_down_stays_down() {
     let mut times = Vec::new();
     for _ in 0..5 {
         // The machine goes down: the daemon dies, the container stops.
+        let before = env.status();
         env.kill_daemon();
         assert!(env.docker(&["stop", "-t", "1", &env.name]).status.success());
         let t = Instant::now();
         env.start_daemon();
-        env.wait_status(Duration::from_secs(30), "healthy after the reboot", healthy);
+        env.wait_status(
+            Duration::from_secs(30),
+            "healthy after the reboot",
+            healthy_since(before),
+        );
         times.push(t.elapsed());
         let o = env.ssh_pinned(&env.path("home/.ssh/known_hosts"), "echo 123");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let before = env.status();
         env.kill_daemon();
         env.start_daemon();
-        env.wait_status(Duration::from_secs(30), "healthy", healthy);
+        env.wait_status(Duration::from_secs(30), "healthy", healthy_since(before));
     }
     eprintln!("simulated reboot -> healthy p50 {:?}", p50(&mut times));
 
@@ -116,9 +140,14 @@ fn a_docker_outage_is_waited_out() {
             s["state"] == "waiting-for-docker"
         });
         std::thread::sleep(Duration::from_millis(500));
+        let before = env.status();
         let t = Instant::now();
         proxy.restore();
-        env.wait_status(Duration::from_secs(60), "healthy after the outage", healthy);
+        env.wait_status(
+            Duration::from_secs(60),
+            "healthy after the outage",
+            healthy_since(before),
+        );
         times.push(t.elapsed());
     }
     eprintln!(
@@ -129,6 +158,7 @@ fn a_docker_outage_is_waited_out() {
     // The daemon starts while the engine is away (Docker Desktop comes up after login).
     let mut times = Vec::new();
     for _ in 0..5 {
+        let before = env.status();
         env.kill_daemon();
         proxy.cut();
         env.start_daemon();
@@ -142,7 +172,7 @@ fn a_docker_outage_is_waited_out() {
         env.wait_status(
             Duration::from_secs(60),
             "healthy after the engine came",
-            healthy,
+            healthy_since(before),
         );
         times.push(t.elapsed());
     }
@@ -163,15 +193,9 @@ fn a_crash_loop_backs_off_and_is_degraded() {
         return;
     }
     // An image with the same contract whose entrypoint exits at once.
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        format!(
-            "FROM {}\nENTRYPOINT [\"/bin/sh\", \"-c\", \"echo crashing on purpose >&2; exit 3\"]\n",
-            builderd_tests::local_base()
-        ),
-    )
-    .unwrap();
+    let ctx = builderd_tests::context_from_base(
+        "ENTRYPOINT [\"/bin/sh\", \"-c\", \"echo crashing on purpose >&2; exit 3\"]",
+    );
     let env = Env::new(&format!("[image]\ncontext = \"{}\"", ctx.path().display()));
     let o = env.ctl(&["up"]);
     assert!(!o.status.success());

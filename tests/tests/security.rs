@@ -158,6 +158,9 @@ fn sshd_takes_keys_only_and_only_roots_key() {
     ]);
     let o = env.ssh(&args, "true");
     assert!(!o.status.success());
+    // Refused at login, not let in and then ended by nobody's shell.
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("Permission denied"), "{err}");
     // And root's key gets in.
     let o = env.ssh_pinned(&kh, "echo in");
     assert!(o.status.success());
@@ -191,7 +194,19 @@ fn no_key_material_in_logs_status_or_errors() {
     .unwrap();
     let o = env.ctl(&["up"]);
     seen.push_str(&String::from_utf8_lossy(&o.stderr));
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The daemon sees the changed file and says what is wrong with it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !env
+        .daemon_log()
+        .contains("the public key changed, but it cannot be used")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not react to the changed key:\n{}",
+            env.daemon_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     std::fs::write(env.path("home/.ssh/id_ed25519.pub"), &public).unwrap();
     env.ctl_ok(&["down"]);
     seen.push_str(&env.daemon_log());

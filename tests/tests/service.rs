@@ -98,7 +98,7 @@ fn install_print_shows_the_definition_and_the_commands() {
     assert!(o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
     let expected_exec = format!(
-        "ExecStart={} --config {}",
+        "ExecStart=\"{}\" --config \"{}\"",
         bin_dir().join("builderd").display(),
         env.config.display()
     );
@@ -160,9 +160,15 @@ fn uninstall_purge_removes_the_builder_image_state_and_registrations() {
         std::fs::read_to_string(env.path("etc/nix/nix.conf")).unwrap(),
         "max-jobs = 2\n"
     );
-    assert!(
-        !std::fs::read_to_string(env.path("home/.ssh/known_hosts"))
-            .unwrap_or_default()
-            .contains("ssh-ed25519")
-    );
+    for kh in ["home/.ssh/known_hosts", "root/.ssh/known_hosts"] {
+        let t = std::fs::read_to_string(env.path(kh)).unwrap_or_default();
+        assert!(!t.contains("ssh-ed25519"), "{kh}:\n{t}");
+    }
+    for cfg in ["home/.ssh/config", "root/.ssh/config"] {
+        let t = std::fs::read_to_string(env.path(cfg)).unwrap_or_default();
+        assert!(
+            !t.contains(&env.name) && !t.contains("builderd"),
+            "{cfg}:\n{t}"
+        );
+    }
 }

@@ -88,6 +88,33 @@ fn up_gives_a_working_builder_and_down_restores_every_file() {
     // The user's global option still applies to every host: the block is closed by `Host *`.
     let cfg_text = std::fs::read_to_string(env.path("home/.ssh/config")).unwrap();
     assert!(cfg_text.ends_with("ServerAliveInterval 30\nHost gh\n  HostName github.com"));
+    // … as ssh itself resolves it: the alias gets builderd's options, every other host the
+    // user's.
+    let ssh_g = |host: &str| {
+        let o = std::process::Command::new("ssh")
+            .args([
+                "-G",
+                "-F",
+                env.path("home/.ssh/config").to_str().unwrap(),
+                host,
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let alias = ssh_g(&env.name);
+    assert!(alias.contains(&format!("\nport {}\n", env.port)), "{alias}");
+    assert!(alias.contains("\nhostkeyalias "), "{alias}");
+    let other = ssh_g("example.org");
+    assert!(other.contains("\nport 22\n"), "{other}");
+    assert!(other.contains("\nserveraliveinterval 30\n"), "{other}");
+    assert!(
+        !other.contains(&env.name) && !other.contains("builderd-"),
+        "{other}"
+    );
+    let gh = ssh_g("gh");
+    assert!(gh.contains("\nhostname github.com\n"), "{gh}");
 
     // The machines line has 8 fields, and the real nix client builds through it, field 8 and all.
     let machines = std::fs::read_to_string(env.path("etc/nix/machines")).unwrap();
@@ -104,6 +131,30 @@ fn up_gives_a_working_builder_and_down_restores_every_file() {
         &env.path("root/.ssh/config"),
         &format!("n{}", std::process::id()),
     );
+    // The build checked the host key itself: with a shared connection open to the builder,
+    // a field 8 naming another key is still refused.
+    let root_cfg = env.path("root/.ssh/config");
+    let o = env.ssh(&["-F", root_cfg.to_str().unwrap(), &env.name], "true");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let field8 = line.split(' ').nth(7).unwrap();
+    let stranger = format!(
+        "{}\n",
+        std::fs::read_to_string(env.path("home/.ssh/id_ed25519.pub"))
+            .unwrap()
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let wrong = env.path("machines-wrong-key");
+    std::fs::write(
+        &wrong,
+        line.replace(field8, &builderd_tests::b64(&stranger)),
+    )
+    .unwrap();
+    let err = env.nix_build_fails(&wrong, &root_cfg);
+    assert!(err.contains("Host key verification failed"), "{err}");
+
     let conf = std::fs::read_to_string(env.path("etc/nix/nix.conf")).unwrap();
     assert!(
         conf.contains("\nbuilders-use-substitutes = true\n"),

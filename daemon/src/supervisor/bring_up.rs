@@ -6,7 +6,13 @@ impl Supervisor {
     pub(super) async fn try_reconcile(&mut self, say: Say<'_>) -> Result<bool, Failure> {
         let cfg = self.cfg.clone();
         let mut changed = false;
-        if self.status.borrow().state != State::Up {
+        // A healthy builder that is degraded by a registration stays what it is while the
+        // reconcile runs: it is not starting, and it did not stop being healthy.
+        let healthy_now = {
+            let s = self.status.borrow();
+            s.healthy && matches!(s.state, State::Up | State::Degraded)
+        };
+        if !healthy_now {
             self.set_state(State::Starting, None);
         }
 
@@ -153,7 +159,17 @@ impl Supervisor {
                 id
             }
         };
-        self.set_container(&id, &tag, started && had_been_up);
+        let state = match docker::find(
+            &docker,
+            &cfg.container_name,
+            &docker::owner_id(&cfg.state_dir),
+        )
+        .await
+        {
+            Ok(Some(f)) => f.state,
+            _ => "unknown".to_string(),
+        };
+        self.set_container(&id, &tag, started && had_been_up, state);
         self.sshd_port = if cfg.on_demand {
             docker::container::published_port(&docker, &id)
                 .await?
@@ -173,7 +189,7 @@ impl Supervisor {
         up
     }
 
-    pub(super) fn set_container(&self, id: &str, image: &str, restarted: bool) {
+    pub(super) fn set_container(&self, id: &str, image: &str, restarted: bool, state: String) {
         let name = self.cfg.container_name.clone();
         self.set(|s| {
             let restarts = s.container.as_ref().map_or(0, |c| c.restarts) + u32::from(restarted);
@@ -181,9 +197,43 @@ impl Supervisor {
                 name,
                 id: id.chars().take(12).collect(),
                 image: image.into(),
-                state: "running".into(),
+                state,
                 restarts,
             })
+        });
+    }
+
+    /// Puts the engine's own word on the container's state in status.
+    pub(super) async fn refresh_container_state(&mut self) {
+        // One call on the engine connection already held: this runs at every event and tick.
+        let (Some(d), Some(id)) = (
+            self.docker.clone(),
+            self.status
+                .borrow()
+                .container
+                .as_ref()
+                .map(|c| c.id.clone()),
+        ) else {
+            return;
+        };
+        // The container itself, not the engine's list: the engine announces a pause before its
+        // list shows it.
+        let state = match d.inspect_container(&id, None).await {
+            Ok(c) => match c.state.and_then(|s| s.status) {
+                Some(s) => s.to_string(),
+                None => return,
+            },
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => "removed".to_string(),
+            Err(_) => return,
+        };
+        self.set(|s| {
+            if let Some(c) = &mut s.container
+                && c.id == id
+            {
+                c.state = state;
+            }
         });
     }
 

@@ -81,6 +81,7 @@ impl Supervisor {
                     let _ = self.reconcile(&|_| {}).await;
                     return;
                 }
+                self.refresh_container_state().await;
                 if let Some(w) = self.wanted.clone()
                     && !w.machines_listed
                 {
@@ -134,14 +135,7 @@ impl Supervisor {
                 }
                 if n >= self.cfg.health_failures_before_restart {
                     tracing::warn!("restarting the container after {n} failed health checks");
-                    if let Ok(d) = self.docker().await
-                        && let Ok(Some(f)) = docker::find(
-                            &d,
-                            &self.cfg.container_name,
-                            &docker::owner_id(&self.cfg.state_dir),
-                        )
-                        .await
-                    {
+                    if let Ok(Some((d, f))) = self.our_container().await {
                         let _ = d.restart_container(&f.id, None).await;
                     }
                     let _ = self.reconcile(&|_| {}).await;

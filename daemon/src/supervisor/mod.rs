@@ -399,6 +399,7 @@ impl Supervisor {
                         count,
                     });
                 });
+                self.refresh_container_state().await;
             }
             Command::Poke(why) => {
                 if self.on_demand.sleeping {
@@ -599,18 +600,18 @@ impl Supervisor {
         result
     }
 
+    /// This builderd's container, if there is one, with the engine connection that found it.
+    async fn our_container(&mut self) -> Result<Option<(Docker, docker::Found)>, DockerError> {
+        let d = self.docker().await?;
+        let owner = docker::owner_id(&self.cfg.state_dir);
+        Ok(docker::find(&d, &self.cfg.container_name, &owner)
+            .await?
+            .map(|f| (d, f)))
+    }
+
     async fn container_logs(&mut self) -> String {
-        let Ok(d) = self.docker().await else {
-            return String::new();
-        };
-        match docker::find(
-            &d,
-            &self.cfg.container_name,
-            &docker::owner_id(&self.cfg.state_dir),
-        )
-        .await
-        {
-            Ok(Some(f)) => docker::last_logs(&d, &f.id, 5).await,
+        match self.our_container().await {
+            Ok(Some((d, f))) => docker::last_logs(&d, &f.id, 5).await,
             _ => String::new(),
         }
     }
@@ -627,22 +628,13 @@ impl Supervisor {
         self.retry.cancel();
         self.set(|s| s.desired = "down".into());
         let mut removed_container = false;
-        let docker_err = match self.docker().await {
-            Ok(d) => match docker::find(
-                &d,
-                &self.cfg.container_name,
-                &docker::owner_id(&self.cfg.state_dir),
-            )
-            .await
-            {
-                Ok(Some(f)) => {
-                    docker::remove(&d, &f.id).await?;
-                    removed_container = true;
-                    None
-                }
-                Ok(None) => None,
-                Err(e) => Some(e.to_string()),
-            },
+        let docker_err = match self.our_container().await {
+            Ok(Some((d, f))) => {
+                docker::remove(&d, &f.id).await?;
+                removed_container = true;
+                None
+            }
+            Ok(None) => None,
             Err(e) => Some(e.to_string()),
         };
         self.stop_relay();
@@ -659,6 +651,9 @@ impl Supervisor {
             s.reason = docker_err.clone();
             s.container = None;
             s.up_since = None;
+            // Facts about a container that is gone are not facts any more.
+            s.last_health = None;
+            s.builder = None;
             s.registrations = synced.statuses.clone();
         });
         if let Some(e) = docker_err {
@@ -679,14 +674,7 @@ impl Supervisor {
     /// At start with desired `down`: nothing of ours runs, nothing is registered.
     async fn ensure_down_quietly(&mut self) {
         self.fleet_down().await;
-        if let Ok(d) = self.docker().await
-            && let Ok(Some(f)) = docker::find(
-                &d,
-                &self.cfg.container_name,
-                &docker::owner_id(&self.cfg.state_dir),
-            )
-            .await
-        {
+        if let Ok(Some((d, f))) = self.our_container().await {
             let _ = docker::remove(&d, &f.id).await;
         }
         if !self.persisted.created.is_empty() || self.persisted.host_key_fingerprint.is_some() {
@@ -712,7 +700,8 @@ impl Supervisor {
             self.sshd_port,
             &host_key,
             keys.private.clone(),
-            "nix-collect-garbage 2>&1 | tail -n 3; du -sk /nix/store | cut -f1",
+            // The collector's exit status is its own, not that of a pipe's last command.
+            "out=$(nix-collect-garbage 2>&1); rc=$?; if [ $rc -ne 0 ]; then printf '%s\\n' \"$out\" | tail -n 3 >&2; exit $rc; fi; printf '%s\\n' \"$out\" | tail -n 3; du -sk /nix/store | cut -f1",
             Duration::from_secs(3600),
         )
         .await

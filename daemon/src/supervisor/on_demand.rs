@@ -124,26 +124,22 @@ impl Supervisor {
         }
         self.on_demand.sleeping = true;
         self.retry.cancel();
-        let owner = docker::owner_id(&self.cfg.state_dir);
-        let stopped = match self.docker().await {
-            Ok(d) => match docker::find(&d, &self.cfg.container_name, &owner).await {
-                Ok(Some(f)) => {
-                    let r = docker::container::stop(&d, &f.id, Duration::from_secs(5))
-                        .await
-                        .map_err(|e| e.to_string());
-                    if r.is_ok()
-                        && let Ok((tag, _)) = docker::image_for(&self.cfg)
-                    {
-                        let spec = docker::spec(&self.cfg, &tag);
-                        if f.spec_hash.as_deref() == Some(spec.hash().as_str()) {
-                            self.on_demand.slept = Some((f.id.clone(), spec.privileges));
-                        }
+        let stopped = match self.our_container().await {
+            Ok(Some((d, f))) => {
+                let r = docker::container::stop(&d, &f.id, Duration::from_secs(5))
+                    .await
+                    .map_err(|e| e.to_string());
+                if r.is_ok()
+                    && let Ok((tag, _)) = docker::image_for(&self.cfg)
+                {
+                    let spec = docker::spec(&self.cfg, &tag);
+                    if f.spec_hash.as_deref() == Some(spec.hash().as_str()) {
+                        self.on_demand.slept = Some((f.id.clone(), spec.privileges));
                     }
-                    r
                 }
-                Ok(None) => Ok(()),
-                Err(e) => Err(e.to_string()),
-            },
+                r
+            }
+            Ok(None) => Ok(()),
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = stopped {
