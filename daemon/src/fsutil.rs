@@ -152,10 +152,14 @@ pub fn edit_file(
             Some(text) => {
                 let meta = fs::symlink_metadata(path).ok().filter(|m| m.is_file());
                 let tmp = write_temp(path, &dir_fd, text.as_bytes(), meta.as_ref(), new_mode)?;
-                if read_no_follow(path)?.as_deref() != before.as_deref() {
-                    // Someone wrote the file while we computed: start again from what is there.
+                // Someone wrote the file while we computed, or has just begun to (a truncate
+                // makes it look empty and fresh, its bytes still to come): start again, from
+                // what is there once it is quiet. What is left open is the few microseconds
+                // between this look and the rename.
+                if read_no_follow(path)?.as_deref() != before.as_deref() || !is_quiet(path) {
                     let _ =
                         rustix::fs::unlinkat(&dir_fd, tmp.as_str(), rustix::fs::AtFlags::empty());
+                    wait_quiet(path);
                     continue;
                 }
                 rename_into(&dir_fd, &tmp, path)?;
@@ -185,17 +189,26 @@ const QUIET: std::time::Duration = std::time::Duration::from_millis(25);
 fn wait_quiet(path: &Path) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
     while std::time::Instant::now() < deadline {
-        let Ok(modified) = fs::metadata(path).and_then(|m| m.modified()) else {
-            return;
-        };
-        let age = std::time::SystemTime::now()
-            .duration_since(modified)
-            .unwrap_or_default();
-        if age >= QUIET {
-            return;
+        match unmodified_for(path) {
+            Some(age) if age < QUIET => std::thread::sleep(QUIET - age),
+            _ => return,
         }
-        std::thread::sleep(QUIET - age);
     }
+}
+
+/// Whether `path` (if it exists) has gone unmodified for [`QUIET`].
+fn is_quiet(path: &Path) -> bool {
+    unmodified_for(path).is_none_or(|age| age >= QUIET)
+}
+
+/// How long ago `path` was last modified; `None` when it does not exist.
+fn unmodified_for(path: &Path) -> Option<std::time::Duration> {
+    let modified = fs::symlink_metadata(path).and_then(|m| m.modified()).ok()?;
+    Some(
+        std::time::SystemTime::now()
+            .duration_since(modified)
+            .unwrap_or_default(),
+    )
 }
 
 /// Creates a temp file next to `path` under a random name (exclusively, never through a link),
