@@ -69,10 +69,13 @@ pub(super) struct Fleet {
 }
 
 impl Fleet {
+    /// Reads `fleet.json` with the identity of whoever controls the state dir, as `state.json`.
     pub(super) fn load(&mut self, state_dir: &Path) {
-        self.saved = std::fs::read(saved_path(state_dir))
+        let p = saved_path(state_dir);
+        self.saved = fsutil::as_owner_of(&p, || fsutil::read_optional(&p))
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+            .flatten()
+            .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
     }
 }
