@@ -121,6 +121,7 @@ const CHECKS: &[CheckFn] = &[
     check_keys,
     check_nix_uri,
     check_substitute,
+    check_builders,
     check_owners,
     check_root_ssh,
     check_sandbox,
@@ -690,13 +691,20 @@ fn check_nix_uri(ctx: &Ctx) -> Vec<Check> {
 /// includes, never the invoking user's own files.
 fn check_substitute(ctx: &Ctx) -> Vec<Check> {
     let cfg = ctx.cfg;
+    let shown = nix_shown(cfg);
+    substitute_verdict(ctx, shown)
+}
+
+/// The settings as the nix-daemon reads them (`nix config show` with the system nix.conf and
+/// its includes only, never the user's own files); `None` without a `nix` to ask.
+fn nix_shown(cfg: &Config) -> Option<String> {
     let dir = cfg
         .registration
         .nix_conf
         .parent()
         .unwrap_or(Path::new("/etc/nix"))
         .to_path_buf();
-    let shown = ["config show", "show-config"].iter().find_map(|sub| {
+    ["config show", "show-config"].iter().find_map(|sub| {
         let o = Command::new("nix")
             .args(sub.split(' '))
             .args(["--extra-experimental-features", "nix-command"])
@@ -713,19 +721,84 @@ fn check_substitute(ctx: &Ctx) -> Vec<Check> {
         o.status
             .success()
             .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
-    });
+    })
+}
+
+/// One setting's value in `nix config show` output.
+fn shown_value(shown: &str, key: &str) -> Option<String> {
+    shown.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().to_string())
+    })
+}
+
+/// `builders` as the nix-daemon reads it must name builderd's machines file: nix-darwin writes
+/// `builders =` (empty) unless `nix.distributedBuilds` is on, and then the machines file is
+/// never read.
+fn check_builders(ctx: &Ctx) -> Vec<Check> {
+    let cfg = ctx.cfg;
+    let Some(shown) = nix_shown(cfg) else {
+        // No nix to ask: nix-uri says so.
+        return vec![];
+    };
+    let machines = &cfg.registration.machines_file;
+    let want = format!("@{}", machines.display());
+    let value = shown_value(&shown, "builders").unwrap_or_default();
+    if value.split([';', '\n']).any(|b| b.trim() == want) {
+        return vec![pass(
+            "builders",
+            format!("Nix reads {} (builders = {value})", machines.display()),
+        )];
+    }
+    let read = |p: &Path| std::fs::read_to_string(p).ok();
+    let set_at = nix_conf::effective(&cfg.registration.nix_conf, "builders", &read)
+        .map(|s| format!(" ({}:{} sets it)", s.file.display(), s.line))
+        .unwrap_or_default();
+    let nix_darwin = matches!(
+        resolve_target(&cfg.registration.nix_conf),
+        Target::NixDarwin
+    );
+    let what = if value.is_empty() {
+        format!(
+            "builders is empty{set_at}: Nix ignores {}",
+            machines.display()
+        )
+    } else {
+        format!(
+            "builders = {value}{set_at} does not name {}: Nix ignores it",
+            machines.display()
+        )
+    };
+    vec![fail(
+        "builders",
+        what,
+        builders_fix(nix_darwin, &want, &cfg.registration.nix_conf),
+    )]
+}
+
+/// What to do when `builders` leaves the machines file out.
+fn builders_fix(nix_darwin: bool, want: &str, nix_conf: &Path) -> String {
+    if nix_darwin {
+        "in your nix-darwin configuration set `nix.distributedBuilds = true;` (nix-darwin then writes `builders = @/etc/nix/machines`), run `darwin-rebuild switch`, then `builderctl up`".to_string()
+    } else {
+        format!(
+            "in {} remove the `builders` line (its default reads the machines file) or set `builders = {want}`, then restart the nix-daemon",
+            nix_conf.display()
+        )
+    }
+}
+
+fn substitute_verdict(ctx: &Ctx, shown: Option<String>) -> Vec<Check> {
+    let cfg = ctx.cfg;
     let read = |p: &Path| std::fs::read_to_string(p).ok();
     let file_value = nix_conf::effective(
         &cfg.registration.nix_conf,
         "builders-use-substitutes",
         &read,
     );
-    let value = shown.as_ref().and_then(|text| {
-        text.lines().find_map(|l| {
-            let (k, v) = l.split_once('=')?;
-            (k.trim() == "builders-use-substitutes").then(|| v.trim().to_string())
-        })
-    });
+    let value = shown
+        .as_ref()
+        .and_then(|text| shown_value(text, "builders-use-substitutes"));
     // What Nix shows; without a nix binary, what the files say (builderd's own block included).
     let effective = value.or_else(|| {
         let text = read(&cfg.registration.nix_conf).unwrap_or_default();
@@ -1069,6 +1142,17 @@ fn nix_str(s: &str) -> String {
 /// file holding only builderd's line, with no shared ssh connection; then reads the output back
 /// from this builder's store (the pinned host key makes it this container and no other).
 fn remote_build(ctx: &Ctx, system: &str, script: &str) -> Result<Built, String> {
+    remote_build_with(ctx, system, script, None)
+}
+
+/// [`remote_build`] with a program of `system`'s architecture as an input, which the script
+/// finds at `$probe` (copied to the builder's store, executable).
+fn remote_build_with(
+    ctx: &Ctx,
+    system: &str,
+    script: &str,
+    probe: Option<&[u8]>,
+) -> Result<Built, String> {
     let cfg = ctx.cfg;
     let line = ctx.machines_line().ok_or_else(|| {
         format!(
@@ -1079,7 +1163,7 @@ fn remote_build(ctx: &Ctx, system: &str, script: &str) -> Result<Built, String> 
     let dir =
         std::env::temp_dir().join(format!("builderd-doctor-{}-{}", std::process::id(), system));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let result = remote_build_in(ctx, &dir, &line, system, script);
+    let result = remote_build_in(ctx, &dir, &line, system, script, probe);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -1090,9 +1174,21 @@ fn remote_build_in(
     line: &str,
     system: &str,
     script: &str,
+    probe: Option<&[u8]>,
 ) -> Result<Built, String> {
     let cfg = ctx.cfg;
     let machines = dir.join("machines");
+    let probe_attr = match probe {
+        Some(bytes) => {
+            use std::os::unix::fs::PermissionsExt;
+            let p = dir.join("probe");
+            std::fs::write(&p, bytes).map_err(|e| e.to_string())?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| e.to_string())?;
+            " probe = ./probe;"
+        }
+        None => "",
+    };
     std::fs::write(&machines, format!("{line}\n")).map_err(|e| e.to_string())?;
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1102,7 +1198,7 @@ fn remote_build_in(
     std::fs::write(
         &drv,
         format!(
-            "derivation {{ name = \"builderd-doctor\"; system = {}; builder = \"/bin/sh\"; nonce = \"{nonce}\"; args = [ \"-c\" {} ]; }}\n",
+            "derivation {{ name = \"builderd-doctor\"; system = {}; builder = \"/bin/sh\"; nonce = \"{nonce}\";{probe_attr} args = [ \"-c\" {} ]; }}\n",
             nix_str(system),
             nix_str(script)
         ),
@@ -1355,9 +1451,35 @@ fn check_build(ctx: &Ctx) -> Vec<Check> {
         .filter(|s| seen.insert(s.to_string(), ()).is_none())
         .map(|system| {
             let token = format!("builderd-doctor-{system}");
-            let script = format!("echo {token} > \"$out\"");
-            match remote_build(ctx, system, &script) {
-                Ok(b) if b.text.trim() == token => pass(
+            // A program of the system's own architecture runs inside the sandbox: for a foreign
+            // system that is Rosetta or qemu at work where builds run, not only in the container.
+            let arch = builderd::docker::probe::Arch::ALL
+                .into_iter()
+                .find(|a| a.nix_system() == *system);
+            let probe = arch.map(builderd::docker::probe::program);
+            let script = if probe.is_some() {
+                format!("\"$probe\"; echo {token} $? > \"$out\"")
+            } else {
+                format!("echo {token} > \"$out\"")
+            };
+            let wanted = if probe.is_some() {
+                format!("{token} {}", builderd::docker::probe::EXIT_CODE)
+            } else {
+                token.clone()
+            };
+            match remote_build_with(ctx, system, &script, probe.as_deref()) {
+                Ok(b) if b.text.trim() != wanted && b.text.starts_with(&token) => fail(
+                    "build",
+                    format!(
+                        "a {system} build ran, but a {system} program inside it did not (it wrote {:?}; 126 means the kernel would not run it)",
+                        b.text.trim()
+                    ),
+                    match arch {
+                        Some(builderd::docker::probe::Arch::X86_64) => "turn on \"Use Rosetta for x86_64/amd64 emulation on Apple Silicon\" in Docker Desktop's settings, then `builderctl down && builderctl up`",
+                        _ => "register an emulator for it with the F (fix binary) flag (qemu-user-static), then `builderctl down && builderctl up`",
+                    },
+                ),
+                Ok(b) if b.text.trim() == wanted => pass(
                     "build",
                     format!(
                         "a tiny {system} build{} ran in this builder in {:.2} s",
@@ -1387,6 +1509,15 @@ fn check_build(ctx: &Ctx) -> Vec<Check> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_builders_fix_says_what_nix_darwin_needs() {
+        let f = builders_fix(true, "@/etc/nix/machines", Path::new("/etc/nix/nix.conf"));
+        assert!(f.contains("nix.distributedBuilds = true;"), "{f}");
+        assert!(f.contains("darwin-rebuild switch"), "{f}");
+        let f = builders_fix(false, "@/etc/nix/machines", Path::new("/etc/nix/nix.conf"));
+        assert!(f.contains("builders = @/etc/nix/machines"), "{f}");
+    }
 
     #[test]
     fn engine_kind_by_socket_path() {

@@ -137,7 +137,7 @@ pub fn edit_file(
     let _lock = lock_dir(dir)?;
     let dir_fd = open_dir(dir)?;
     clean_stale_temps_locked(&dir_fd);
-    wait_quiet(path);
+    wait_settled(path);
     for _ in 0..8 {
         let before = read_no_follow(path)?;
         let wanted = edit(before.as_deref());
@@ -156,10 +156,13 @@ pub fn edit_file(
                 // makes it look empty and fresh, its bytes still to come): start again, from
                 // what is there once it is quiet. What is left open is the few microseconds
                 // between this look and the rename.
-                if read_no_follow(path)?.as_deref() != before.as_deref() || !is_quiet(path) {
+                if read_no_follow(path)?.as_deref() != before.as_deref()
+                    || !is_quiet(path)
+                    || open_for_writing(path)
+                {
                     let _ =
                         rustix::fs::unlinkat(&dir_fd, tmp.as_str(), rustix::fs::AtFlags::empty());
-                    wait_quiet(path);
+                    wait_settled(path);
                     continue;
                 }
                 rename_into(&dir_fd, &tmp, path)?;
@@ -194,6 +197,48 @@ fn wait_quiet(path: &Path) {
             _ => return,
         }
     }
+}
+
+/// Waits (at most half a second each) until no process has `path` open for writing, where that
+/// can be told, and until it is quiet.
+fn wait_settled(path: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    while open_for_writing(path) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    wait_quiet(path);
+}
+
+/// Whether some process has `path` open for writing: a writer that truncated it and has not
+/// written yet, however long it was held up. On Linux a read lease tells (the kernel refuses
+/// one, with EAGAIN, while the file is open for writing anywhere); it is released at once.
+/// Elsewhere, or when the lease cannot be asked for (not the file's owner, no CAP_LEASE), this
+/// says no and the quiet rule alone applies.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn open_for_writing(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return false;
+    };
+    let fd = f.as_raw_fd();
+    // SAFETY: fcntl on a file descriptor this function owns, with integer arguments.
+    let r = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) };
+    if r == 0 {
+        // SAFETY: as above; gives the lease back before anyone can wait on it for long.
+        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+        return false;
+    }
+    io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_for_writing(_path: &Path) -> bool {
+    false
 }
 
 /// Whether `path` (if it exists) has gone unmodified for [`QUIET`].
@@ -433,6 +478,41 @@ fn current_egid() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_writer_that_truncated_and_is_held_up_is_waited_for_not_overwritten() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("machines");
+        std::fs::write(&p, "old line\n").unwrap();
+        assert!(!open_for_writing(&p));
+        // A writer truncates, then is held up for longer than the quiet time before it writes.
+        let mut w = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        assert!(
+            open_for_writing(&p),
+            "a file open for writing is seen as such"
+        );
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            io::Write::write_all(&mut w, b"the user's line\n").unwrap();
+        });
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        // The file is empty and has been quiet for longer than QUIET: only the open writer
+        // says it is not whole.
+        edit_file(&p, 0o644, |cur| {
+            Some(format!("ours\n{}", cur.unwrap_or("")))
+        })
+        .unwrap();
+        writer.join().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "ours\nthe user's line\n"
+        );
+    }
 
     #[test]
     fn edit_keeps_mode_and_replaces_atomically() {

@@ -172,10 +172,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // A hang-up (a closed terminal) is not a reason to stop.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // SIGIO comes when a writer opens a file in the instant builderd holds a read lease on it
+    // (to learn whether anyone is writing it); its default action would end the daemon.
+    let mut lease_break = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::io())?;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = hangup.recv() => tracing::info!("SIGHUP ignored"),
+            _ = lease_break.recv() => tracing::debug!("SIGIO: a writer opened a file builderd was looking at"),
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = shutdown_req.recv() => { tracing::info!("shutdown requested"); break; }
             accepted = listener.accept() => match accepted {

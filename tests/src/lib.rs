@@ -367,14 +367,7 @@ impl Env {
                 "build-users-group",
                 "",
             ])
-            // No shared connection: each build goes through the host key and key checks.
-            .env(
-                "NIX_SSHOPTS",
-                format!(
-                    "-F {} -o ControlMaster=no -o ControlPath=none",
-                    ssh_config.display()
-                ),
-            )
+            .env("NIX_SSHOPTS", unshared_sshopts(ssh_config))
             .stdin(Stdio::null())
             .output()
             .expect("nix-build runs (tests/run installs nix-bin)");
@@ -422,13 +415,7 @@ impl Env {
             .arg(format!("@{}", machines.display()))
             .args(["--option", "substituters", ""])
             .args(["--option", "build-users-group", ""])
-            .env(
-                "NIX_SSHOPTS",
-                format!(
-                    "-F {} -o ControlMaster=no -o ControlPath=none",
-                    ssh_config.display()
-                ),
-            )
+            .env("NIX_SSHOPTS", unshared_sshopts(ssh_config))
             .stdin(Stdio::null())
             .output()
             .expect("nix-build runs");
@@ -692,6 +679,15 @@ pub fn redact(env: &Env, text: &str) -> String {
     t = t.replace(&format!(":{}", env.port), ":[PORT]");
     t = t.replace(&format!("port {}", env.port), "port [PORT]");
     t
+}
+
+/// `NIX_SSHOPTS` for a build through `ssh_config` with no shared connection: each build goes
+/// through the host key and key checks itself.
+pub fn unshared_sshopts(ssh_config: &Path) -> String {
+    format!(
+        "-F {} -o ControlMaster=no -o ControlPath=none",
+        ssh_config.display()
+    )
 }
 
 /// Whether the engine holds the image `tag`.

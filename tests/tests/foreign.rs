@@ -163,4 +163,26 @@ fn a_foreign_system_is_advertised_exactly_when_it_runs_and_builds_sandboxed() {
     // And x86_64 still builds.
     let text = env.nix_build(&env.path("root/.ssh/config"), "x86_64");
     assert!(text.contains("machtype=x86_64"), "{text}");
+
+    // doctor --build-test runs an aarch64 program inside an aarch64 build, for real.
+    let doctor = |env: &Env| {
+        let o = env.ctl(&["doctor", "--build-test"]);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let out = doctor(&env);
+    let line = |out: &str, system: &str| {
+        out.lines()
+            .find(|l| l.contains("build") && l.contains(system))
+            .unwrap_or_else(|| panic!("no build line for {system}:\n{out}"))
+            .to_string()
+    };
+    assert!(line(&out, "aarch64-linux").starts_with("PASS"), "{out}");
+    assert!(line(&out, "aarch64-linux").contains("(qemu)"), "{out}");
+    assert!(line(&out, "x86_64-linux").starts_with("PASS"), "{out}");
+    // The handler gone while the builder still advertises aarch64: the build check sees that
+    // no aarch64 program runs any more.
+    let _ = std::fs::write(Path::new(BINFMT).join(HANDLER), "-1");
+    let out = doctor(&env);
+    let l = line(&out, "aarch64-linux");
+    assert!(l.starts_with("FAIL"), "{out}");
 }

@@ -245,7 +245,8 @@ fn sigkill_during_syncs_never_leaves_a_broken_file() {
                 f.display()
             );
         }
-        assert!(read(&machines).ends_with(&user_line), "round {round}");
+        let m = read(&machines);
+        assert!(m.ends_with(&user_line), "round {round}: {m:?}");
         assert!(
             read(&env.path("home/.ssh/known_hosts")).ends_with(user_kh),
             "round {round}"
