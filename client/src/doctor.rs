@@ -16,7 +16,7 @@ use builderd::protocol::{Reply, Request, State, Status};
 use builderd::registration::{Target, block, nix_conf, resolve_target};
 
 use crate::exit;
-use crate::output::{Out, human_bytes};
+use crate::output::{Out, human_bytes, paint};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -212,14 +212,6 @@ pub async fn run(cfg: &Config, build_test: bool, out: &Out) -> u8 {
     if failed { exit::DOCTOR } else { exit::OK }
 }
 
-fn paint(s: &str, code: &str, color: bool) -> String {
-    if color {
-        format!("\x1b[{code}m{s}\x1b[0m")
-    } else {
-        s.to_string()
-    }
-}
-
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
@@ -395,9 +387,7 @@ fn check_rosetta(ctx: &Ctx) -> Vec<Check> {
 fn on_builder(cfg: &Config, command: &str) -> Result<String, String> {
     let host_pub = cfg.volume_dir().join("id_ed25519.pub");
     let key = builderd::keys::read_public(&host_pub).map_err(|e| e.to_string())?;
-    let kh = cfg.state_dir.join("ssh_known_hosts");
-    let line = format!("{} {}\n", cfg.alias(), builderd::keys::key_line(&key));
-    builderd::fsutil::write_atomic(&kh, line.as_bytes(), 0o600).map_err(|e| e.to_string())?;
+    let kh = crate::service::pinned_known_hosts(cfg, &key).map_err(|e| e.to_string())?;
     let mut argv = crate::service::ssh_argv(cfg, &kh, &[command.to_string()]);
     argv.splice(
         1..1,
@@ -619,12 +609,8 @@ fn check_nix_uri(ctx: &Ctx) -> Vec<Check> {
         )];
     };
     let vs = format!("{}.{}.{}", v.0, v.1, v.2);
-    let host_port = uri.contains('@')
-        && uri
-            .rsplit(':')
-            .next()
-            .is_some_and(|p| p.parse::<u16>().is_ok());
-    if host_port && v < (2, 31, 0) {
+    let host_port = builderd::hostnix::is_host_port_uri(uri);
+    if host_port && !builderd::hostnix::parses_host_port(v) {
         return vec![fail(
             "nix-uri",
             format!("{uri} needs Nix 2.31 or newer; this host has {vs}"),

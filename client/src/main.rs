@@ -168,12 +168,17 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-fn daemon_binary() -> PathBuf {
+/// The `builderd` next to this `builderctl`, when there is one.
+fn daemon_next_to_us() -> Option<PathBuf> {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("builderd")))
         .filter(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("builderd"))
+}
+
+/// The daemon binary to start: the one next to this `builderctl`, else `builderd` on PATH.
+fn daemon_binary() -> PathBuf {
+    daemon_next_to_us().unwrap_or_else(|| PathBuf::from("builderd"))
 }
 
 fn report(err: &ClientError, out: &output::Out) -> u8 {

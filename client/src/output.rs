@@ -149,7 +149,8 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-fn paint(s: &str, code: &str, color: bool) -> String {
+/// `s` in the terminal colour `code`, when colour is on.
+pub fn paint(s: &str, code: &str, color: bool) -> String {
     if color {
         format!("\x1b[{code}m{s}\x1b[0m")
     } else {

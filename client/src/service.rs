@@ -48,6 +48,18 @@ pub fn ssh_argv(cfg: &Config, known_hosts: &Path, command: &[String]) -> Vec<Str
     v
 }
 
+/// A known_hosts file of builderd's own (in the state dir) that pins `key` under the alias:
+/// what `builderctl ssh` and doctor's probes trust, and nothing else.
+pub fn pinned_known_hosts(
+    cfg: &Config,
+    key: &builderd::keys::PublicKey,
+) -> Result<std::path::PathBuf, builderd::fsutil::FsError> {
+    let kh = cfg.state_dir.join("ssh_known_hosts");
+    let line = format!("{} {}\n", cfg.alias(), builderd::keys::key_line(key));
+    builderd::fsutil::write_atomic(&kh, line.as_bytes(), 0o600)?;
+    Ok(kh)
+}
+
 /// `builderctl ssh [-- CMD…]`: replaces this process with ssh.
 pub fn ssh(cfg: &Config, command: &[String]) -> u8 {
     let host_pub = cfg.volume_dir().join("id_ed25519.pub");
@@ -61,12 +73,13 @@ pub fn ssh(cfg: &Config, command: &[String]) -> u8 {
             return exit::FAILURE;
         }
     };
-    let kh = cfg.state_dir.join("ssh_known_hosts");
-    let line = format!("{} {}\n", cfg.alias(), builderd::keys::key_line(&key));
-    if let Err(e) = builderd::fsutil::write_atomic(&kh, line.as_bytes(), 0o600) {
-        eprintln!("builderctl: {e}");
-        return exit::FAILURE;
-    }
+    let kh = match pinned_known_hosts(cfg, &key) {
+        Ok(kh) => kh,
+        Err(e) => {
+            eprintln!("builderctl: {e}");
+            return exit::FAILURE;
+        }
+    };
     let argv = ssh_argv(cfg, &kh, command);
     let err = std::process::Command::new(&argv[0]).args(&argv[1..]).exec();
     eprintln!("builderctl: cannot run ssh: {err}");
@@ -151,11 +164,8 @@ async fn container_logs(cfg: &Config, follow: bool, out: &Out) -> u8 {
 /// root's own copies of builderd and the config ([`install_copies`]) with a fixed PATH, and
 /// logs to a directory only root can change; nothing in it is a file the user could replace.
 fn service_for(cfg: &Config, config_path: &Path, user: bool) -> Result<Service, String> {
-    let program = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("builderd")))
-        .filter(|p| p.is_file())
-        .ok_or("cannot find the builderd binary next to builderctl")?;
+    let program =
+        crate::daemon_next_to_us().ok_or("cannot find the builderd binary next to builderctl")?;
     let config = std::path::absolute(config_path).map_err(|e| e.to_string())?;
     let mut env = BTreeMap::new();
     let path = if user {
@@ -268,10 +278,7 @@ pub async fn install(cfg: &Config, config_path: &Path, print: bool, user: bool, 
         return exit::FAILURE;
     }
     if !user {
-        let ours = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("builderd")))
-            .unwrap_or_default();
+        let ours = crate::daemon_next_to_us().unwrap_or_default();
         if let Err(e) = install_copies(&builderd::config::system_dir(), &ours, config_path) {
             out.error(&e);
             return exit::FAILURE;

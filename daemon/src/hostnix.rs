@@ -38,6 +38,15 @@ pub fn use_host_port(form: UriForm) -> bool {
     }
 }
 
+/// Whether a store URI is the `ssh-ng://user@host:port` form (not the alias).
+pub fn is_host_port_uri(uri: &str) -> bool {
+    uri.contains('@')
+        && uri
+            .rsplit(':')
+            .next()
+            .is_some_and(|p| p.parse::<u16>().is_ok())
+}
+
 /// Whether a Nix of `version` parses `ssh-ng://user@host:port`.
 pub fn parses_host_port(version: (u32, u32, u32)) -> bool {
     version >= (2, 31, 0)

@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use russh::keys::ssh_key::{self, HashAlg, PublicKey};
+pub use russh::keys::ssh_key::PublicKey;
+use russh::keys::ssh_key::{self, HashAlg};
 use russh::keys::{Algorithm, PrivateKey};
 
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -50,7 +50,7 @@ impl Wanted {
 
     /// Whether the store URI is the `user@host:port` form rather than the alias.
     pub fn is_host_port(&self) -> bool {
-        self.uri.contains('@')
+        crate::hostnix::is_host_port_uri(&self.uri)
     }
 
     /// The machines line, all 8 fields. Field 8 pins the host key in both forms (Nix writes it
