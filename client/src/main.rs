@@ -65,6 +65,16 @@ enum Cmd {
     /// Collect garbage in the builder's Nix store
     #[command(after_help = "Example:\n  builderctl gc")]
     Gc,
+    /// Pin the host key a remote builder presented, after you checked its fingerprint
+    #[command(
+        after_help = "Example:\n  builderctl status            # shows the key big-box presented\n  builderctl trust big-box SHA256:…"
+    )]
+    Trust {
+        /// The remote's `name` in the config
+        name: String,
+        /// The fingerprint you expect (`ssh-keygen -lf` on the host's key); refused if it differs
+        fingerprint: Option<String>,
+    },
     /// Stop the daemon; the builder is left as it is
     #[command(after_help = "Example:\n  builderctl shutdown")]
     Shutdown,
@@ -225,6 +235,10 @@ async fn run(cmd: Cmd, cfg: &Config, config_path: &Path, out: &output::Out) -> u
             };
             done(client::request(&cfg.socket, req, |_| {}).await, out)
         }
+        Cmd::Trust { name, fingerprint } => done(
+            client::request(&cfg.socket, Request::Trust { name, fingerprint }, |_| {}).await,
+            out,
+        ),
         Cmd::Status { json, watch } => output::status(cfg, json, watch, out).await,
         Cmd::Check => match client::request(&cfg.socket, Request::Check, |_| {}).await {
             Ok(Reply::Status(st)) => {

@@ -276,6 +276,59 @@ pub fn render_status(st: &Status, color: bool) -> String {
         };
         rows.push((r.kind.clone(), format!("{}  {state}", r.path)));
     }
+    for r in &st.remotes {
+        let color_of = match r.state.as_str() {
+            "up" => "32",
+            "checking" | "down" => "2",
+            "pending-trust" | "unhealthy" => "33",
+            _ => "31",
+        };
+        let mut line = format!(
+            "{} {}:{}  {}",
+            r.name,
+            r.address,
+            r.port,
+            paint(&r.state, color_of, color)
+        );
+        line.push_str(if r.listed { ", listed" } else { ", not listed" });
+        if let Some(h) = &r.last_health
+            && h.ok
+        {
+            line.push_str(&format!(", {:.0} ms", h.latency_ms));
+        }
+        if !r.systems.is_empty() {
+            line.push_str(&format!(", {}", r.systems.join(",")));
+        }
+        rows.push(("remote".into(), line));
+        if let Some(fp) = &r.host_key_fingerprint {
+            rows.push((
+                String::new(),
+                format!(
+                    "  host key {fp} ({})",
+                    r.host_key_source.as_deref().unwrap_or("pinned")
+                ),
+            ));
+        }
+        if let Some(fp) = &r.pending_host_key {
+            rows.push((
+                String::new(),
+                paint(
+                    &format!(
+                        "  presented {fp}, not pinned: `builderctl trust {} {fp}`",
+                        r.name
+                    ),
+                    "33",
+                    color,
+                ),
+            ));
+        }
+        if let Some(reason) = r.reason.as_deref().filter(|_| r.pending_host_key.is_none()) {
+            rows.push((
+                String::new(),
+                format!("  {}", reason.lines().next().unwrap_or("")),
+            ));
+        }
+    }
     rows.push((
         "daemon".into(),
         format!(

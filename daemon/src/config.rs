@@ -305,6 +305,75 @@ impl Default for RegistrationConfig {
     }
 }
 
+/// A remote builder: a Linux host with Nix reached over SSH.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// Names its ssh_config alias and its blocks in the shared files.
+    pub name: String,
+    /// Host name or IP address.
+    pub address: String,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    #[serde(default = "default_remote_user")]
+    pub user: String,
+    /// The private key to log in with; `private_key` when unset.
+    #[serde(default)]
+    pub identity: Option<PathBuf>,
+    /// `ssh-ed25519 AAAA…`, pinned as given. When unset, the first key seen is shown in
+    /// status and pinned only once `builderctl trust NAME` confirms it.
+    #[serde(default)]
+    pub host_key: Option<String>,
+    /// Systems to register; those the host reports running when unset.
+    #[serde(default)]
+    pub systems: Option<Vec<String>>,
+    #[serde(default = "default_max_jobs")]
+    pub max_jobs: u32,
+    #[serde(default = "default_speed_factor")]
+    pub speed_factor: u32,
+    #[serde(default)]
+    pub supported_features: Vec<String>,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+
+fn default_remote_user() -> String {
+    "root".into()
+}
+
+fn default_max_jobs() -> u32 {
+    4
+}
+
+fn default_speed_factor() -> u32 {
+    1
+}
+
+/// A name builderd may use for a container, a remote, an alias and a block.
+fn is_plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// A host name, an IPv4 or an IPv6 address: nothing that could break an ssh_config line.
+fn is_address(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c))
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric() || c == ':')
+}
+
+/// A path that lands in an ssh_config line (quoted when it has spaces).
+fn is_line_safe_path(p: &Path) -> bool {
+    let s = p.to_string_lossy();
+    !s.contains(|c: char| c.is_control() || c == '"' || c == '\\')
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -330,6 +399,8 @@ pub struct Config {
     pub image: ImageConfig,
     pub builder: BuilderConfig,
     pub registration: RegistrationConfig,
+    /// Remote builders besides the local container (`[[remote]]` tables).
+    pub remote: Vec<RemoteConfig>,
     /// The file this was read from, and its text, for error messages.
     #[serde(skip)]
     pub file: PathBuf,
@@ -356,6 +427,7 @@ impl Default for Config {
             image: ImageConfig::default(),
             builder: BuilderConfig::default(),
             registration: RegistrationConfig::default(),
+            remote: Vec::new(),
             file: PathBuf::new(),
             text: String::new(),
         }
@@ -445,6 +517,11 @@ impl Config {
         ex(&mut self.registration.nix_conf);
         self.registration.known_hosts.iter_mut().for_each(ex);
         self.registration.ssh_config.iter_mut().for_each(ex);
+        for r in &mut self.remote {
+            if let Some(i) = &mut r.identity {
+                ex(i);
+            }
+        }
     }
 
     fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
@@ -463,15 +540,7 @@ impl Config {
                 "is 22, the host's own SSH port: choose a free port such as 2222".into(),
             ));
         }
-        if self.container_name.is_empty()
-            || !self
-                .container_name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-            || !self
-                .container_name
-                .starts_with(|c: char| c.is_ascii_alphanumeric())
-        {
+        if !is_plain_name(&self.container_name) {
             return Err(bad(
                 "container_name",
                 format!(
@@ -539,6 +608,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_remotes(path, text)?;
         // sockaddr_un's path: 104 bytes on macOS, 108 on Linux, the final NUL included.
         let max = if cfg!(target_os = "macos") { 103 } else { 107 };
         let len = self.socket.as_os_str().len();
@@ -562,6 +632,110 @@ impl Config {
                     c.display()
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_remotes(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let mut names = vec![self.container_name.as_str(), self.alias()];
+        for (n, r) in self.remote.iter().enumerate() {
+            // An error names the line in this remote's own table.
+            let bad = |key: &str, problem: String| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: remote_line(text, n, key),
+                key: key.to_string(),
+                problem,
+            };
+            let who = format!("(remote {:?})", r.name);
+            if !is_plain_name(&r.name) {
+                return Err(bad(
+                    "name",
+                    format!(
+                        "is {:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit",
+                        r.name
+                    ),
+                ));
+            }
+            if names.contains(&r.name.as_str()) {
+                return Err(bad(
+                    "name",
+                    format!(
+                        "{:?} is used twice (by another remote, the container or its alias): give each builder its own name",
+                        r.name
+                    ),
+                ));
+            }
+            names.push(&r.name);
+            if !is_address(&r.address) {
+                return Err(bad(
+                    "address",
+                    format!(
+                        "{who} is {:?}: give a host name or an IP address",
+                        r.address
+                    ),
+                ));
+            }
+            if r.port == 0 {
+                return Err(bad("port", format!("{who} is 0: give the host's SSH port")));
+            }
+            if !is_plain_name(&r.user) {
+                return Err(bad(
+                    "user",
+                    format!("{who} is {:?}: give a plain user name", r.user),
+                ));
+            }
+            if let Some(i) = &r.identity
+                && (!i.is_absolute() || !is_line_safe_path(i))
+            {
+                return Err(bad(
+                    "identity",
+                    format!(
+                        "{who} is {}: give an absolute path (or one starting with ~/) without quotes or control characters",
+                        i.display()
+                    ),
+                ));
+            }
+            if let Some(k) = &r.host_key
+                && let Err(e) = crate::keys::parse_host_key_line(k)
+            {
+                return Err(bad("host_key", format!("{who} {e}")));
+            }
+            if let Some(s) = &r.systems
+                && (s.is_empty() || s.iter().any(|s| !crate::health::is_system(s)))
+            {
+                return Err(bad(
+                    "systems",
+                    format!(
+                        "{who} is {s:?}: name Nix systems such as \"x86_64-linux\", or remove the key"
+                    ),
+                ));
+            }
+            if r.max_jobs == 0 || r.speed_factor == 0 {
+                return Err(bad(
+                    if r.max_jobs == 0 {
+                        "max_jobs"
+                    } else {
+                        "speed_factor"
+                    },
+                    format!("{who} must be at least 1"),
+                ));
+            }
+            if let Some(f) = r.supported_features.iter().find(|f| !is_word(f)) {
+                return Err(bad(
+                    "supported_features",
+                    format!("{who} has {f:?}: use letters, digits, '_', '.', '+' and '-'"),
+                ));
+            }
+        }
+        if !is_line_safe_path(&self.private_key) && !self.remote.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: line_of(text, "private_key"),
+                key: "private_key".into(),
+                problem:
+                    "has quotes or control characters, which cannot go into an ssh_config line"
+                        .into(),
+            });
         }
         Ok(())
     }
@@ -652,6 +826,11 @@ impl Config {
         Ok(())
     }
 
+    /// The key a remote logs in with.
+    pub fn remote_identity<'a>(&'a self, r: &'a RemoteConfig) -> &'a Path {
+        r.identity.as_deref().unwrap_or(&self.private_key)
+    }
+
     /// The config file again, when its text changed since this was read (`Ok(None)`: unchanged,
     /// or read from no file).
     pub fn reloaded(&self) -> Result<Option<Config>, ConfigError> {
@@ -734,6 +913,24 @@ pub fn line_of(text: &str, key: &str) -> Option<usize> {
     let doc = toml::de::DeTable::parse(text).ok()?;
     let at = find(doc.get_ref(), key)?;
     Some(text[..at].matches('\n').count() + 1)
+}
+
+/// The 1-based line on which `key` is set in the `n`-th `[[remote]]` table.
+fn remote_line(text: &str, n: usize, key: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.trim() == "[[remote]]")
+        .nth(n)?
+        .0;
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| l.trim_start().starts_with('['))
+        .map_or(lines.len(), |i| start + 1 + i);
+    line_of(&lines[start + 1..end].join("\n"), key)
+        .map(|l| start + 1 + l)
+        .or(Some(start + 1))
 }
 
 impl fmt::Display for UriForm {
@@ -834,6 +1031,70 @@ mod tests {
             .to_string();
         assert!(e.contains("line 2: `context`"), "{e}");
         assert!(e.contains("has no Dockerfile"), "{e}");
+    }
+
+    #[test]
+    fn remotes_are_read_with_their_defaults() {
+        let c = load(
+            "[[remote]]\nname = \"big-box\"\naddress = \"127.0.0.2\"\nidentity = \"~/.ssh/other\"\n\n[[remote]]\nname = \"b2\"\naddress = \"b2.example\"\nport = 2200\nuser = \"nix\"\nsystems = [\"aarch64-linux\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.remote.len(), 2);
+        let (a, b) = (&c.remote[0], &c.remote[1]);
+        assert_eq!(
+            (a.port, a.user.as_str(), a.max_jobs, a.speed_factor),
+            (22, "root", 4, 1)
+        );
+        assert_eq!(c.remote_identity(a), home_dir().join(".ssh/other"));
+        assert_eq!(c.remote_identity(b), c.private_key);
+        assert_eq!(
+            b.systems.as_deref(),
+            Some(&["aarch64-linux".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn remote_values_that_would_break_a_line_are_refused() {
+        let base = "[[remote]]\nname = \"r\"\naddress = \"127.0.0.2\"\n";
+        for (extra, key) in [
+            ("", ""),
+            ("user = \"ro ot\"\n", "`user`"),
+            ("supported_features = [\"a,b\"]\n", "`supported_features`"),
+            ("systems = [\"x86_64 linux\"]\n", "`systems`"),
+            ("host_key = \"ssh-ed25519 not-base64\"\n", "`host_key`"),
+            ("identity = \"/k\\\"x\"\n", "`identity`"),
+            ("max_jobs = 0\n", "`max_jobs`"),
+        ] {
+            let r = load(&format!("{base}{extra}"));
+            if key.is_empty() {
+                r.unwrap();
+            } else {
+                let e = r.unwrap_err().to_string();
+                assert!(e.contains(key), "{extra}: {e}");
+            }
+        }
+        for (text, key) in [
+            ("[[remote]]\nname = \"a b\"\naddress = \"h\"\n", "`name`"),
+            (
+                "[[remote]]\nname = \"nix-builder\"\naddress = \"h\"\n",
+                "used twice",
+            ),
+            (
+                "[[remote]]\nname = \"r\"\naddress = \"h\\nProxyCommand x\"\n",
+                "`address`",
+            ),
+            (
+                "[[remote]]\nname = \"r\"\naddress = \"h #x\"\n",
+                "`address`",
+            ),
+            (
+                "[[remote]]\nname = \"a\"\naddress = \"h\"\n\n[[remote]]\nname = \"b\"\naddress = \"h h\"\n",
+                "line 7: `address`",
+            ),
+        ] {
+            let e = load(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -147,6 +147,33 @@ impl client::Handler for Pinned {
     }
 }
 
+/// Where a check connects, and as whom.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub user: &'a str,
+}
+
+impl Target<'_> {
+    /// The local builder: root on 127.0.0.1:`port`.
+    pub fn local(port: u16) -> Target<'static> {
+        Target {
+            host: "127.0.0.1",
+            port,
+            user: "root",
+        }
+    }
+
+    fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
 /// Runs `command` on the builder at 127.0.0.1:`port` as root, with the host key pinned.
 /// Returns its standard output when it exits 0.
 pub async fn run(
@@ -156,18 +183,42 @@ pub async fn run(
     command: &str,
     timeout: Duration,
 ) -> Result<String, (Stage, String)> {
+    run_at(Target::local(port), host_key, client_key, command, timeout).await
+}
+
+async fn connect(
+    target: Target<'_>,
+    left: Duration,
+) -> Result<tokio::net::TcpStream, (Stage, String)> {
+    let addr = target.addr();
+    let stream = tokio::time::timeout(
+        left,
+        tokio::net::TcpStream::connect((target.host, target.port)),
+    )
+    .await
+    .map_err(|_| {
+        (
+            Stage::Connect,
+            format!("{addr} did not accept within {left:?}"),
+        )
+    })?
+    .map_err(|e| (Stage::Connect, format!("{addr}: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Runs `command` on `target` with the host key pinned. Returns its standard output when it
+/// exits 0.
+pub async fn run_at(
+    target: Target<'_>,
+    host_key: &PublicKey,
+    client_key: Arc<PrivateKey>,
+    command: &str,
+    timeout: Duration,
+) -> Result<String, (Stage, String)> {
     let deadline = Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(Instant::now());
-    let stream = tokio::time::timeout(left(), tokio::net::TcpStream::connect(("127.0.0.1", port)))
-        .await
-        .map_err(|_| {
-            (
-                Stage::Connect,
-                format!("127.0.0.1:{port} did not accept within {timeout:?}"),
-            )
-        })?
-        .map_err(|e| (Stage::Connect, format!("127.0.0.1:{port}: {e}")))?;
-    let _ = stream.set_nodelay(true);
+    let stream = connect(target, left()).await?;
     let config = Arc::new(client::Config {
         inactivity_timeout: Some(timeout),
         ..Default::default()
@@ -195,7 +246,7 @@ pub async fn run(
         })?;
     let auth = tokio::time::timeout(
         left(),
-        session.authenticate_publickey("root", PrivateKeyWithHashAlg::new(client_key, None)),
+        session.authenticate_publickey(target.user, PrivateKeyWithHashAlg::new(client_key, None)),
     )
     .await
     .map_err(|_| (Stage::Auth, "authentication timed out".to_string()))?
@@ -203,8 +254,10 @@ pub async fn run(
     if !auth.success() {
         return Err((
             Stage::Auth,
-            "the builder refused the client key for root (is host.pub the public half of private_key?)"
-                .to_string(),
+            format!(
+                "the builder refused the client key for {} (is its authorized key the public half of the key builderd logs in with?)",
+                target.user
+            ),
         ));
     }
     let result = tokio::time::timeout(left(), exec(&session, command))
@@ -248,10 +301,19 @@ async fn exec<H: client::Handler>(
     }
 }
 
-/// One health check.
+/// One health check of the local builder.
 pub async fn check(port: u16, host_key: &PublicKey, client_key: Arc<PrivateKey>) -> Outcome {
+    check_at(Target::local(port), host_key, client_key).await
+}
+
+/// One health check of the builder at `target`.
+pub async fn check_at(
+    target: Target<'_>,
+    host_key: &PublicKey,
+    client_key: Arc<PrivateKey>,
+) -> Outcome {
     let start = Instant::now();
-    let result = run(port, host_key, client_key, PROBE, Duration::from_secs(10))
+    let result = run_at(target, host_key, client_key, PROBE, Duration::from_secs(10))
         .await
         .and_then(|out| {
             parse_facts(&out).ok_or((
@@ -263,6 +325,52 @@ pub async fn check(port: u16, host_key: &PublicKey, client_key: Arc<PrivateKey>)
         latency: start.elapsed(),
         result,
     }
+}
+
+struct Capture {
+    seen: Arc<Mutex<Option<PublicKey>>>,
+}
+
+impl client::Handler for Capture {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        if let PublicKeyOrCertificate::PublicKey { key, .. } = server {
+            *self.seen.lock().expect("not poisoned") = Some(key.clone());
+        }
+        // Never trusted here: the handshake stops before anything is sent to the host.
+        Ok(false)
+    }
+}
+
+/// The host key `target` presents, read from a handshake that is then refused: nothing is
+/// authenticated or run on a host whose key nobody confirmed yet.
+pub async fn scan_host_key(
+    target: Target<'_>,
+    timeout: Duration,
+) -> Result<PublicKey, (Stage, String)> {
+    let deadline = Instant::now() + timeout;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let stream = connect(target, left()).await?;
+    let config = Arc::new(client::Config {
+        inactivity_timeout: Some(timeout),
+        ..Default::default()
+    });
+    let seen = Arc::new(Mutex::new(None));
+    let handler = Capture { seen: seen.clone() };
+    let result =
+        tokio::time::timeout(left(), client::connect_stream(config, stream, handler)).await;
+    if let Some(k) = seen.lock().expect("not poisoned").take() {
+        return Ok(k);
+    }
+    Err(match result {
+        Err(_) => (Stage::Handshake, "SSH handshake timed out".to_string()),
+        Ok(Err(e)) => (Stage::Handshake, format!("SSH handshake failed: {e}")),
+        Ok(Ok(_)) => (Stage::Handshake, "the host presented no key".to_string()),
+    })
 }
 
 #[cfg(test)]

@@ -100,6 +100,20 @@ pub fn key_line(key: &PublicKey) -> String {
         .to_string()
 }
 
+/// Parses a host key given as one line, `TYPE BASE64 [COMMENT]`, of any algorithm OpenSSH
+/// offers: what a config pins for a remote builder.
+pub fn parse_host_key_line(line: &str) -> Result<PublicKey, String> {
+    let line = line.trim();
+    if line.contains(['\n', '\r']) || line.is_empty() {
+        return Err(
+            "is not one key line: give `ssh-ed25519 AAAA…` as `ssh-keyscan` prints it".into(),
+        );
+    }
+    PublicKey::from_openssh(line).map_err(|e| {
+        format!("is not an SSH public key line ({e}): give `ssh-ed25519 AAAA…` as `ssh-keyscan` prints it")
+    })
+}
+
 /// Parses the contents of a public key file: exactly one ssh-ed25519 key.
 pub fn parse_public(path: &Path, bytes: &[u8]) -> Result<PublicKey, KeyError> {
     let p = || path.to_path_buf();
@@ -183,6 +197,25 @@ pub fn read_public(path: &Path) -> Result<PublicKey, KeyError> {
         return Err(KeyError::Garbled(path.to_path_buf()));
     };
     parse_public(path, &bytes)
+}
+
+/// Reads an unencrypted OpenSSH private key, such as a remote builder's `identity`.
+pub fn load_private(path: &Path) -> Result<std::sync::Arc<PrivateKey>, KeyError> {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => KeyError::PrivateMissing(path.to_path_buf()),
+        _ => KeyError::PrivateUnreadable {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
+    })?;
+    let key = PrivateKey::from_openssh(&bytes).map_err(|e| KeyError::PrivateUnreadable {
+        path: path.to_path_buf(),
+        reason: format!("not an OpenSSH private key ({e})"),
+    })?;
+    if key.is_encrypted() {
+        return Err(KeyError::Encrypted(path.to_path_buf()));
+    }
+    Ok(std::sync::Arc::new(key))
 }
 
 /// Reads and checks both halves of the client key pair.

@@ -15,7 +15,8 @@
 //! - [`port`]: whether the host port is free, and which process holds it.
 //! - [`hostnix`]: the host's Nix version and the store URI form it understands.
 //! - [`state`]: what survives the daemon: the desired state and the files builderd created.
-//! - [`supervisor`]: the one task that owns the builder: up, down, reconcile, health, events.
+//! - [`supervisor`]: the one task that owns the builder and the remote builders: up, down,
+//!   reconcile, health, events, the fleet.
 //! - [`watcher`]: follows the files builderd keeps true, and reports their changes.
 //! - [`server`]: the Unix socket: peer credentials, framing, dispatch to the supervisor.
 //! - [`client`]: connecting to the daemon (and starting it), used by `builderctl`.

@@ -36,6 +36,13 @@ pub enum Request {
     Gc,
     /// Stop the daemon process; the builder is left as it is.
     Shutdown,
+    /// Pin the host key a remote builder presented, as confirmed by the user; with
+    /// `fingerprint`, only when it is that key.
+    Trust {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<String>,
+    },
 }
 
 /// What the daemon sends back.
@@ -174,6 +181,36 @@ pub struct Status {
     /// The state file could not be read at start: why, and where the bad file was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_file_problem: Option<String>,
+    /// The remote builders of the config, in its order.
+    #[serde(default)]
+    pub remotes: Vec<RemoteStatus>,
+}
+
+/// A remote builder as builderd sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RemoteStatus {
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    /// `checking` (no check yet), `up`, `unhealthy` (failing, still listed), `unlisted`
+    /// (unhealthy too long: taken out of the machines file), `pending-trust` (its host key
+    /// waits for `builderctl trust`), `host-key-mismatch`, `unreachable` (no key seen yet),
+    /// `down`.
+    pub state: String,
+    pub healthy: bool,
+    /// The pinned host key's fingerprint.
+    pub host_key_fingerprint: Option<String>,
+    /// `config` (given as `host_key`) or `trusted` (confirmed with `builderctl trust`).
+    pub host_key_source: Option<String>,
+    /// The key the host presented that nobody confirmed yet; never listed.
+    pub pending_host_key: Option<String>,
+    /// Its machines line is in the machines file.
+    pub listed: bool,
+    pub systems: Vec<String>,
+    pub reason: Option<String>,
+    pub last_health: Option<HealthReport>,
+    /// Times builderd put its entries back after an outside edit.
+    pub repairs: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -307,6 +344,10 @@ mod tests {
             Request::Check,
             Request::Gc,
             Request::Shutdown,
+            Request::Trust {
+                name: "big-box".into(),
+                fingerprint: Some("SHA256:x".into()),
+            },
         ] {
             let env = Envelope {
                 protocol: PROTOCOL,

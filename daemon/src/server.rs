@@ -376,11 +376,16 @@ async fn serve_conn(
                 write(&mut w, &final_reply(result)).await?;
             }
         }
-        Request::Down | Request::Check | Request::Gc => {
+        Request::Down | Request::Check | Request::Gc | Request::Trust { .. } => {
             let (rtx, rrx) = oneshot::channel();
-            let cmd = match request {
+            let cmd = match request.clone() {
                 Request::Down => Command::Down { reply: rtx },
                 Request::Check => Command::Check { reply: rtx },
+                Request::Trust { name, fingerprint } => Command::Trust {
+                    name,
+                    fingerprint,
+                    reply: rtx,
+                },
                 _ => Command::Gc { reply: rtx },
             };
             handle

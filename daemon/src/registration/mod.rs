@@ -12,6 +12,7 @@ pub mod known_hosts;
 pub mod nix_conf;
 #[cfg(test)]
 mod proptests;
+pub mod remote;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -83,67 +84,17 @@ impl Wanted {
     /// `control_dir` holds the connection-sharing sockets: the directory of the ssh_config file
     /// itself, which exists and belongs to the user whose file it is.
     pub fn ssh_config_lines(&self, known_hosts: Option<&Path>, control_dir: &Path) -> Vec<String> {
-        let mut v = vec![
-            format!("Host {}", self.alias),
-            "  HostName 127.0.0.1".to_string(),
-            format!("  Port {}", self.port),
-            "  User root".to_string(),
-            format!("  IdentityFile {}", quote(&self.identity)),
-            "  IdentitiesOnly yes".to_string(),
-            format!("  HostKeyAlias {}", self.alias),
-        ];
-        if let Some(k) = known_hosts {
-            v.push(format!("  UserKnownHostsFile {}", quote(k)));
-        }
-        v.extend(
-            [
-                "  StrictHostKeyChecking yes",
-                // ssh keeps the first value it reads, and this block comes first: options a
-                // `Host *` sets for every host cannot reach the builder.
-                "  IgnoreUnknown KnownHostsCommand,SessionType,StdinNull,ForkAfterAuthentication",
-                "  ProxyJump none",
-                "  ProxyCommand none",
-                "  PermitLocalCommand no",
-                "  RemoteCommand none",
-                "  RequestTTY auto",
-                "  ForwardAgent no",
-                "  ForwardX11 no",
-                "  ClearAllForwardings yes",
-                "  Tunnel no",
-                "  GlobalKnownHostsFile /dev/null",
-                "  KnownHostsCommand none",
-                "  UpdateHostKeys no",
-                "  VerifyHostKeyDNS no",
-                "  CanonicalizeHostname no",
-                "  PKCS11Provider none",
-                "  IdentityAgent none",
-                "  AddKeysToAgent no",
-                "  SessionType default",
-                "  StdinNull no",
-                "  ForkAfterAuthentication no",
-                "  BatchMode yes",
-                "  ConnectTimeout 10",
-                "  ServerAliveInterval 15",
-            ]
-            .map(String::from),
-        );
-        let dir = control_dir.display().to_string();
-        let dir = dir.trim_end_matches('/');
-        if control_path_fits(dir) {
-            v.push("  ControlMaster auto".into());
-            v.push(format!(
-                "  ControlPath {}",
-                quote_escaped(&format!("{}/builderd-%C", dir.replace('%', "%%")))
-            ));
-            v.push("  ControlPersist 120".into());
-        } else {
-            // The master's socket would not fit a Unix socket path, and ssh would fail: no
-            // connection sharing rather than no connection.
-            v.push("  ControlMaster no".into());
-            v.push("  ControlPath none".into());
-        }
-        v.push("Host *".into());
-        v
+        alias_lines(
+            &Alias {
+                name: &self.alias,
+                host_name: "127.0.0.1",
+                port: self.port,
+                user: "root",
+                identity: &self.identity,
+            },
+            known_hosts,
+            control_dir,
+        )
     }
 
     /// What to put in a nix-darwin configuration instead of writing its files.
@@ -186,6 +137,82 @@ fn control_path_fits(dir: &str) -> bool {
 
 /// A path as one ssh_config argument: `%` escaped (these keywords expand `%` tokens), quoted
 /// when it holds a space. The config refuses quotes and control characters in paths.
+/// An ssh_config alias for a builder: the local container or a remote host.
+pub struct Alias<'a> {
+    pub name: &'a str,
+    pub host_name: &'a str,
+    pub port: u16,
+    pub user: &'a str,
+    pub identity: &'a Path,
+}
+
+/// The hardened `Host` block for `a`, closed by `Host *`: strict host key checking against the
+/// alias's own entry, only the given key, and nothing a `Host *` elsewhere sets (proxies,
+/// forwarding, agents, commands) reaching the builder.
+pub fn alias_lines(a: &Alias<'_>, known_hosts: Option<&Path>, control_dir: &Path) -> Vec<String> {
+    let mut v = vec![
+        format!("Host {}", a.name),
+        format!("  HostName {}", a.host_name),
+        format!("  Port {}", a.port),
+        format!("  User {}", a.user),
+        format!("  IdentityFile {}", quote(a.identity)),
+        "  IdentitiesOnly yes".to_string(),
+        format!("  HostKeyAlias {}", a.name),
+    ];
+    if let Some(k) = known_hosts {
+        v.push(format!("  UserKnownHostsFile {}", quote(k)));
+    }
+    v.extend(
+        [
+            "  StrictHostKeyChecking yes",
+            // ssh keeps the first value it reads, and this block comes first: options a
+            // `Host *` sets for every host cannot reach the builder.
+            "  IgnoreUnknown KnownHostsCommand,SessionType,StdinNull,ForkAfterAuthentication",
+            "  ProxyJump none",
+            "  ProxyCommand none",
+            "  PermitLocalCommand no",
+            "  RemoteCommand none",
+            "  RequestTTY auto",
+            "  ForwardAgent no",
+            "  ForwardX11 no",
+            "  ClearAllForwardings yes",
+            "  Tunnel no",
+            "  GlobalKnownHostsFile /dev/null",
+            "  KnownHostsCommand none",
+            "  UpdateHostKeys no",
+            "  VerifyHostKeyDNS no",
+            "  CanonicalizeHostname no",
+            "  PKCS11Provider none",
+            "  IdentityAgent none",
+            "  AddKeysToAgent no",
+            "  SessionType default",
+            "  StdinNull no",
+            "  ForkAfterAuthentication no",
+            "  BatchMode yes",
+            "  ConnectTimeout 10",
+            "  ServerAliveInterval 15",
+        ]
+        .map(String::from),
+    );
+    let dir = control_dir.display().to_string();
+    let dir = dir.trim_end_matches('/');
+    if control_path_fits(dir) {
+        v.push("  ControlMaster auto".into());
+        v.push(format!(
+            "  ControlPath {}",
+            quote_escaped(&format!("{}/builderd-%C", dir.replace('%', "%%")))
+        ));
+        v.push("  ControlPersist 120".into());
+    } else {
+        // The master's socket would not fit a Unix socket path, and ssh would fail: no
+        // connection sharing rather than no connection.
+        v.push("  ControlMaster no".into());
+        v.push("  ControlPath none".into());
+    }
+    v.push("Host *".into());
+    v
+}
+
 fn quote(p: &Path) -> String {
     quote_escaped(&p.display().to_string().replace('%', "%%"))
 }

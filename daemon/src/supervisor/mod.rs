@@ -28,6 +28,7 @@ use crate::state::{Desired, Persisted};
 
 mod bring_up;
 mod events;
+mod fleet;
 mod health_tick;
 mod on_demand;
 mod registrations;
@@ -117,6 +118,12 @@ pub enum Command {
     Gc {
         reply: Reply,
     },
+    /// Pin the host key a remote presented.
+    Trust {
+        name: String,
+        fingerprint: Option<String>,
+        reply: Reply,
+    },
     /// Something outside changed: a container event, the engine. Reconcile.
     Poke(Poke),
     /// The engine reported `action` for the container, `lag_ms` after its own timestamp.
@@ -173,6 +180,8 @@ pub struct Supervisor {
     on_demand: on_demand::OnDemand,
     /// Taken by `run`: connections asking to wake the builder.
     relay_events: Option<mpsc::Receiver<crate::relay::RelayEvent>>,
+    /// The remote builders.
+    fleet: fleet::Fleet,
 }
 
 impl Supervisor {
@@ -209,6 +218,7 @@ impl Supervisor {
             registrations: Vec::new(),
             docker_host: format!("{} ({})", endpoint.host, endpoint.source),
             last_event: None,
+            remotes: Vec::new(),
             state_file_problem,
         };
         let (tx, rx) = watch::channel(status);
@@ -231,6 +241,7 @@ impl Supervisor {
                 docker_wait_logged: false,
                 wanted: None,
                 watcher: None,
+                fleet: fleet::Fleet::default(),
             },
             rx,
         )
@@ -267,8 +278,10 @@ impl Supervisor {
         self.watch_files();
         let mut relay_events = self.relay_events.take().expect("run is called once");
         let mut activity = self.on_demand.activity.subscribe();
+        self.fleet.load(&self.cfg.state_dir);
         if self.persisted.desired == Desired::Up {
             tracing::info!("desired state is up: bringing the builder back");
+            self.fleet_round().await;
             let _ = self.reconcile(&|_| {}).await;
         } else {
             self.ensure_down_quietly().await;
@@ -304,8 +317,12 @@ impl Supervisor {
                     },
                 },
                 Some(changed) = files.recv() => self.file_changed(changed.0).await,
+                Some(done) = self.fleet.checks.join_next(), if !self.fleet.checks.is_empty() => {
+                    self.fleet_checked(done).await;
+                }
                 _ = tick.tick() => {
                     if self.persisted.desired == Desired::Up {
+                        self.fleet_round().await;
                         self.periodic().await;
                     }
                 }
@@ -350,6 +367,7 @@ impl Supervisor {
                 let r = if self.on_demand.sleeping {
                     Ok("the builder sleeps (on demand); a connection wakes it".to_string())
                 } else if self.persisted.desired == Desired::Up {
+                    self.fleet_round().await;
                     self.periodic().await;
                     Ok("checked".to_string())
                 } else {
@@ -362,6 +380,14 @@ impl Supervisor {
             }
             Command::Gc { reply } => {
                 let r = self.gc().await;
+                let _ = reply.send(r);
+            }
+            Command::Trust {
+                name,
+                fingerprint,
+                reply,
+            } => {
+                let r = self.trust(&name, fingerprint.as_deref()).await;
                 let _ = reply.send(r);
             }
             Command::Seen { action, lag_ms } => {
@@ -457,6 +483,7 @@ impl Supervisor {
         self.reload_config()?;
         // Bad input is refused before anything is recorded or started.
         self.client_keys()?;
+        self.fleet_round().await;
         let was_up = self.status.borrow().state == State::Up;
         let before = self.persisted.desired;
         if before != Desired::Up {
@@ -611,6 +638,7 @@ impl Supervisor {
             Err(e) => Some(e.to_string()),
         };
         self.stop_relay();
+        self.fleet_down().await;
         let synced = self.sync_files(None).await;
         self.save()?;
         if synced.nix_conf_changed && self.cfg.registration.restart_nix_daemon {
@@ -645,6 +673,7 @@ impl Supervisor {
 
     /// At start with desired `down`: nothing of ours runs, nothing is registered.
     async fn ensure_down_quietly(&mut self) {
+        self.fleet_down().await;
         if let Ok(Some((d, f))) = self.our_container().await {
             let _ = docker::remove(&d, &f.id).await;
         }

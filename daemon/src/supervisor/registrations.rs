@@ -74,8 +74,11 @@ impl Supervisor {
         } else if is(&self.cfg.volume_dir().join("id_ed25519.pub")) {
             tracing::info!("the builder's host key file changed");
             let _ = self.reconcile(&|_| {}).await;
-        } else if let Some(w) = self.wanted.clone() {
-            self.resync(&w, Some(&path)).await;
+        } else {
+            if let Some(w) = self.wanted.clone() {
+                self.resync(&w, Some(&path)).await;
+            }
+            self.fleet_sync(true).await;
         }
     }
 
