@@ -354,7 +354,7 @@ fn the_root_service_runs_roots_own_copies_with_a_fixed_path() {
     let unit = String::from_utf8_lossy(&o.stdout);
     assert!(
         unit.contains(
-            "ExecStart=/usr/local/lib/builderd/builderd --config /usr/local/lib/builderd/config.toml"
+            "ExecStart=\"/usr/local/lib/builderd/builderd\" --config \"/usr/local/lib/builderd/config.toml\""
         ),
         "{unit}"
     );
