@@ -385,7 +385,7 @@ fn check_rosetta(ctx: &Ctx) -> Vec<Check> {
 /// Runs `command` on the builder through the pinned-key ssh command line: the host key is this
 /// install's volume key, so an answer comes from this builder's container and no other.
 fn on_builder(cfg: &Config, command: &str) -> Result<String, String> {
-    let host_pub = cfg.volume_dir().join("id_ed25519.pub");
+    let host_pub = cfg.host_key_file();
     let key = builderd::keys::read_public(&host_pub).map_err(|e| e.to_string())?;
     let kh = crate::service::pinned_known_hosts(cfg, &key).map_err(|e| e.to_string())?;
     let mut argv = crate::service::ssh_argv(cfg, &kh, &[command.to_string()]);
@@ -619,7 +619,7 @@ fn check_nix_uri(ctx: &Ctx) -> Vec<Check> {
     }
     // Field 8 must be this volume's host key, or ssh refuses the builder (or, worse, accepts
     // another one).
-    let host_pub = cfg.volume_dir().join("id_ed25519.pub");
+    let host_pub = cfg.host_key_file();
     let want = std::fs::read_to_string(&host_pub)
         .ok()
         .map(|t| t.split_whitespace().take(2).collect::<Vec<_>>().join(" "));

@@ -62,7 +62,7 @@ pub fn pinned_known_hosts(
 
 /// `builderctl ssh [-- CMD…]`: replaces this process with ssh.
 pub fn ssh(cfg: &Config, command: &[String]) -> u8 {
-    let host_pub = cfg.volume_dir().join("id_ed25519.pub");
+    let host_pub = cfg.host_key_file();
     let key = match builderd::keys::read_public(&host_pub) {
         Ok(k) => k,
         Err(_) => {

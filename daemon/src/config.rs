@@ -80,6 +80,14 @@ pub fn system_dir() -> PathBuf {
 /// whoever started it.
 pub const ROOT_PATH: &str = "/usr/bin:/bin:/usr/sbin:/sbin:/nix/var/nix/profiles/default/bin";
 
+/// Where a root builderd serving another user keeps builder volumes on Linux.
+pub const ROOT_VOLUMES: &str = "/var/lib/builderd/volumes";
+
+/// The volume a root builderd serving another user keeps for the state dir `state_dir`.
+pub fn root_volume_dir(state_dir: &Path) -> PathBuf {
+    Path::new(ROOT_VOLUMES).join(crate::docker::owner_id(state_dir))
+}
+
 /// The root service's copy of the config.
 pub fn system_config_path() -> PathBuf {
     system_dir().join("config.toml")
@@ -863,9 +871,31 @@ impl Config {
             .unwrap_or(&self.container_name)
     }
 
-    /// The bind-mounted volume directory.
+    /// The bind-mounted volume directory: in the state dir, except for a root builderd serving
+    /// another user on Linux, which keeps it in a directory only root controls
+    /// ([`ROOT_VOLUMES`]). A root dockerd resolves a bind mount's source anew at every start, so
+    /// a volume in the user's state dir could be swapped for a link to any host path and
+    /// mounted into a container the user is root in. (Docker Desktop resolves bind sources as
+    /// the user, and cannot share /var/lib: on macOS the volume stays in the state dir.)
     pub fn volume_dir(&self) -> PathBuf {
+        if cfg!(target_os = "linux") && served_user().is_some() {
+            return root_volume_dir(&self.state_dir);
+        }
         self.state_dir.join("volume")
+    }
+
+    /// The builder's public host key file, as a client sees it: the volume's, or, when this
+    /// process keeps no volume of its own there, the one a root service keeps for this state
+    /// dir in [`ROOT_VOLUMES`].
+    pub fn host_key_file(&self) -> PathBuf {
+        let own = self.volume_dir().join("id_ed25519.pub");
+        if cfg!(target_os = "linux") && !own.exists() {
+            let root = root_volume_dir(&self.state_dir).join("id_ed25519.pub");
+            if root.exists() {
+                return root;
+            }
+        }
+        own
     }
 
     pub fn log_dir(&self) -> PathBuf {

@@ -178,6 +178,9 @@ pub struct Status {
     /// timestamp builderd saw it.
     #[serde(default)]
     pub last_event: Option<EventSeen>,
+    /// The directory bind-mounted as the builder's volume (its host key is there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
     /// The state file could not be read at start: why, and where the bad file was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_file_problem: Option<String>,

@@ -460,6 +460,8 @@ impl Drop for Env {
         {
             problems.push(String::from_utf8_lossy(&o.stderr).into_owned());
         }
+        // The volume a root daemon serving a user kept for this state dir.
+        let _ = std::fs::remove_dir_all(builderd::config::root_volume_dir(&self.path("state")));
         // ssh connection masters started through the written configs
         for cfg in ["home/.ssh/config", "root/.ssh/config"] {
             let p = self.path(cfg);

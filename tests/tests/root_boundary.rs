@@ -117,11 +117,14 @@ fn planted_links_never_redirect_root() {
     assert_eq!(std::fs::metadata(&root_kh).unwrap().uid(), 0);
     let cfg = std::fs::metadata(env.path("home/.ssh/config")).unwrap();
     assert_eq!(cfg.uid(), user.uid, "the user's ssh config is the user's");
-    for f in ["state.json", "volume/host.pub"] {
-        let m = std::fs::symlink_metadata(state.join(f)).unwrap();
-        assert!(m.is_file(), "{f}");
-        assert_eq!(m.uid(), user.uid, "{f} is written as the user");
-    }
+    let m = std::fs::symlink_metadata(state.join("state.json")).unwrap();
+    assert!(m.is_file());
+    assert_eq!(m.uid(), user.uid, "state.json is written as the user");
+    // The volume is root's, out of the user's reach (see the volume test below).
+    let vol = builderd::config::root_volume_dir(&state);
+    let m = std::fs::symlink_metadata(vol.join("host.pub")).unwrap();
+    assert!(m.is_file());
+    assert_eq!(m.uid(), 0, "host.pub lives in root's volume dir");
     let o = env.ctl_as(&user, &["down"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_untouched(&by_temp);
@@ -452,4 +455,58 @@ fn root_reads_only_the_key_files_the_user_could_read() {
         "{err}"
     );
     assert_eq!(env.containers_of_ours(), 0);
+}
+
+#[test]
+fn the_volume_a_root_engine_mounts_is_one_the_user_cannot_swap() {
+    if skip_docker() {
+        return;
+    }
+    let (env, user) = Env::root_served("");
+    env.start_root_daemon(user.uid).unwrap();
+    let o = env.ctl_as(&user, &["up"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let state = env.path("state");
+    let root_vol = builderd::config::root_volume_dir(&state);
+    let source = |env: &Env| {
+        let o = env.docker(&[
+            "inspect",
+            "-f",
+            "{{range .Mounts}}{{.Source}}{{end}}",
+            &env.name,
+        ]);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(source(&env), root_vol.display().to_string());
+    let m = std::fs::metadata(&root_vol).unwrap();
+    assert_eq!(m.uid(), 0);
+    // The user puts a link where the volume used to be, to a directory of root's, and has the
+    // container made again: the engine still mounts root's volume dir, and root's directory
+    // gets nothing.
+    let target = env.path("roots-dir");
+    std::fs::create_dir(&target).unwrap();
+    user.sh(&format!(
+        "rm -rf {v} && ln -s {t} {v}",
+        v = state.join("volume").display(),
+        t = target.display()
+    ));
+    let old_id = env.status()["container"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.docker(&["rm", "-f", &env.name]);
+    env.wait_status(std::time::Duration::from_secs(60), "re-created", |s| {
+        s["state"] == "up"
+            && s["healthy"] == true
+            && s["container"]["id"].as_str().is_some_and(|id| id != old_id)
+    });
+    assert_eq!(source(&env), root_vol.display().to_string());
+    assert_eq!(
+        std::fs::read_dir(&target).unwrap().count(),
+        0,
+        "nothing was written through the link"
+    );
+    // The user's own tools find the builder's host key there.
+    let o = env.ctl_as(&user, &["ssh", "--", "true"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -220,6 +220,7 @@ impl Supervisor {
             last_event: None,
             remotes: Vec::new(),
             state_file_problem,
+            volume: Some(cfg.volume_dir().display().to_string()),
         };
         let (tx, rx) = watch::channel(status);
         let (relay_tx, relay_rx) = mpsc::channel(64);
