@@ -390,6 +390,14 @@ pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool
             Err(e) => out.error(&format!("could not remove the image: {e}")),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+        // The volume a root service kept for this state dir (Linux), when there is one.
+        let root_vol = builderd::config::root_volume_dir(&cfg.state_dir);
+        if root_vol.exists() {
+            match std::fs::remove_dir_all(&root_vol) {
+                Ok(()) => out.info(&format!("removed {}", root_vol.display())),
+                Err(e) => out.error(&format!("cannot remove {}: {e}", root_vol.display())),
+            }
+        }
         match std::fs::remove_dir_all(&cfg.state_dir) {
             Ok(()) => out.info(&format!(
                 "purged: container, images, registrations and {} (the volume with the host key)",
