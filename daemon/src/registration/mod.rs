@@ -42,10 +42,47 @@ pub struct Wanted {
     pub machines_listed: bool,
 }
 
+/// The fields of one machines line.
+pub struct MachinesLine<'a> {
+    pub uri: &'a str,
+    pub systems: &'a [String],
+    /// Field 3: the key file, or `-` when an ssh_config alias carries it.
+    pub identity: &'a str,
+    pub max_jobs: u32,
+    pub speed_factor: u32,
+    pub features: &'a [String],
+    /// `TYPE AAAA…`, no comment: field 8 pins it.
+    pub host_key_line: &'a str,
+}
+
+/// A machines line, all 8 fields (field 7, mandatory features, is `-`).
+pub fn machines_line(l: MachinesLine<'_>) -> String {
+    let features = if l.features.is_empty() {
+        "-".to_string()
+    } else {
+        l.features.join(",")
+    };
+    format!(
+        "{} {} {} {} {} {} - {}",
+        l.uri,
+        l.systems.join(","),
+        l.identity,
+        l.max_jobs,
+        l.speed_factor,
+        features,
+        host_key_b64(l.host_key_line)
+    )
+}
+
+/// Field 8 of a machines line: the base64 of the host key line and a newline.
+pub fn host_key_b64(host_key_line: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("{host_key_line}\n"))
+}
+
 impl Wanted {
     /// Field 8 of the machines line: the base64 of the host key line.
     pub fn host_key_b64(&self) -> String {
-        base64::engine::general_purpose::STANDARD.encode(format!("{}\n", self.host_key_line))
+        host_key_b64(&self.host_key_line)
     }
 
     /// Whether the store URI is the `user@host:port` form rather than the alias.
@@ -58,25 +95,20 @@ impl Wanted {
     /// port-less entry Nix writes). In the alias form field 3 is `-`: the alias carries the
     /// key, so no path (one with spaces, say) can break the line.
     pub fn machines_line(&self) -> String {
-        let features = if self.features.is_empty() {
-            "-".to_string()
+        let identity = if self.is_host_port() {
+            self.identity.display().to_string()
         } else {
-            self.features.join(",")
+            "-".to_string()
         };
-        format!(
-            "{} {} {} {} {} {} - {}",
-            self.uri,
-            self.systems.join(","),
-            if self.is_host_port() {
-                self.identity.display().to_string()
-            } else {
-                "-".to_string()
-            },
-            self.max_jobs,
-            self.speed_factor,
-            features,
-            self.host_key_b64()
-        )
+        machines_line(MachinesLine {
+            uri: &self.uri,
+            systems: &self.systems,
+            identity: &identity,
+            max_jobs: self.max_jobs,
+            speed_factor: self.speed_factor,
+            features: &self.features,
+            host_key_line: &self.host_key_line,
+        })
     }
 
     /// The ssh_config `Host` block, closed by `Host *` so that the lines after it keep applying

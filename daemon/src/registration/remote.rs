@@ -9,8 +9,6 @@
 
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
-
 use super::{Alias, Created, Synced, alias_lines, block, sync_block};
 use crate::config::Config;
 
@@ -37,25 +35,20 @@ pub struct RemoteWanted {
 impl RemoteWanted {
     /// Field 8: the base64 of the host key line.
     pub fn host_key_b64(&self) -> String {
-        base64::engine::general_purpose::STANDARD.encode(format!("{}\n", self.host_key_line))
+        super::host_key_b64(&self.host_key_line)
     }
 
     /// The machines line in the alias form: the alias carries the user, port and key file.
     pub fn machines_line(&self) -> String {
-        let features = if self.features.is_empty() {
-            "-".to_string()
-        } else {
-            self.features.join(",")
-        };
-        format!(
-            "ssh-ng://{} {} - {} {} {} - {}",
-            self.name,
-            self.systems.join(","),
-            self.max_jobs,
-            self.speed_factor,
-            features,
-            self.host_key_b64()
-        )
+        super::machines_line(super::MachinesLine {
+            uri: &format!("ssh-ng://{}", self.name),
+            systems: &self.systems,
+            identity: "-",
+            max_jobs: self.max_jobs,
+            speed_factor: self.speed_factor,
+            features: &self.features,
+            host_key_line: &self.host_key_line,
+        })
     }
 
     /// The known_hosts line, under the alias.
@@ -137,6 +130,7 @@ fn remove_one(cfg: &Config, name: &str, created: &mut Created, out: &mut Synced)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
 
     const KEY: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBrM3rMLJ0D3PBtnPqC0IVEVH2Q9DRN2Y4E8cRBPvOeR";
