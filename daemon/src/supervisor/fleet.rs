@@ -164,19 +164,7 @@ impl Supervisor {
             }
             Found::Checked(out) => {
                 r.pending = None;
-                let failures = match &out.result {
-                    Ok(_) => 0,
-                    Err(_) => r.last.as_ref().map_or(0, |h| h.consecutive_failures) + 1,
-                };
-                r.last = Some(HealthReport {
-                    at: now(),
-                    ok: out.result.is_ok(),
-                    latency_ms: out.latency.as_secs_f64() * 1000.0,
-                    failed_stage: out.result.as_ref().err().map(|e| e.0.as_str().to_string()),
-                    error: out.result.as_ref().err().map(|e| e.1.clone()),
-                    consecutive_failures: failures,
-                    seq: r.last.as_ref().map_or(0, |h| h.seq) + 1,
-                });
+                r.last = Some(super::health_tick::next_report(r.last.as_ref(), &out));
                 match out.result {
                     Ok(facts) => {
                         r.reported = facts.platforms.iter().map(|p| p.system.clone()).collect();

@@ -2,34 +2,26 @@
 
 use super::*;
 
+/// The health report after `out`, counting on from `previous`: consecutive failures and the
+/// sequence number.
+pub(super) fn next_report(previous: Option<&HealthReport>, out: &health::Outcome) -> HealthReport {
+    HealthReport {
+        at: now(),
+        ok: out.result.is_ok(),
+        latency_ms: out.latency.as_secs_f64() * 1000.0,
+        failed_stage: out.result.as_ref().err().map(|e| e.0.as_str().to_string()),
+        error: out.result.as_ref().err().map(|e| e.1.clone()),
+        consecutive_failures: match &out.result {
+            Ok(_) => 0,
+            Err(_) => previous.map_or(0, |h| h.consecutive_failures) + 1,
+        },
+        seq: previous.map_or(0, |h| h.seq) + 1,
+    }
+}
+
 impl Supervisor {
     pub(super) fn record_health(&mut self, out: &health::Outcome) {
-        let failures = match &out.result {
-            Ok(_) => 0,
-            Err(_) => {
-                self.status
-                    .borrow()
-                    .last_health
-                    .as_ref()
-                    .map_or(0, |h| h.consecutive_failures)
-                    + 1
-            }
-        };
-        let report = HealthReport {
-            at: now(),
-            ok: out.result.is_ok(),
-            latency_ms: out.latency.as_secs_f64() * 1000.0,
-            failed_stage: out.result.as_ref().err().map(|e| e.0.as_str().to_string()),
-            error: out.result.as_ref().err().map(|e| e.1.clone()),
-            consecutive_failures: failures,
-            seq: self
-                .status
-                .borrow()
-                .last_health
-                .as_ref()
-                .map_or(0, |h| h.seq)
-                + 1,
-        };
+        let report = next_report(self.status.borrow().last_health.as_ref(), out);
         let systems = self.systems(out.result.as_ref().ok());
         self.set(|s| {
             s.last_health = Some(report);
