@@ -17,7 +17,7 @@ impl Supervisor {
         }
 
         say(step("keys", "checking the key pair"));
-        let keys = self.client_keys()?;
+        let keys = self.client_keys().await?;
 
         let docker = self.docker().await?;
         let (tag, ctx) = docker::image_for(&cfg)?;
@@ -113,7 +113,7 @@ impl Supervisor {
         .map_err(|e| Failure::new(ErrorKind::Failed, e))?;
         let host_pub = vol.join("host.pub");
         let line = format!("{}\n", keys.public_line);
-        let key_changed = std::fs::read_to_string(&host_pub).ok().as_deref() != Some(line.as_str());
+        let key_changed = read_volume_file(&host_pub).await.as_deref() != Some(line.as_bytes());
         if key_changed {
             crate::fsutil::write_atomic(&host_pub, line.as_bytes(), 0o644)
                 .map_err(|e| Failure::new(ErrorKind::Failed, e))?;
@@ -299,7 +299,7 @@ impl Supervisor {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut n = 0u32;
         loop {
-            if let Ok(bytes) = std::fs::read(&path)
+            if let Some(bytes) = read_volume_file(&path).await
                 && let Ok(k) = keys::parse_public(&path, &bytes)
             {
                 return Ok(k);
@@ -426,4 +426,17 @@ async fn install_client_key(docker: &Docker, id: &str) -> Result<(), Failure> {
         ));
     }
     Ok(())
+}
+
+/// A small file in the volume, which the builder's root (the user) writes: never through a
+/// link, a regular file only, at most 64 KiB, off the async workers. `None` when it is not such
+/// a file (yet).
+async fn read_volume_file(path: &Path) -> Option<Vec<u8>> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        crate::fsutil::read_limited_as_owner(&path, 64 * 1024, false).ok()
+    })
+    .await
+    .ok()
+    .flatten()
 }
