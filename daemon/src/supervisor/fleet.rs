@@ -457,7 +457,7 @@ fn fleet_bodies(cfg: &Config, wanted: &[RemoteWanted]) -> Vec<Vec<Option<Vec<Str
         .map(|w| {
             texts
                 .iter()
-                .map(|t| registration::block::body(t, &w.name))
+                .map(|t| registration::block::body(t, &remote::block_name(cfg, &w.name)))
                 .collect()
         })
         .collect()
