@@ -119,6 +119,7 @@ const CHECKS: &[CheckFn] = &[
     check_x86_64,
     check_port,
     check_keys,
+    check_scope,
     check_nix_uri,
     check_substitute,
     check_builders,
@@ -579,7 +580,40 @@ fn check_keys(ctx: &Ctx) -> Vec<Check> {
 }
 
 /// The host's Nix against the machines line's URI form, and field 8 against the volume's key.
+/// Whose builds the builder is registered for: every user's (the system-wide machines file),
+/// or, for a root service on Linux serving another user without `all_users = true`, that
+/// user's only (the daemon says so in the machines file's registration).
+fn check_scope(ctx: &Ctx) -> Vec<Check> {
+    match limited(ctx) {
+        Some(why) => vec![warn(
+            "scope",
+            format!("registered for the served user only: {why}"),
+            "set `all_users = true` under [registration] (then `sudo builderctl install`) if every user of this host trusts the builder",
+        )],
+        None => vec![pass(
+            "scope",
+            format!(
+                "every build that reads {} may use the builder",
+                ctx.cfg.registration.machines_file.display()
+            ),
+        )],
+    }
+}
+
+/// Why the machines file does not carry the builder, when the daemon limits it to its user.
+fn limited(ctx: &Ctx) -> Option<String> {
+    ctx.status()?
+        .registrations
+        .iter()
+        .find(|r| r.kind == "machines" && r.state == builderd::registration::SERVED_USER_ONLY)
+        .map(|r| r.detail.clone().unwrap_or_default())
+}
+
 fn check_nix_uri(ctx: &Ctx) -> Vec<Check> {
+    if limited(ctx).is_some() {
+        // Nothing in the machines file to check: `scope` says why.
+        return vec![];
+    }
     let cfg = ctx.cfg;
     let Some(line) = ctx.machines_line() else {
         return vec![if ctx.down() {
@@ -676,6 +710,9 @@ fn check_nix_uri(ctx: &Ctx) -> Vec<Check> {
 /// `builders-use-substitutes` as the nix-daemon reads it: the system's nix.conf and its
 /// includes, never the invoking user's own files.
 fn check_substitute(ctx: &Ctx) -> Vec<Check> {
+    if limited(ctx).is_some() {
+        return vec![];
+    }
     let cfg = ctx.cfg;
     let shown = nix_shown(cfg);
     substitute_verdict(ctx, shown)
@@ -722,6 +759,9 @@ fn shown_value(shown: &str, key: &str) -> Option<String> {
 /// `builders =` (empty) unless `nix.distributedBuilds` is on, and then the machines file is
 /// never read.
 fn check_builders(ctx: &Ctx) -> Vec<Check> {
+    if limited(ctx).is_some() {
+        return vec![];
+    }
     let cfg = ctx.cfg;
     let Some(shown) = nix_shown(cfg) else {
         // No nix to ask: nix-uri says so.

@@ -289,6 +289,10 @@ pub struct RegistrationConfig {
     /// `unlist_unhealthy_after` seconds, so that Nix fails fast instead of hanging on SSH.
     pub unlist_unhealthy: bool,
     pub unlist_unhealthy_after: u64,
+    /// Every user of this host trusts the served user's builder: a root service on Linux
+    /// serving another user lists it in a machines file and nix.conf that every user's builds
+    /// read (the system-wide ones) only when this is set.
+    pub all_users: bool,
 }
 
 impl Default for RegistrationConfig {
@@ -315,6 +319,7 @@ impl Default for RegistrationConfig {
             restart_nix_daemon: true,
             unlist_unhealthy: true,
             unlist_unhealthy_after: 120,
+            all_users: false,
         }
     }
 }
@@ -866,6 +871,19 @@ impl Config {
             line: line_of(&self.text, key),
             key: key.to_string(),
             problem,
+        }
+    }
+
+    /// The user the builder's registration is limited to, when it is: a root builderd on Linux
+    /// serving another user (who is root in the builder) without `all_users = true`. Its
+    /// machines line and nix.conf setting then go only into files that user controls, never
+    /// into files every user's builds read. (On a Mac the served user is the machine's admin,
+    /// and a root service serving root serves the one who may change `/nix/store` anyway.)
+    pub fn registration_only_for(&self) -> Option<u32> {
+        if cfg!(target_os = "linux") && !self.registration.all_users {
+            served_user()
+        } else {
+            None
         }
     }
 

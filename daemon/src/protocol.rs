@@ -285,7 +285,8 @@ pub struct RegistrationStatus {
     /// `machines`, `nix.conf`, `known_hosts`, `ssh_config`.
     pub kind: String,
     pub path: String,
-    /// `ok`, `removed`, `owned-by-nix-darwin`, `manual`, `failed`.
+    /// `ok`, `removed`, `owned-by-nix-darwin`, `manual`, `failed`, `served-user-only` (left
+    /// alone: every user's builds read it, and the builder is the served user's; see `detail`).
     pub state: String,
     /// Times builderd put its entries back after an outside edit.
     pub repairs: u32,
