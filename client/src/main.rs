@@ -73,7 +73,11 @@ enum Cmd {
         /// The remote's `name` in the config
         name: String,
         /// The fingerprint you expect (`ssh-keygen -lf` on the host's key); refused if it differs
+        #[arg(conflicts_with = "forget")]
         fingerprint: Option<String>,
+        /// Forget the confirmed key, with the alias, known_hosts entries and machines line
+        #[arg(long)]
+        forget: bool,
     },
     /// Stop the daemon; the builder is left as it is
     #[command(after_help = "Example:\n  builderctl shutdown")]
@@ -189,6 +193,10 @@ fn report(err: &ClientError, out: &output::Out) -> u8 {
             kind: ErrorKind::ProtocolMismatch,
             ..
         } => exit::UNREACHABLE,
+        ClientError::Daemon {
+            kind: ErrorKind::UnknownName,
+            ..
+        } => exit::USAGE,
         _ => exit::FAILURE,
     }
 }
@@ -235,8 +243,21 @@ async fn run(cmd: Cmd, cfg: &Config, config_path: &Path, out: &output::Out) -> u
             };
             done(client::request(&cfg.socket, req, |_| {}).await, out)
         }
-        Cmd::Trust { name, fingerprint } => done(
-            client::request(&cfg.socket, Request::Trust { name, fingerprint }, |_| {}).await,
+        Cmd::Trust {
+            name,
+            fingerprint,
+            forget,
+        } => done(
+            client::request(
+                &cfg.socket,
+                Request::Trust {
+                    name,
+                    fingerprint,
+                    forget,
+                },
+                |_| {},
+            )
+            .await,
             out,
         ),
         Cmd::Status { json, watch } => output::status(cfg, json, watch, out).await,

@@ -352,7 +352,20 @@ pub struct RemoteConfig {
     pub speed_factor: u32,
     #[serde(default)]
     pub supported_features: Vec<String>,
+    /// Seconds of failed checks after which its machines line is taken out (with
+    /// `unlist_unhealthy` on), so that Nix stops picking a host that is gone.
+    #[serde(default = "default_remote_unlist_after")]
+    pub unlist_after: u64,
 }
+
+/// A remote that stopped answering is taken out sooner than the local builder: Nix hands it
+/// builds until then, and each one waits for the connection to fail.
+fn default_remote_unlist_after() -> u64 {
+    60
+}
+
+/// The longest `unlist_after` builderd takes: a day.
+const MAX_UNLIST_AFTER: u64 = 86_400;
 
 fn default_ssh_port() -> u16 {
     22
@@ -696,6 +709,15 @@ impl Config {
             }
             if r.port == 0 {
                 return Err(bad("port", format!("{who} is 0: give the host's SSH port")));
+            }
+            if !(1..=MAX_UNLIST_AFTER).contains(&r.unlist_after) {
+                return Err(bad(
+                    "unlist_after",
+                    format!(
+                        "{who} is {}: give seconds from 1 to {MAX_UNLIST_AFTER} (`unlist_unhealthy = false` keeps every builder listed)",
+                        r.unlist_after
+                    ),
+                ));
             }
             if !is_plain_name(&r.user) {
                 return Err(bad(
@@ -1104,6 +1126,11 @@ mod tests {
             (a.port, a.user.as_str(), a.max_jobs, a.speed_factor),
             (22, "root", 4, 1)
         );
+        // A remote's own unlisting time, apart from the local builder's.
+        assert_eq!(
+            (a.unlist_after, c.registration.unlist_unhealthy_after),
+            (60, 120)
+        );
         assert_eq!(c.remote_identity(a), home_dir().join(".ssh/other"));
         assert_eq!(c.remote_identity(b), c.private_key);
         assert_eq!(
@@ -1123,6 +1150,9 @@ mod tests {
             ("host_key = \"ssh-ed25519 not-base64\"\n", "`host_key`"),
             ("identity = \"/k\\\"x\"\n", "`identity`"),
             ("max_jobs = 0\n", "`max_jobs`"),
+            ("unlist_after = 0\n", "line 4: `unlist_after`"),
+            ("unlist_after = 86401\n", "`unlist_after`"),
+            ("unlist_after = 5\n", ""),
         ] {
             let r = load(&format!("{base}{extra}"));
             if key.is_empty() {

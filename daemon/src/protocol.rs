@@ -42,6 +42,10 @@ pub enum Request {
         name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fingerprint: Option<String>,
+        /// Forget the pinned key instead, with the alias, known_hosts entries and machines
+        /// line that went with it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        forget: bool,
     },
 }
 
@@ -94,6 +98,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// Invalid input: config, key files, port.
     Invalid,
+    /// The request names something (a remote) that does not exist.
+    UnknownName,
     /// The Docker engine could not be reached.
     Docker,
     /// Anything else that failed.
@@ -351,6 +357,12 @@ mod tests {
             Request::Trust {
                 name: "big-box".into(),
                 fingerprint: Some("SHA256:x".into()),
+                forget: false,
+            },
+            Request::Trust {
+                name: "big-box".into(),
+                fingerprint: None,
+                forget: true,
             },
         ] {
             let env = Envelope {
