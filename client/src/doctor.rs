@@ -1375,7 +1375,7 @@ fn check_remotes(ctx: &Ctx) -> Vec<Check> {
     st.remotes
         .iter()
         .map(|r| {
-            let in_file = block::body(&machines, &r.name).is_some_and(|b| !b.is_empty());
+            let in_file = block::body(&machines, &builderd::registration::remote::block_name(ctx.cfg, &r.name)).is_some_and(|b| !b.is_empty());
             if r.listed != in_file && st.desired == "up" {
                 return fail(
                     "remote",

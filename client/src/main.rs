@@ -67,7 +67,7 @@ enum Cmd {
     Gc,
     /// Pin the host key a remote builder presented, after you checked its fingerprint
     #[command(
-        after_help = "Example:\n  builderctl status            # shows the key big-box presented\n  builderctl trust big-box SHA256:…"
+        after_help = "Example:\n  builderctl status            # shows the key big-box presented\n  builderctl trust big-box SHA256:…\n  builderctl trust big-box --forget"
     )]
     Trust {
         /// The remote's `name` in the config
