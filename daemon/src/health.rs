@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use russh::client;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 
+pub use builderd_core::config::is_system;
+
 use crate::keys::fingerprint;
 
 /// The stage a check failed at.
@@ -110,18 +112,6 @@ pub fn parse_facts(out: &str) -> Option<Facts> {
         }
     }
     (f.nix_version.contains("Nix") && !f.arch.is_empty() && !f.platforms.is_empty()).then_some(f)
-}
-
-/// A Nix system name such as `x86_64-linux`: what may go into the machines line.
-pub fn is_system(s: &str) -> bool {
-    let mut parts = s.splitn(2, '-');
-    let (Some(arch), Some(os)) = (parts.next(), parts.next()) else {
-        return false;
-    };
-    !arch.is_empty()
-        && !os.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 struct Pinned {

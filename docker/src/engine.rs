@@ -156,9 +156,7 @@ pub fn resolve_endpoint_in(
     ep("unix:///var/run/docker.sock".into(), "default socket")
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use builderd_core::ident::hex;
 
 /// Connects to the engine and checks that it answers.
 pub async fn connect(ep: &Endpoint) -> Result<Docker, DockerError> {

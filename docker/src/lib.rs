@@ -15,7 +15,7 @@ pub mod base;
 pub mod container;
 pub mod engine;
 pub mod image;
-pub mod probe;
+pub use builderd_core::probe;
 
 pub use container::{
     Found, LABEL_INSTANCE, LABEL_OWNER, LABEL_SPEC, LABEL_STATE_DIR, Privileges, Spec, create,
