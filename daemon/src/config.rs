@@ -85,7 +85,7 @@ pub const ROOT_VOLUMES: &str = "/var/lib/builderd/volumes";
 
 /// The volume a root builderd serving another user keeps for the state dir `state_dir`.
 pub fn root_volume_dir(state_dir: &Path) -> PathBuf {
-    Path::new(ROOT_VOLUMES).join(crate::docker::owner_id(state_dir))
+    Path::new(ROOT_VOLUMES).join(builderd_docker::owner_id(state_dir))
 }
 
 /// The root service's copy of the config.
@@ -216,7 +216,7 @@ impl Default for ImageConfig {
         Self {
             context: None,
             repository: "nix-builder".into(),
-            base_image: crate::docker::base::DEFAULT_BASE.into(),
+            base_image: builderd_docker::base::DEFAULT_BASE.into(),
             platform: None,
             debian_mirror: "http://deb.debian.org/debian".into(),
             debian_suite: "trixie".into(),
