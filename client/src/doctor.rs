@@ -153,17 +153,10 @@ async fn engine_view(cfg: &Config, endpoint: &Endpoint) -> (Result<(), String>, 
     else {
         return (Ok(()), None);
     };
-    let published = d
-        .inspect_container(&found.id, None)
+    let published = builderd::docker::inspect(&d, &found.id)
         .await
         .ok()
-        .and_then(|c| c.network_settings?.ports?.get("22/tcp").cloned()?)
-        .and_then(|bindings| {
-            bindings.into_iter().find_map(|b| {
-                let port = b.host_port?.parse::<u16>().ok()?;
-                Some((b.host_ip.unwrap_or_default(), port))
-            })
-        });
+        .and_then(|c| c.published);
     (
         Ok(()),
         Some(Engine {

@@ -83,6 +83,10 @@ pub const ROOT_PATH: &str = "/usr/bin:/bin:/usr/sbin:/sbin:/nix/var/nix/profiles
 /// The base the embedded context builds from unless configured otherwise: pinned by suite.
 pub const DEFAULT_BASE: &str = "debian:trixie-slim";
 
+/// The daemon's pid file in the state dir, which it holds locked for its lifetime: one daemon
+/// per state dir.
+pub const PID_FILE: &str = "builderd.pid";
+
 /// Where a root builderd serving another user keeps builder volumes on Linux.
 pub const ROOT_VOLUMES: &str = "/var/lib/builderd/volumes";
 
@@ -291,11 +295,7 @@ pub struct RegistrationConfig {
 impl Default for RegistrationConfig {
     fn default() -> Self {
         let home = home_dir();
-        let root_home = if cfg!(target_os = "macos") {
-            PathBuf::from("/var/root")
-        } else {
-            PathBuf::from("/root")
-        };
+        let root_home = root_home();
         let mut known_hosts = vec![home.join(".ssh/known_hosts")];
         let mut ssh_config = vec![home.join(".ssh/config")];
         if home != root_home {
@@ -466,6 +466,22 @@ pub fn home_dir() -> PathBuf {
     directories::BaseDirs::new()
         .map(|b| b.home_dir().to_path_buf())
         .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// Root's home, from the user database (Directory Services on macOS), like [`home_dir`].
+pub fn root_home() -> PathBuf {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(0))
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| {
+            PathBuf::from(if cfg!(target_os = "macos") {
+                "/var/root"
+            } else {
+                "/root"
+            })
+        })
 }
 
 impl Config {

@@ -11,12 +11,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bollard::Docker;
 use russh::keys::PublicKey;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
-use crate::docker::{self, DockerError, Endpoint};
+use crate::docker::{self, DockerError, Endpoint, Engine};
 use crate::health;
 use crate::keys::{self, ClientKeys};
 use crate::protocol::{
@@ -57,11 +56,10 @@ impl Failure {
 
 impl From<DockerError> for Failure {
     fn from(e: DockerError) -> Failure {
+        // A port another process holds is named with that process.
+        let e = e.with_port_holder(crate::port::holder);
         let kind = match &e {
-            DockerError::Unreachable { .. } => ErrorKind::Docker,
-            DockerError::Api { source, .. } if docker::is_connection_error(source) => {
-                ErrorKind::Docker
-            }
+            e if e.is_unreachable() => ErrorKind::Docker,
             DockerError::PortTaken { .. }
             | DockerError::PrivilegedRefused { .. }
             | DockerError::SandboxRefused { .. }
@@ -161,7 +159,7 @@ fn step(stage: &str, message: impl Into<String>) -> Progress {
 pub struct Supervisor {
     cfg: Config,
     endpoint: Endpoint,
-    docker: Option<Docker>,
+    docker: Option<Engine>,
     persisted: Persisted,
     status: watch::Sender<Status>,
     keys: Option<ClientKeys>,
@@ -546,10 +544,10 @@ impl Supervisor {
         })
     }
 
-    async fn docker(&mut self) -> Result<Docker, DockerError> {
+    async fn docker(&mut self) -> Result<Engine, DockerError> {
         if let Some(d) = &self.docker {
             // A cheap ping tells whether the cached connection still reaches the engine.
-            if d.ping().await.is_ok() {
+            if d.answers().await {
                 return Ok(d.clone());
             }
             self.docker = None;
@@ -602,7 +600,7 @@ impl Supervisor {
     }
 
     /// This builderd's container, if there is one, with the engine connection that found it.
-    async fn our_container(&mut self) -> Result<Option<(Docker, docker::Found)>, DockerError> {
+    async fn our_container(&mut self) -> Result<Option<(Engine, docker::Found)>, DockerError> {
         let d = self.docker().await?;
         let owner = docker::owner_id(&self.cfg.state_dir);
         Ok(docker::find(&d, &self.cfg.container_name, &owner)
