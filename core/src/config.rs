@@ -95,6 +95,12 @@ pub fn root_volume_dir(state_dir: &Path) -> PathBuf {
     Path::new(ROOT_VOLUMES).join(crate::ident::owner_id(state_dir))
 }
 
+/// The copy of the builder's public host key a root service keeps in the state dir for the
+/// user's own tools, when the volume is out of the user's reach ([`ROOT_VOLUMES`]).
+pub fn host_key_copy(state_dir: &Path) -> PathBuf {
+    state_dir.join("builder_host_key.pub")
+}
+
 /// The root service's copy of the config.
 pub fn system_config_path() -> PathBuf {
     system_dir().join("config.toml")
@@ -905,13 +911,18 @@ impl Config {
 
     /// The builder's public host key file, as a client sees it: the volume's, or, when this
     /// process keeps no volume of its own there, the one a root service keeps for this state
-    /// dir in [`ROOT_VOLUMES`].
+    /// dir in [`ROOT_VOLUMES`] (root can reach it), or else the copy that service hands to the
+    /// user ([`host_key_copy`]).
     pub fn host_key_file(&self) -> PathBuf {
         let own = self.volume_dir().join("id_ed25519.pub");
         if cfg!(target_os = "linux") && !own.exists() {
             let root = root_volume_dir(&self.state_dir).join("id_ed25519.pub");
             if root.exists() {
                 return root;
+            }
+            let copy = host_key_copy(&self.state_dir);
+            if copy.exists() {
+                return copy;
             }
         }
         own

@@ -551,10 +551,10 @@ fn sync_nix_conf(
 ) {
     let instance = cfg.container_name.as_str();
     let conf = &cfg.registration.nix_conf;
-    let text = std::fs::read_to_string(conf).unwrap_or_default();
+    let text = fsutil::read_text_as_owner(conf).unwrap_or_default();
     // Determinate Nix owns nix.conf; user settings go to nix.custom.conf.
     let target = nix_conf::determinate_custom_conf(conf, &text).unwrap_or_else(|| conf.clone());
-    let read = |p: &Path| std::fs::read_to_string(p).ok();
+    let read = |p: &Path| fsutil::read_text_as_owner(p);
     let user_setting = nix_conf::effective(conf, KEY, &read);
     let line = format!("{KEY} = true");
     let apply = |t: &str| block::apply(t, instance, std::slice::from_ref(&line));
