@@ -116,6 +116,7 @@ const CHECKS: &[CheckFn] = &[
     check_builder,
     check_docker,
     check_rosetta,
+    check_desktop,
     check_x86_64,
     check_port,
     check_keys,
@@ -372,6 +373,29 @@ fn check_rosetta(ctx: &Ctx) -> Vec<Check> {
             "installed; Docker Desktop's setting could not be read",
             "check Docker Desktop → Settings → General → \"Use Rosetta for x86_64/amd64 emulation\"",
         ),
+    }]
+}
+
+/// macOS with Docker Desktop: the settings that matter to the builder (see
+/// `builderd::docker::desktop`), each named, with what to change.
+fn check_desktop(ctx: &Ctx) -> Vec<Check> {
+    use builderd::docker::desktop::{DesktopSettings, settings_files};
+    if !cfg!(target_os = "macos") || engine_kind(&ctx.endpoint.host) != EngineKind::DockerDesktop {
+        return vec![];
+    }
+    let Some(s) = DesktopSettings::read(&settings_files(&builderd::config::home_dir())) else {
+        return vec![warn(
+            "desktop",
+            "Docker Desktop's settings could not be read",
+            "check Docker Desktop → Settings: Rosetta (General), CPUs, memory and disk image (Resources), \"Allow the default Docker socket\" (Advanced)",
+        )];
+    };
+    let root = builderd::fsutil::current_euid() == 0;
+    let advice = s.advice(std::env::consts::ARCH == "aarch64", root);
+    vec![if advice.is_empty() {
+        pass("desktop", s.summary())
+    } else {
+        warn("desktop", s.summary(), advice.join("; "))
     }]
 }
 

@@ -552,9 +552,23 @@ impl Supervisor {
             }
             self.docker = None;
         }
+        self.follow_endpoint();
         let d = docker::connect(&self.endpoint).await?;
         self.docker = Some(d.clone());
         Ok(d)
+    }
+
+    /// Finds the engine again before each new connection: at boot a launchd service starts
+    /// before Docker Desktop made `~/.docker/run/docker.sock` (or the user switched contexts), so
+    /// the address found at start may not be the one that comes up.
+    fn follow_endpoint(&mut self) {
+        let now = docker::resolve_endpoint(&self.cfg);
+        if now != self.endpoint {
+            tracing::info!(host = %now.host, source = %now.source, "the Docker engine is now found here");
+            let shown = format!("{} ({})", now.host, now.source);
+            self.set(|s| s.docker_host = shown);
+            self.endpoint = now;
+        }
     }
 
     /// Brings the builder to the desired state `up`. Returns whether anything changed.
@@ -762,10 +776,9 @@ pub fn spawn(
 ) -> Handle {
     let (sup, status) = Supervisor::new(cfg.clone());
     let (tx, rx) = mpsc::channel(64);
-    let endpoint = sup.endpoint.clone();
     tasks.spawn(sup.run(rx, shutdown.clone()));
     tasks.spawn(watch_events(
-        endpoint,
+        cfg.clone(),
         cfg.container_name.clone(),
         tx.clone(),
         shutdown,
