@@ -14,6 +14,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+pub use builderd_core::ident::{controller_of, current_euid};
+
 const TEMP_MARK: &str = ".builderd-tmp";
 
 #[derive(Debug, thiserror::Error)]
@@ -443,22 +445,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError>
     })
 }
 
-/// Who controls `path`: the owner of the first component, from `/` down and never following a
-/// link, that root does not own (that user may rename or replace everything below it), or root
-/// when root owns every existing component. Returns `(uid, gid)` of that component.
-pub fn controller_of(path: &Path) -> (u32, u32) {
-    let mut cur = PathBuf::from("/");
-    for c in path.components().skip(1) {
-        cur.push(c);
-        match fs::symlink_metadata(&cur) {
-            Ok(m) if m.uid() != 0 => return (m.uid(), m.gid()),
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    (0, 0)
-}
-
 /// Runs `f` with the identity of whoever controls `path` ([`controller_of`]) when this process
 /// is root and that is another user: on a thread of its own that has become that user for good,
 /// so that every path `f` opens is checked by the kernel as that user's, links included. Not
@@ -527,10 +513,6 @@ fn become_user(uid: u32, gid: u32) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-pub fn current_euid() -> u32 {
-    rustix::process::geteuid().as_raw()
 }
 
 fn current_egid() -> u32 {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub use builderd_core::hostkey::parse_host_key_line;
 pub use russh::keys::ssh_key::PublicKey;
 use russh::keys::ssh_key::{self, HashAlg};
 use russh::keys::{Algorithm, PrivateKey};
@@ -98,20 +99,6 @@ pub fn key_line(key: &PublicKey) -> String {
         .expect("a parsed key encodes")
         .trim()
         .to_string()
-}
-
-/// Parses a host key given as one line, `TYPE BASE64 [COMMENT]`, of any algorithm OpenSSH
-/// offers: what a config pins for a remote builder.
-pub fn parse_host_key_line(line: &str) -> Result<PublicKey, String> {
-    let line = line.trim();
-    if line.contains(['\n', '\r']) || line.is_empty() {
-        return Err(
-            "is not one key line: give `ssh-ed25519 AAAA…` as `ssh-keyscan` prints it".into(),
-        );
-    }
-    PublicKey::from_openssh(line).map_err(|e| {
-        format!("is not an SSH public key line ({e}): give `ssh-ed25519 AAAA…` as `ssh-keyscan` prints it")
-    })
 }
 
 /// Parses the contents of a public key file: exactly one ssh-ed25519 key.

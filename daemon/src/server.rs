@@ -40,7 +40,7 @@ impl Owner {
 /// never through a link (one planted there is removed), with the identity of whoever controls
 /// the state dir.
 pub fn lock_instance(state_dir: &Path) -> anyhow::Result<InstanceLock> {
-    let path = state_dir.join("builderd.pid");
+    let path = state_dir.join(crate::config::PID_FILE);
     let open = || -> Result<File, crate::fsutil::FsError> {
         let err = |action, e| crate::fsutil::FsError {
             action,

@@ -225,14 +225,12 @@ impl Supervisor {
         };
         // The container itself, not the engine's list: the engine announces a pause before its
         // list shows it.
-        let state = match d.inspect_container(&id, None).await {
-            Ok(c) => match c.state.and_then(|s| s.status) {
-                Some(s) => s.to_string(),
+        let state = match docker::inspect(&d, &id).await {
+            Ok(c) => match c.state {
+                Some(s) => s,
                 None => return,
             },
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => "removed".to_string(),
+            Err(DockerError::NotFound { .. }) => "removed".to_string(),
             Err(_) => return,
         };
         self.set(|s| {
@@ -246,7 +244,7 @@ impl Supervisor {
 
     pub(super) async fn finish_up(
         &mut self,
-        docker: &Docker,
+        docker: &Engine,
         id: &str,
         keys: ClientKeys,
         say: Say<'_>,
@@ -327,7 +325,7 @@ impl Supervisor {
 
     pub(super) async fn wait_host_key(
         &self,
-        docker: &Docker,
+        docker: &Engine,
         id: &str,
     ) -> Result<PublicKey, Failure> {
         let path = self.cfg.volume_dir().join("id_ed25519.pub");
@@ -355,7 +353,7 @@ impl Supervisor {
     /// past `deadline` the wait fails with `why` and the container's log.
     pub(super) async fn keep_waiting(
         &self,
-        docker: &Docker,
+        docker: &Engine,
         id: &str,
         round: u32,
         deadline: Instant,
@@ -377,19 +375,16 @@ impl Supervisor {
         Ok(())
     }
 
-    pub(super) async fn ensure_running(&self, docker: &Docker, id: &str) -> Result<(), Failure> {
-        let c = docker.inspect_container(id, None).await.map_err(|e| {
-            Failure::new(ErrorKind::Failed, format!("inspecting the container: {e}"))
-        })?;
-        let st = c.state.unwrap_or_default();
-        if st.running == Some(true) {
+    pub(super) async fn ensure_running(&self, docker: &Engine, id: &str) -> Result<(), Failure> {
+        let c = docker::inspect(docker, id).await?;
+        if c.running {
             return Ok(());
         }
         Err(Failure::new(
             ErrorKind::Failed,
             format!(
                 "the container exited (code {}); its last lines:\n{}",
-                st.exit_code.unwrap_or(-1),
+                c.exit_code.unwrap_or(-1),
                 docker::last_logs(docker, id, 20).await
             ),
         ))
@@ -397,7 +392,7 @@ impl Supervisor {
 
     pub(super) async fn wait_healthy(
         &mut self,
-        docker: &Docker,
+        docker: &Engine,
         id: &str,
         host_key: &PublicKey,
         keys: &ClientKeys,
@@ -438,7 +433,7 @@ fn short(id: &str) -> &str {
 }
 
 /// Puts the volume's host.pub into root's authorized_keys in the running container.
-async fn install_client_key(docker: &Docker, id: &str) -> Result<(), Failure> {
+async fn install_client_key(docker: &Engine, id: &str) -> Result<(), Failure> {
     let (code, out) = docker::exec(
         docker,
         id,

@@ -11,12 +11,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bollard::Docker;
 use russh::keys::PublicKey;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
-use crate::docker::{self, DockerError, Endpoint};
+use crate::docker::{self, DockerError, Endpoint, Engine};
 use crate::health;
 use crate::keys::{self, ClientKeys};
 use crate::protocol::{
@@ -57,11 +56,10 @@ impl Failure {
 
 impl From<DockerError> for Failure {
     fn from(e: DockerError) -> Failure {
+        // A port another process holds is named with that process.
+        let e = e.with_port_holder(crate::port::holder);
         let kind = match &e {
-            DockerError::Unreachable { .. } => ErrorKind::Docker,
-            DockerError::Api { source, .. } if docker::is_connection_error(source) => {
-                ErrorKind::Docker
-            }
+            e if e.is_unreachable() => ErrorKind::Docker,
             DockerError::PortTaken { .. }
             | DockerError::PrivilegedRefused { .. }
             | DockerError::SandboxRefused { .. }
@@ -162,7 +160,7 @@ fn step(stage: &str, message: impl Into<String>) -> Progress {
 pub struct Supervisor {
     cfg: Config,
     endpoint: Endpoint,
-    docker: Option<Docker>,
+    docker: Option<Engine>,
     persisted: Persisted,
     status: watch::Sender<Status>,
     keys: Option<ClientKeys>,
@@ -552,17 +550,31 @@ impl Supervisor {
         })
     }
 
-    async fn docker(&mut self) -> Result<Docker, DockerError> {
+    async fn docker(&mut self) -> Result<Engine, DockerError> {
         if let Some(d) = &self.docker {
             // A cheap ping tells whether the cached connection still reaches the engine.
-            if d.ping().await.is_ok() {
+            if d.answers().await {
                 return Ok(d.clone());
             }
             self.docker = None;
         }
+        self.follow_endpoint();
         let d = docker::connect(&self.endpoint).await?;
         self.docker = Some(d.clone());
         Ok(d)
+    }
+
+    /// Finds the engine again before each new connection: at boot a launchd service starts
+    /// before Docker Desktop made `~/.docker/run/docker.sock` (or the user switched contexts), so
+    /// the address found at start may not be the one that comes up.
+    fn follow_endpoint(&mut self) {
+        let now = docker::resolve_endpoint(&self.cfg);
+        if now != self.endpoint {
+            tracing::info!(host = %now.host, source = %now.source, "the Docker engine is now found here");
+            let shown = format!("{} ({})", now.host, now.source);
+            self.set(|s| s.docker_host = shown);
+            self.endpoint = now;
+        }
     }
 
     /// Brings the builder to the desired state `up`. Returns whether anything changed.
@@ -608,7 +620,7 @@ impl Supervisor {
     }
 
     /// This builderd's container, if there is one, with the engine connection that found it.
-    async fn our_container(&mut self) -> Result<Option<(Docker, docker::Found)>, DockerError> {
+    async fn our_container(&mut self) -> Result<Option<(Engine, docker::Found)>, DockerError> {
         let d = self.docker().await?;
         let owner = docker::owner_id(&self.cfg.state_dir);
         Ok(docker::find(&d, &self.cfg.container_name, &owner)
@@ -770,10 +782,9 @@ pub fn spawn(
 ) -> Handle {
     let (sup, status) = Supervisor::new(cfg.clone());
     let (tx, rx) = mpsc::channel(64);
-    let endpoint = sup.endpoint.clone();
     tasks.spawn(sup.run(rx, shutdown.clone()));
     tasks.spawn(watch_events(
-        endpoint,
+        cfg.clone(),
         cfg.container_name.clone(),
         tx.clone(),
         shutdown,
