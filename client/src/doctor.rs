@@ -116,6 +116,7 @@ const CHECKS: &[CheckFn] = &[
     check_builder,
     check_docker,
     check_rosetta,
+    check_desktop,
     check_x86_64,
     check_port,
     check_keys,
@@ -126,6 +127,7 @@ const CHECKS: &[CheckFn] = &[
     check_root_ssh,
     check_sandbox,
     check_disk,
+    check_caches,
     check_remotes,
     check_build,
 ];
@@ -372,6 +374,29 @@ fn check_rosetta(ctx: &Ctx) -> Vec<Check> {
             "installed; Docker Desktop's setting could not be read",
             "check Docker Desktop → Settings → General → \"Use Rosetta for x86_64/amd64 emulation\"",
         ),
+    }]
+}
+
+/// macOS with Docker Desktop: the settings that matter to the builder (see
+/// `builderd::docker::desktop`), each named, with what to change.
+fn check_desktop(ctx: &Ctx) -> Vec<Check> {
+    use builderd::docker::desktop::{DesktopSettings, settings_files};
+    if !cfg!(target_os = "macos") || engine_kind(&ctx.endpoint.host) != EngineKind::DockerDesktop {
+        return vec![];
+    }
+    let Some(s) = DesktopSettings::read(&settings_files(&builderd::config::home_dir())) else {
+        return vec![warn(
+            "desktop",
+            "Docker Desktop's settings could not be read",
+            "check Docker Desktop → Settings: Rosetta (General), CPUs, memory and disk image (Resources), \"Allow the default Docker socket\" (Advanced)",
+        )];
+    };
+    let root = builderd::fsutil::current_euid() == 0;
+    let advice = s.advice(std::env::consts::ARCH == "aarch64", root);
+    vec![if advice.is_empty() {
+        pass("desktop", s.summary())
+    } else {
+        warn("desktop", s.summary(), advice.join("; "))
     }]
 }
 
@@ -1317,6 +1342,25 @@ fn check_disk(ctx: &Ctx) -> Vec<Check> {
     } else {
         pass("disk", format!("{} free", human_bytes(free)))
     }]
+}
+
+/// Substituters the builder cannot reach: it builds without them (rather than waiting on
+/// them in every build), which is slower than it need be when they were meant to answer.
+fn check_caches(ctx: &Ctx) -> Vec<Check> {
+    let Some(b) = ctx.status().and_then(|s| s.builder.as_ref()) else {
+        return vec![];
+    };
+    if !ctx.up() || b.unreachable_substituters.is_empty() {
+        return vec![];
+    }
+    vec![warn(
+        "caches",
+        format!(
+            "the builder cannot reach {}: it builds and copies without it until it answers",
+            b.unreachable_substituters.join(", ")
+        ),
+        "check the network of the Docker engine's VM (a proxy, a VPN), or set `[builder] substituters` to caches it can reach (\"\" for none)",
+    )]
 }
 
 /// Each remote builder: what the daemon last saw, and whether the machines file says the same.

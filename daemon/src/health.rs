@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use russh::client;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 
+pub use builderd_core::config::is_system;
+
 use crate::keys::fingerprint;
 
 /// The stage a check failed at.
@@ -48,6 +50,9 @@ pub struct Facts {
     pub platforms: Vec<Platform>,
     pub disk_free_bytes: Option<u64>,
     pub disk_total_bytes: Option<u64>,
+    /// The configured substituters the builder found it cannot reach (and so does not use until
+    /// they answer again), as its entrypoint's watcher last saw them.
+    pub unreachable_substituters: Vec<String>,
 }
 
 /// A system the builder runs, and how: `native`, `rosetta`, `qemu` or `emulated` (a foreign
@@ -81,7 +86,8 @@ pub const PROBE: &str = "printf 'nix=%s\\n' \"$(nix-store --version)\" && \
 printf 'arch=%s\\n' \"$(uname -m)\" && \
 if [ -r /run/nix-builder/systems ]; then sed 's/^/platform=/' /run/nix-builder/systems; \
 else printf 'platform=%s-linux native\\n' \"$(uname -m | sed s/arm64/aarch64/)\"; fi && \
-df -Pk /nix/store | awk 'NR==2 {print \"disk_total_kb=\" $2; print \"disk_free_kb=\" $4}'";
+df -Pk /nix/store | awk 'NR==2 {print \"disk_total_kb=\" $2; print \"disk_free_kb=\" $4}' && \
+{ sed 's/^/substituter=/' /run/nix-builder/substituters 2>/dev/null; true; }";
 
 pub fn parse_facts(out: &str) -> Option<Facts> {
     let mut f = Facts::default();
@@ -106,22 +112,15 @@ pub fn parse_facts(out: &str) -> Option<Facts> {
             }
             "disk_free_kb" => f.disk_free_bytes = v.trim().parse::<u64>().ok().map(|k| k * 1024),
             "disk_total_kb" => f.disk_total_bytes = v.trim().parse::<u64>().ok().map(|k| k * 1024),
+            "substituter" => {
+                if let Some(url) = v.trim().strip_prefix("unreachable ") {
+                    f.unreachable_substituters.push(url.trim().to_string());
+                }
+            }
             _ => {}
         }
     }
     (f.nix_version.contains("Nix") && !f.arch.is_empty() && !f.platforms.is_empty()).then_some(f)
-}
-
-/// A Nix system name such as `x86_64-linux`: what may go into the machines line.
-pub fn is_system(s: &str) -> bool {
-    let mut parts = s.splitn(2, '-');
-    let (Some(arch), Some(os)) = (parts.next(), parts.next()) else {
-        return false;
-    };
-    !arch.is_empty()
-        && !os.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// Trusts the host only when it presents `pinned` (never, without one), and remembers any other
@@ -386,7 +385,13 @@ mod tests {
             ["aarch64-linux", "x86_64-linux"]
         );
         assert_eq!(f.disk_free_bytes, Some(40 * 1024));
+        assert!(f.unreachable_substituters.is_empty());
         assert_eq!(parse_facts("nothing"), None);
+        let f = parse_facts(
+            "nix=nix-store (Nix) 2.26.3\narch=x86_64\nplatform=x86_64-linux native\nsubstituter=reachable file:///cache\nsubstituter=unreachable https://cache.nixos.org/\n",
+        )
+        .unwrap();
+        assert_eq!(f.unreachable_substituters, ["https://cache.nixos.org/"]);
         // A system name that would break the machines line is not taken.
         let f = parse_facts(
             "nix=nix-store (Nix) 2.26.3\narch=x86_64\nplatform=x86_64-linux native\nplatform=a,b-linux qemu\n",

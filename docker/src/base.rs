@@ -16,8 +16,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::engine::{DockerError, Engine};
 
-/// The base the embedded context builds from unless configured otherwise: pinned by suite.
-pub const DEFAULT_BASE: &str = "debian:trixie-slim";
+pub use builderd_core::config::DEFAULT_BASE;
 
 /// The repository of the local stand-in for [`DEFAULT_BASE`], tagged by suite.
 pub const OFFLINE_REPOSITORY: &str = "builderd-base";

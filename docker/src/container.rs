@@ -2,7 +2,7 @@
 //! lifecycle (find, create, start, remove), exec and logs.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bollard::container::{
     Config as ContainerConfig, CreateContainerOptions, InspectContainerOptions,
@@ -24,11 +24,7 @@ pub const LABEL_OWNER: &str = "io.builderd.owner";
 /// The state dir of the builderd that made the container, for the message to the other one.
 pub const LABEL_STATE_DIR: &str = "io.builderd.state-dir";
 
-/// The owner label's value for the builderd whose state dir is `state_dir`.
-pub fn owner_id(state_dir: &Path) -> String {
-    let dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
-    hex(&Sha256::digest(dir.as_os_str().as_encoded_bytes()))[..16].to_string()
-}
+pub use builderd_core::ident::owner_id;
 
 /// What the container is created from. Its [`Spec::hash`] labels the container: a container
 /// whose label differs was made from another spec (an edited config, an older release) and is

@@ -23,12 +23,14 @@ impl Engine {
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
     #[error(
-        "cannot reach the Docker engine at {host} ({source_hint}): {reason}. Start Docker Desktop (or Colima/OrbStack) and try again, or set `docker_host` in the config"
+        "cannot reach the Docker engine at {host} (from {source_hint}): {reason}. To fix: {how}"
     )]
     Unreachable {
         host: String,
         source_hint: String,
         reason: String,
+        /// How to start that engine.
+        how: String,
     },
     #[error("the image build failed: {message}\n{log}")]
     Build { message: String, log: String },
@@ -178,9 +180,7 @@ pub fn resolve_endpoint_in(
     ep("unix:///var/run/docker.sock".into(), "default socket")
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use builderd_core::ident::hex;
 
 /// Connects to the engine and checks that it answers.
 pub async fn connect(ep: &Endpoint) -> Result<Engine, DockerError> {
@@ -188,6 +188,7 @@ pub async fn connect(ep: &Endpoint) -> Result<Engine, DockerError> {
         host: ep.host.clone(),
         source_hint: ep.source.clone(),
         reason,
+        how: crate::desktop::how_to_start(ep, cfg!(target_os = "macos")),
     };
     let docker = if let Some(path) = ep.host.strip_prefix("unix://") {
         Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)

@@ -9,13 +9,16 @@
 //! - [`base`]: the base image: pulled (`debian:trixie-slim`), or on Linux made with debootstrap
 //!   when no registry answers.
 //! - [`container`]: the container's spec and privileges, its labels, its lifecycle, exec, logs.
+//! - [`desktop`]: how to start the engine builderd looked for; Docker Desktop's settings that
+//!   matter (Rosetta, CPUs, memory, disk, the default socket).
 //! - [`probe`]: tiny static programs per architecture, to learn which systems really run.
 
 pub mod base;
 pub mod container;
+pub mod desktop;
 pub mod engine;
 pub mod image;
-pub mod probe;
+pub use builderd_core::probe;
 
 pub use container::{
     Event, Found, Inspected, LABEL_INSTANCE, LABEL_OWNER, LABEL_SPEC, LABEL_STATE_DIR, Privileges,

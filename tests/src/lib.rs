@@ -62,6 +62,15 @@ pub fn keygen(path: &Path, kind: &str) {
     assert!(st.success(), "ssh-keygen -t {kind} failed");
 }
 
+/// A fresh ed25519 public key line (`ssh-ed25519 AAAA…`), for a host key nobody presents.
+pub fn fresh_key_line() -> String {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("k");
+    keygen(&p, "ed25519");
+    let t = std::fs::read_to_string(p.with_extension("pub")).unwrap();
+    t.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub port: u16,

@@ -42,6 +42,7 @@ impl Supervisor {
                     disk_free_bytes: f.disk_free_bytes,
                     disk_total_bytes: f.disk_total_bytes,
                     store_bytes: s.builder.as_ref().and_then(|b| b.store_bytes),
+                    unreachable_substituters: f.unreachable_substituters.clone(),
                 });
             }
         });

@@ -462,8 +462,8 @@ impl Supervisor {
     }
 
     /// The client key pair; an error names the config file, the line and the key too.
-    fn client_keys(&self) -> Result<ClientKeys, Failure> {
-        keys::load_client_keys(&self.cfg.public_key, &self.cfg.private_key).map_err(|e| {
+    async fn client_keys(&self) -> Result<ClientKeys, Failure> {
+        load_client_keys(&self.cfg).await.map_err(|e| {
             let key = e.config_key();
             let problem = e.to_string();
             Failure::new(
@@ -481,7 +481,7 @@ impl Supervisor {
         self.retry.forget_deaths();
         self.reload_config()?;
         // Bad input is refused before anything is recorded or started.
-        self.client_keys()?;
+        self.client_keys().await?;
         self.fleet_round().await;
         let was_up = self.status.borrow().state == State::Up;
         let before = self.persisted.desired;
@@ -552,9 +552,23 @@ impl Supervisor {
             }
             self.docker = None;
         }
+        self.follow_endpoint();
         let d = docker::connect(&self.endpoint).await?;
         self.docker = Some(d.clone());
         Ok(d)
+    }
+
+    /// Finds the engine again before each new connection: at boot a launchd service starts
+    /// before Docker Desktop made `~/.docker/run/docker.sock` (or the user switched contexts), so
+    /// the address found at start may not be the one that comes up.
+    fn follow_endpoint(&mut self) {
+        let now = docker::resolve_endpoint(&self.cfg);
+        if now != self.endpoint {
+            tracing::info!(host = %now.host, source = %now.source, "the Docker engine is now found here");
+            let shown = format!("{} ({})", now.host, now.source);
+            self.set(|s| s.docker_host = shown);
+            self.endpoint = now;
+        }
     }
 
     /// Brings the builder to the desired state `up`. Returns whether anything changed.
@@ -762,10 +776,9 @@ pub fn spawn(
 ) -> Handle {
     let (sup, status) = Supervisor::new(cfg.clone());
     let (tx, rx) = mpsc::channel(64);
-    let endpoint = sup.endpoint.clone();
     tasks.spawn(sup.run(rx, shutdown.clone()));
     tasks.spawn(watch_events(
-        endpoint,
+        cfg.clone(),
         cfg.container_name.clone(),
         tx.clone(),
         shutdown,
@@ -799,4 +812,13 @@ mod tests {
             None
         );
     }
+}
+
+/// The client key pair, read off the async workers: a key file the user points at a FIFO or a
+/// slow disk holds up a blocking thread, never the supervisor's loop.
+pub(crate) async fn load_client_keys(cfg: &Config) -> Result<ClientKeys, keys::KeyError> {
+    let (public, private) = (cfg.public_key.clone(), cfg.private_key.clone());
+    tokio::task::spawn_blocking(move || keys::load_client_keys(&public, &private))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
