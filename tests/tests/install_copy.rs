@@ -77,7 +77,7 @@ fn owner_mode(p: &Path) -> (u32, u32) {
 
 #[test]
 fn install_copies_the_users_binary_and_config_as_roots_files() {
-    if !(builderd::fsutil::current_euid() == 0) {
+    if builderd::fsutil::current_euid() != 0 {
         eprintln!("not root: the copy step is root's");
         return;
     }
@@ -121,7 +121,7 @@ fn install_copies_the_users_binary_and_config_as_roots_files() {
 
 #[test]
 fn a_source_the_user_swapped_for_a_link_to_roots_file_or_a_fifo_is_refused() {
-    if !(builderd::fsutil::current_euid() == 0) {
+    if builderd::fsutil::current_euid() != 0 {
         eprintln!("not root: the copy step is root's");
         return;
     }
