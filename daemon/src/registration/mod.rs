@@ -717,7 +717,11 @@ mod tests {
         assert_eq!(ciphers(false)[0], "chacha20-poly1305@openssh.com");
         for aes in [true, false] {
             // Both AEADs and the CTR modes every server since OpenSSH 6.5 offers.
-            for c in ["chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com", "aes128-ctr"] {
+            for c in [
+                "chacha20-poly1305@openssh.com",
+                "aes128-gcm@openssh.com",
+                "aes128-ctr",
+            ] {
                 assert!(ciphers(aes).contains(&c), "{c}");
             }
         }
@@ -741,7 +745,10 @@ mod tests {
             None,
             Path::new("/tmp"),
         );
-        assert!(!lines.iter().any(|l| l.contains("Compression")), "{lines:?}");
+        assert!(
+            !lines.iter().any(|l| l.contains("Compression")),
+            "{lines:?}"
+        );
         assert!(is_loopback("::1") && is_loopback("localhost") && !is_loopback("example.org"));
     }
 
