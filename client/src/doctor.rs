@@ -127,6 +127,7 @@ const CHECKS: &[CheckFn] = &[
     check_root_ssh,
     check_sandbox,
     check_disk,
+    check_caches,
     check_remotes,
     check_build,
 ];
@@ -154,17 +155,10 @@ async fn engine_view(cfg: &Config, endpoint: &Endpoint) -> (Result<(), String>, 
     else {
         return (Ok(()), None);
     };
-    let published = d
-        .inspect_container(&found.id, None)
+    let published = builderd::docker::inspect(&d, &found.id)
         .await
         .ok()
-        .and_then(|c| c.network_settings?.ports?.get("22/tcp").cloned()?)
-        .and_then(|bindings| {
-            bindings.into_iter().find_map(|b| {
-                let port = b.host_port?.parse::<u16>().ok()?;
-                Some((b.host_ip.unwrap_or_default(), port))
-            })
-        });
+        .and_then(|c| c.published);
     (
         Ok(()),
         Some(Engine {
@@ -1348,6 +1342,25 @@ fn check_disk(ctx: &Ctx) -> Vec<Check> {
     } else {
         pass("disk", format!("{} free", human_bytes(free)))
     }]
+}
+
+/// Substituters the builder cannot reach: it builds without them (rather than waiting on
+/// them in every build), which is slower than it need be when they were meant to answer.
+fn check_caches(ctx: &Ctx) -> Vec<Check> {
+    let Some(b) = ctx.status().and_then(|s| s.builder.as_ref()) else {
+        return vec![];
+    };
+    if !ctx.up() || b.unreachable_substituters.is_empty() {
+        return vec![];
+    }
+    vec![warn(
+        "caches",
+        format!(
+            "the builder cannot reach {}: it builds and copies without it until it answers",
+            b.unreachable_substituters.join(", ")
+        ),
+        "check the network of the Docker engine's VM (a proxy, a VPN), or set `[builder] substituters` to caches it can reach (\"\" for none)",
+    )]
 }
 
 /// Each remote builder: what the daemon last saw, and whether the machines file says the same.

@@ -288,7 +288,10 @@ pub async fn install(cfg: &Config, config_path: &Path, print: bool, user: bool, 
         out.error(&e);
         return exit::FAILURE;
     }
-    match svc.install(os, &home, &System) {
+    let write = |p: &Path, bytes: &[u8], mode: u32| {
+        builderd::fsutil::write_atomic(p, bytes, mode).map_err(|e| e.to_string())
+    };
+    match svc.install(os, &home, &System, &write) {
         Ok(p) => {
             out.info(&format!(
                 "installed {}; builderd now starts at boot",
@@ -329,7 +332,7 @@ async fn hand_over(cfg: &Config) -> Result<(), String> {
     let _ = builderd::client::request(&cfg.socket, Request::Shutdown, |_| {}).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while builderd::client::connect(&cfg.socket).await.is_ok()
-        || lock_is_held(&cfg.state_dir.join("builderd.pid"))
+        || lock_is_held(&cfg.state_dir.join(builderd::config::PID_FILE))
     {
         if std::time::Instant::now() > deadline {
             return Err(format!(

@@ -21,8 +21,8 @@
 //! - [`server`]: the Unix socket: peer credentials, framing, dispatch to the supervisor.
 //! - [`client`]: connecting to the daemon (and starting it), used by `builderctl`.
 
-pub mod client;
-pub mod config;
+pub use builderd_core::{client, config, protocol};
+
 pub mod docker;
 pub mod fault;
 pub mod fsutil;
@@ -30,7 +30,6 @@ pub mod health;
 pub mod hostnix;
 pub mod keys;
 pub mod port;
-pub mod protocol;
 pub mod registration;
 pub mod relay;
 pub mod server;

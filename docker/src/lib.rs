@@ -18,13 +18,14 @@ pub mod container;
 pub mod desktop;
 pub mod engine;
 pub mod image;
-pub mod probe;
+pub use builderd_core::probe;
 
 pub use container::{
-    Found, LABEL_INSTANCE, LABEL_OWNER, LABEL_SPEC, LABEL_STATE_DIR, Privileges, Spec, create,
-    exec, find, last_logs, logs_stream, name_taken_by_other, owner_id, remove, start,
+    Event, Found, Inspected, LABEL_INSTANCE, LABEL_OWNER, LABEL_SPEC, LABEL_STATE_DIR, Privileges,
+    Spec, create, exec, find, inspect, last_logs, logs_stream, name_taken_by_other, owner_id,
+    remove, restart, start,
 };
-pub use engine::{DockerError, Endpoint, connect, hex, is_connection_error, resolve_endpoint_in};
+pub use engine::{DockerError, Endpoint, Engine, connect, hex, resolve_endpoint_in};
 pub use image::{
     Context, EMBEDDED_CONTEXT, ImageSpec, image_arch, image_exists, image_is_emulated,
 };

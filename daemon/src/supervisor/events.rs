@@ -54,7 +54,7 @@ pub async fn watch_events(
             };
             match ev {
                 Some(Ok(ev)) => {
-                    let action = ev.action.unwrap_or_default();
+                    let action = ev.action;
                     if let Some(nanos) = ev.time_nano {
                         let now = SystemTime::now()
                             .duration_since(UNIX_EPOCH)

@@ -91,12 +91,25 @@ pub fn system_dir_for(macos: bool) -> PathBuf {
 /// whoever started it.
 pub const ROOT_PATH: &str = "/usr/bin:/bin:/usr/sbin:/sbin:/nix/var/nix/profiles/default/bin";
 
+/// The base the embedded context builds from unless configured otherwise: pinned by suite.
+pub const DEFAULT_BASE: &str = "debian:trixie-slim";
+
+/// The daemon's pid file in the state dir, which it holds locked for its lifetime: one daemon
+/// per state dir.
+pub const PID_FILE: &str = "builderd.pid";
+
 /// Where a root builderd serving another user keeps builder volumes on Linux.
 pub const ROOT_VOLUMES: &str = "/var/lib/builderd/volumes";
 
 /// The volume a root builderd serving another user keeps for the state dir `state_dir`.
 pub fn root_volume_dir(state_dir: &Path) -> PathBuf {
-    Path::new(ROOT_VOLUMES).join(crate::docker::owner_id(state_dir))
+    Path::new(ROOT_VOLUMES).join(crate::ident::owner_id(state_dir))
+}
+
+/// The copy of the builder's public host key a root service keeps in the state dir for the
+/// user's own tools, when the volume is out of the user's reach ([`ROOT_VOLUMES`]).
+pub fn host_key_copy(state_dir: &Path) -> PathBuf {
+    state_dir.join("builder_host_key.pub")
 }
 
 /// The root service's copy of the config.
@@ -135,7 +148,7 @@ pub fn check_trusted(path: &Path) -> Result<(), ConfigError> {
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let owner = [path, real.as_path()]
         .into_iter()
-        .map(|p| crate::fsutil::controller_of(p).0)
+        .map(|p| crate::ident::controller_of(p).0)
         .find(|&o| o != 0)
         .unwrap_or(0);
     if owner != 0 {
@@ -227,7 +240,7 @@ impl Default for ImageConfig {
         Self {
             context: None,
             repository: "nix-builder".into(),
-            base_image: crate::docker::base::DEFAULT_BASE.into(),
+            base_image: DEFAULT_BASE.into(),
             platform: None,
             debian_mirror: "http://deb.debian.org/debian".into(),
             debian_suite: "trixie".into(),
@@ -299,11 +312,7 @@ pub struct RegistrationConfig {
 impl Default for RegistrationConfig {
     fn default() -> Self {
         let home = home_dir();
-        let root_home = if cfg!(target_os = "macos") {
-            PathBuf::from("/var/root")
-        } else {
-            PathBuf::from("/root")
-        };
+        let root_home = root_home();
         let mut known_hosts = vec![home.join(".ssh/known_hosts")];
         let mut ssh_config = vec![home.join(".ssh/config")];
         if home != root_home {
@@ -474,6 +483,22 @@ pub fn home_dir() -> PathBuf {
     directories::BaseDirs::new()
         .map(|b| b.home_dir().to_path_buf())
         .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// Root's home, from the user database (Directory Services on macOS), like [`home_dir`].
+pub fn root_home() -> PathBuf {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(0))
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| {
+            PathBuf::from(if cfg!(target_os = "macos") {
+                "/var/root"
+            } else {
+                "/root"
+            })
+        })
 }
 
 impl Config {
@@ -715,12 +740,12 @@ impl Config {
                 ));
             }
             if let Some(k) = &r.host_key
-                && let Err(e) = crate::keys::parse_host_key_line(k)
+                && let Err(e) = crate::hostkey::parse_host_key_line(k)
             {
                 return Err(bad("host_key", format!("{who} {e}")));
             }
             if let Some(s) = &r.systems
-                && (s.is_empty() || s.iter().any(|s| !crate::health::is_system(s)))
+                && (s.is_empty() || s.iter().any(|s| !is_system(s)))
             {
                 return Err(bad(
                     "systems",
@@ -897,13 +922,18 @@ impl Config {
 
     /// The builder's public host key file, as a client sees it: the volume's, or, when this
     /// process keeps no volume of its own there, the one a root service keeps for this state
-    /// dir in [`ROOT_VOLUMES`].
+    /// dir in [`ROOT_VOLUMES`] (root can reach it), or else the copy that service hands to the
+    /// user ([`host_key_copy`]).
     pub fn host_key_file(&self) -> PathBuf {
         let own = self.volume_dir().join("id_ed25519.pub");
         if cfg!(target_os = "linux") && !own.exists() {
             let root = root_volume_dir(&self.state_dir).join("id_ed25519.pub");
             if root.exists() {
                 return root;
+            }
+            let copy = host_key_copy(&self.state_dir);
+            if copy.exists() {
+                return copy;
             }
         }
         own
@@ -927,6 +957,18 @@ impl Config {
                 _ => "linux/amd64".into(),
             })
     }
+}
+
+/// A Nix system name such as `x86_64-linux`: what may go into the machines line.
+pub fn is_system(s: &str) -> bool {
+    let mut parts = s.splitn(2, '-');
+    let (Some(arch), Some(os)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    !arch.is_empty()
+        && !os.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// One word of a machines line or an ssh_config host name: letters, digits, `-`, `_`, `.`, `+`,
