@@ -1,5 +1,6 @@
 //! builderctl: the command line for builderd.
 
+mod copies;
 mod doctor;
 mod output;
 mod service;
@@ -123,6 +124,10 @@ enum Cmd {
         /// Install a per-user agent rather than a system service run as root
         #[arg(long)]
         user: bool,
+        /// Test builds: only copy builderd and the config into the system directory below
+        /// this prefix
+        #[arg(long, hide = true)]
+        prefix: Option<PathBuf>,
     },
     /// Stop and remove the service
     #[command(
@@ -180,10 +185,15 @@ fn main() -> ExitCode {
 
 /// The `builderd` next to this `builderctl`, when there is one.
 fn daemon_next_to_us() -> Option<PathBuf> {
+    daemon_path_next_to_us().filter(|p| p.is_file())
+}
+
+/// Where builderd would be next to this `builderctl`, whatever is there (the install's copy
+/// says what is wrong with it).
+fn daemon_path_next_to_us() -> Option<PathBuf> {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("builderd")))
-        .filter(|p| p.is_file())
 }
 
 /// The daemon binary to start: the one next to this `builderctl`, else `builderd` on PATH.
@@ -265,7 +275,11 @@ async fn run(cmd: Cmd, cfg: &Config, config_path: &Path, out: &output::Out) -> u
         Cmd::Doctor { build_test } => doctor::run(cfg, build_test, out).await,
         Cmd::Ssh { command } => service::ssh(cfg, &command),
         Cmd::Logs { follow, container } => service::logs(cfg, follow, container, out).await,
-        Cmd::Install { print, user } => service::install(cfg, config_path, print, user, out).await,
+        Cmd::Install {
+            print,
+            user,
+            prefix,
+        } => service::install(cfg, config_path, print, user, prefix.as_deref(), out).await,
         Cmd::Uninstall { purge, user } => {
             service::uninstall(cfg, config_path, purge, user, out).await
         }

@@ -28,7 +28,13 @@ fn app_dirs() -> (PathBuf, PathBuf) {
 
 /// The platform's config and data directories of builderd under `home`.
 fn app_dirs_in(home: &Path) -> (PathBuf, PathBuf) {
-    if cfg!(target_os = "macos") {
+    app_dirs_for(home, cfg!(target_os = "macos"))
+}
+
+/// builderd's config and data directories under `home`, on macOS or on Linux: also what the
+/// Homebrew formula and the nix-darwin module must name.
+pub fn app_dirs_for(home: &Path, macos: bool) -> (PathBuf, PathBuf) {
+    if macos {
         let d = home.join("Library/Application Support/builderd");
         (d.clone(), d)
     } else {
@@ -68,7 +74,12 @@ pub fn config_source(flag: Option<&Path>) -> (PathBuf, Option<&'static str>) {
 /// Where `sudo builderctl install` puts the root service's own copy of the config, binary and
 /// logs: a directory only root can change.
 pub fn system_dir() -> PathBuf {
-    if cfg!(target_os = "macos") {
+    system_dir_for(cfg!(target_os = "macos"))
+}
+
+/// [`system_dir`] on macOS or on Linux.
+pub fn system_dir_for(macos: bool) -> PathBuf {
+    if macos {
         PathBuf::from("/Library/Application Support/org.builderd")
     } else {
         PathBuf::from("/usr/local/lib/builderd")
@@ -1108,16 +1119,29 @@ mod tests {
 
     #[test]
     fn app_dirs_under_a_home() {
-        let (c, d) = app_dirs_in(Path::new("/home/me"));
-        if cfg!(target_os = "macos") {
-            assert_eq!(
-                c,
-                PathBuf::from("/home/me/Library/Application Support/builderd")
-            );
-        } else {
-            assert_eq!(c, PathBuf::from("/home/me/.config/builderd"));
-            assert_eq!(d, PathBuf::from("/home/me/.local/share/builderd"));
-        }
+        let home = Path::new("/home/me");
+        let mac = PathBuf::from("/home/me/Library/Application Support/builderd");
+        assert_eq!(app_dirs_for(home, true), (mac.clone(), mac));
+        assert_eq!(
+            app_dirs_for(home, false),
+            (
+                PathBuf::from("/home/me/.config/builderd"),
+                PathBuf::from("/home/me/.local/share/builderd")
+            )
+        );
+        assert_eq!(
+            app_dirs_in(home),
+            app_dirs_for(home, cfg!(target_os = "macos"))
+        );
+        assert_eq!(
+            system_dir_for(true),
+            PathBuf::from("/Library/Application Support/org.builderd")
+        );
+        assert_eq!(
+            system_dir_for(false),
+            PathBuf::from("/usr/local/lib/builderd")
+        );
+        assert_eq!(system_dir(), system_dir_for(cfg!(target_os = "macos")));
     }
 
     #[test]
