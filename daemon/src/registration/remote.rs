@@ -256,7 +256,10 @@ mod tests {
         sync(&cfg, std::slice::from_ref(&a), &[], &mut created);
         let m = std::fs::read_to_string(d.path().join("machines")).unwrap();
         assert!(m.contains(&block::begin(&block_name(&cfg, "a"))), "{m}");
-        assert!(!m.contains(&block::begin("a")), "the old block was taken over: {m}");
+        assert!(
+            !m.contains(&block::begin("a")),
+            "the old block was taken over: {m}"
+        );
         assert!(m.ends_with(&other), "{m}");
         // Names that are not this instance's remotes (another instance's, listed by whoever
         // wrote fleet.json) reach only keys of this instance, which do not exist.
