@@ -442,3 +442,40 @@ fn one_users_builder_takes_every_users_builds_only_when_root_says_so() {
     );
     let _ = env.ctl_as(&user, &["down"]);
 }
+
+#[test]
+fn state_files_that_are_a_fifo_or_dev_zero_are_damage_not_a_hang() {
+    // Damage is taken as `up`: the daemon brings the builder up.
+    if skip_docker() {
+        return;
+    }
+    let (env, user) = Env::root_served("");
+    let state = env.path("state");
+    user.sh(&format!(
+        "mkfifo {s}/state.json && ln -s /dev/zero {s}/fleet.json",
+        s = state.display()
+    ));
+    env.start_root_daemon(user.uid).unwrap();
+    // Asked with a bound of its own: a daemon stuck reading would never answer.
+    let o = user
+        .command("timeout")
+        .arg("30")
+        .arg(bin_dir().join("builderctl"))
+        .arg("--config")
+        .arg(&env.config)
+        .args(["status", "--json"])
+        .env("HOME", env.path("home"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "status: {o:?}\n{}",
+        std::fs::read_to_string(env.path("root-daemon.log")).unwrap_or_default()
+    );
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let problem = st["state_file_problem"].as_str().unwrap_or("");
+    assert!(
+        problem.contains("state.json could not be read (it is not a regular file"),
+        "{st:#}"
+    );
+}
