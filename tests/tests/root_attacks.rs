@@ -155,11 +155,10 @@ fn a_busy_pid_file_never_shows_root_what_a_link_points_to() {
             .to_string(),
     );
     let mut swapper = user
-        .command("python3")
+        .command("/usr/bin/python3")
         .args(["-c", SWAPPER])
         .arg(&state)
         .arg(&secret)
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/root/.pyenv/shims")
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
