@@ -91,6 +91,11 @@ pub fn root_volume_dir(state_dir: &Path) -> PathBuf {
     Path::new(ROOT_VOLUMES).join(crate::ident::owner_id(state_dir))
 }
 
+/// The daemon's pid file (and instance lock) in the state dir `state_dir`.
+pub fn pid_file_in(state_dir: &Path) -> PathBuf {
+    state_dir.join("builderd.pid")
+}
+
 /// The root service's copy of the config.
 pub fn system_config_path() -> PathBuf {
     system_dir().join("config.toml")
@@ -291,11 +296,7 @@ pub struct RegistrationConfig {
 impl Default for RegistrationConfig {
     fn default() -> Self {
         let home = home_dir();
-        let root_home = if cfg!(target_os = "macos") {
-            PathBuf::from("/var/root")
-        } else {
-            PathBuf::from("/root")
-        };
+        let root_home = root_home();
         let mut known_hosts = vec![home.join(".ssh/known_hosts")];
         let mut ssh_config = vec![home.join(".ssh/config")];
         if home != root_home {
@@ -466,6 +467,23 @@ pub fn home_dir() -> PathBuf {
     directories::BaseDirs::new()
         .map(|b| b.home_dir().to_path_buf())
         .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// root's home, from the user database (Directory Services on macOS): where root's own ssh
+/// reads its config and known_hosts.
+pub fn root_home() -> PathBuf {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(0))
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| {
+            PathBuf::from(if cfg!(target_os = "macos") {
+                "/var/root"
+            } else {
+                "/root"
+            })
+        })
 }
 
 impl Config {
@@ -899,6 +917,11 @@ impl Config {
             }
         }
         own
+    }
+
+    /// The file the running daemon holds its instance lock on, with its pid in it.
+    pub fn pid_file(&self) -> PathBuf {
+        pid_file_in(&self.state_dir)
     }
 
     pub fn log_dir(&self) -> PathBuf {

@@ -43,6 +43,9 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fingerprint: Option<String>,
     },
+    /// Run the checks that need the daemon's knowledge (the engine, the port, the files it
+    /// keeps, the host's Nix); answered with [`Reply::Doctor`].
+    Doctor,
 }
 
 /// What the daemon sends back.
@@ -55,6 +58,8 @@ pub enum Reply {
     Done { message: String },
     /// The daemon's status.
     Status(Box<Status>),
+    /// The daemon's doctor findings.
+    Doctor(Box<crate::doctor::Report>),
     /// The request failed.
     Error {
         kind: ErrorKind,
