@@ -43,20 +43,15 @@ fn owner_check(ctx: &Ctx, name: &'static str, path: &Path) -> Finding {
                     "run doctor as the user (or root) that runs builderd",
                 );
             }
-            Ok(m) if m.is_dir() => {
-                return Finding::fail(
-                    name,
-                    format!("{} is a directory, not a file", path.display()),
-                    format!(
-                        "move {} aside, then `builderctl up` writes the file",
-                        path.display()
-                    ),
-                );
-            }
             Ok(m) if !m.is_file() => {
+                let what = if m.is_dir() {
+                    "is a directory, not a file"
+                } else {
+                    "is not a plain file"
+                };
                 return Finding::fail(
                     name,
-                    format!("{} is not a plain file", path.display()),
+                    format!("{} {what}", path.display()),
                     format!(
                         "move {} aside, then `builderctl up` writes the file",
                         path.display()
