@@ -329,8 +329,7 @@ fn status_in_process(env: &Env, n: usize) -> Figure {
                 .unwrap();
             runs.push(ms(t.elapsed()));
             let t = Instant::now();
-            docker
-                .inspect_container(&cfg.container_name, None)
+            builderd::docker::inspect(&docker, &cfg.container_name)
                 .await
                 .unwrap();
             baseline.push(ms(t.elapsed()));

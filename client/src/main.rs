@@ -3,10 +3,10 @@
 mod doctor;
 mod output;
 mod service;
+mod up;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use builderd_core::client::{self, ClientError};
 use builderd_core::config::Config;
@@ -42,8 +42,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Start the daemon if needed, bring the builder up and register it; wait until healthy
-    #[command(after_help = "Example:\n  builderctl up\n  builderctl --config ./builderd.toml up")]
-    Up,
+    #[command(
+        after_help = "Example:\n  builderctl up\n  builderctl up --wait    # Docker Desktop is still starting\n  builderctl --config ./builderd.toml up"
+    )]
+    Up {
+        /// Wait for the Docker engine if it is not running yet, instead of failing
+        #[arg(long)]
+        wait: bool,
+    },
     /// Remove the container and builderd's registrations (the volume and host key stay)
     #[command(after_help = "Example:\n  builderctl down")]
     Down,
@@ -177,11 +183,11 @@ fn daemon_next_to_us() -> Option<PathBuf> {
 }
 
 /// The daemon binary to start: the one next to this `builderctl`, else `builderd` on PATH.
-fn daemon_binary() -> PathBuf {
+pub(crate) fn daemon_binary() -> PathBuf {
     daemon_next_to_us().unwrap_or_else(|| PathBuf::from("builderd"))
 }
 
-fn report(err: &ClientError, out: &output::Out) -> u8 {
+pub(crate) fn report(err: &ClientError, out: &output::Out) -> u8 {
     out.error(&err.to_string());
     match err {
         ClientError::Unreachable { .. } => exit::UNREACHABLE,
@@ -194,7 +200,7 @@ fn report(err: &ClientError, out: &output::Out) -> u8 {
 }
 
 /// The exit code of a request whose answer is `done`.
-fn done(r: Result<Reply, ClientError>, out: &output::Out) -> u8 {
+pub(crate) fn done(r: Result<Reply, ClientError>, out: &output::Out) -> u8 {
     match r {
         Ok(Reply::Done { message }) => {
             out.info(&message);
@@ -210,23 +216,7 @@ fn done(r: Result<Reply, ClientError>, out: &output::Out) -> u8 {
 
 async fn run(cmd: Cmd, cfg: &Config, config_path: &Path, out: &output::Out) -> u8 {
     match cmd {
-        Cmd::Up => {
-            let stream = match client::connect_or_start(
-                cfg,
-                config_path,
-                &daemon_binary(),
-                Duration::from_secs(20),
-            )
-            .await
-            {
-                Ok(s) => s,
-                Err(e) => return report(&e, out),
-            };
-            let progress = out.progress();
-            let r = client::exchange(stream, Request::Up, |p| progress.step(&p)).await;
-            progress.finish();
-            done(r, out)
-        }
+        Cmd::Up { wait } => up::run(cfg, config_path, wait, out).await,
         Cmd::Down | Cmd::Shutdown | Cmd::Gc => {
             let req = match cmd {
                 Cmd::Down => Request::Down,

@@ -242,6 +242,19 @@ pub fn render_status(st: &Status, color: bool) -> String {
             }
             rows.push(("disk".into(), d));
         }
+        if !b.unreachable_substituters.is_empty() {
+            rows.push((
+                "caches".into(),
+                paint(
+                    &format!(
+                        "unreachable: {} (builds go on without it)",
+                        b.unreachable_substituters.join(", ")
+                    ),
+                    "33",
+                    color,
+                ),
+            ));
+        }
     }
     for r in &st.registrations {
         let state = match r.state.as_str() {

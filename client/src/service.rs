@@ -65,7 +65,8 @@ pub fn pinned_known_hosts(cfg: &Config, host_pub: &Path) -> Result<PathBuf, Stri
 }
 
 /// Writes `bytes` to `path` with `mode` through a temporary file beside it and a rename: a
-/// reader sees the old file or the new one, never half of one.
+/// reader sees the old file or the new one, never half of one, and a link at `path` is replaced,
+/// never followed.
 fn write_replacing(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().unwrap_or(Path::new("/"));
@@ -76,6 +77,12 @@ fn write_replacing(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(fail)?;
+    // Root writing into a directory a user controls (`sudo builderctl install --user`, the
+    // user's state dir) leaves the file to that user, as if they had written it.
+    let (uid, gid) = controller_of(dir);
+    if current_euid() == 0 && uid != 0 {
+        std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid)).map_err(fail)?;
+    }
     tmp.persist(path).map_err(|e| fail(e.error))?;
     Ok(())
 }
@@ -299,7 +306,8 @@ pub async fn install(cfg: &Config, config_path: &Path, print: bool, user: bool, 
         out.error(&e);
         return exit::FAILURE;
     }
-    match svc.install(os, &home, &System) {
+    let write = |p: &Path, bytes: &[u8], mode: u32| write_replacing(p, bytes, mode);
+    match svc.install(os, &home, &System, &write) {
         Ok(p) => {
             out.info(&format!(
                 "installed {}; builderd now starts at boot",
@@ -339,7 +347,8 @@ async fn hand_over(cfg: &Config) -> Result<(), String> {
     drop(stream);
     let _ = builderd_core::client::request(&cfg.socket, Request::Shutdown, |_| {}).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while builderd_core::client::connect(&cfg.socket).await.is_ok() || lock_is_held(&cfg.pid_file())
+    while builderd_core::client::connect(&cfg.socket).await.is_ok()
+        || lock_is_held(&cfg.state_dir.join(config::PID_FILE))
     {
         if std::time::Instant::now() > deadline {
             return Err(format!(

@@ -83,6 +83,10 @@ pub const ROOT_PATH: &str = "/usr/bin:/bin:/usr/sbin:/sbin:/nix/var/nix/profiles
 /// The base the embedded context builds from unless configured otherwise: pinned by suite.
 pub const DEFAULT_BASE: &str = "debian:trixie-slim";
 
+/// The daemon's pid file in the state dir, which it holds locked for its lifetime: one daemon
+/// per state dir.
+pub const PID_FILE: &str = "builderd.pid";
+
 /// Where a root builderd serving another user keeps builder volumes on Linux.
 pub const ROOT_VOLUMES: &str = "/var/lib/builderd/volumes";
 
@@ -91,9 +95,10 @@ pub fn root_volume_dir(state_dir: &Path) -> PathBuf {
     Path::new(ROOT_VOLUMES).join(crate::ident::owner_id(state_dir))
 }
 
-/// The daemon's pid file (and instance lock) in the state dir `state_dir`.
-pub fn pid_file_in(state_dir: &Path) -> PathBuf {
-    state_dir.join("builderd.pid")
+/// The copy of the builder's public host key a root service keeps in the state dir for the
+/// user's own tools, when the volume is out of the user's reach ([`ROOT_VOLUMES`]).
+pub fn host_key_copy(state_dir: &Path) -> PathBuf {
+    state_dir.join("builder_host_key.pub")
 }
 
 /// The root service's copy of the config.
@@ -469,8 +474,7 @@ pub fn home_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
-/// root's home, from the user database (Directory Services on macOS): where root's own ssh
-/// reads its config and known_hosts.
+/// Root's home, from the user database (Directory Services on macOS), like [`home_dir`].
 pub fn root_home() -> PathBuf {
     nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(0))
         .ok()
@@ -907,7 +911,8 @@ impl Config {
 
     /// The builder's public host key file, as a client sees it: the volume's, or, when this
     /// process keeps no volume of its own there, the one a root service keeps for this state
-    /// dir in [`ROOT_VOLUMES`].
+    /// dir in [`ROOT_VOLUMES`] (root can reach it), or else the copy that service hands to the
+    /// user ([`host_key_copy`]).
     pub fn host_key_file(&self) -> PathBuf {
         let own = self.volume_dir().join("id_ed25519.pub");
         if cfg!(target_os = "linux") && !own.exists() {
@@ -915,13 +920,12 @@ impl Config {
             if root.exists() {
                 return root;
             }
+            let copy = host_key_copy(&self.state_dir);
+            if copy.exists() {
+                return copy;
+            }
         }
         own
-    }
-
-    /// The file the running daemon holds its instance lock on, with its pid in it.
-    pub fn pid_file(&self) -> PathBuf {
-        pid_file_in(&self.state_dir)
     }
 
     pub fn log_dir(&self) -> PathBuf {

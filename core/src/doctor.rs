@@ -15,6 +15,7 @@ pub const ORDER: &[&str] = &[
     "builder",
     "docker",
     "rosetta",
+    "desktop",
     "x86_64",
     "port",
     "keys",
@@ -25,6 +26,7 @@ pub const ORDER: &[&str] = &[
     "root-ssh",
     "sandbox",
     "disk",
+    "caches",
     "remotes",
     "build",
 ];

@@ -276,6 +276,10 @@ pub struct BuilderInfo {
     pub disk_free_bytes: Option<u64>,
     pub disk_total_bytes: Option<u64>,
     pub store_bytes: Option<u64>,
+    /// Configured substituters the builder cannot reach: it builds and copies without them
+    /// until they answer again.
+    #[serde(default)]
+    pub unreachable_substituters: Vec<String>,
 }
 
 /// A system the builder runs, and how.

@@ -382,6 +382,57 @@ pub fn clean_stale_temps(path: &Path) {
     }
 }
 
+/// Reads a small file builderd takes in whole (a key, the volume's host key): opened with
+/// `O_NONBLOCK` (a FIFO never hangs the open) and, with `follow` false, `O_NOFOLLOW`; only a
+/// regular file is read, and at most `limit` bytes of it (a link to `/dev/zero` or a huge file
+/// is an error, not an allocation).
+pub fn read_limited(path: &Path, limit: u64, follow: bool) -> io::Result<Vec<u8>> {
+    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if meta.is_dir() {
+        return Err(io::Error::from_raw_os_error(libc::EISDIR));
+    }
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is not a regular file (a device, a FIFO or a socket)",
+        ));
+    }
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(f, limit + 1), &mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("it is larger than {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The most a text file builderd reads for a comparison (a registration file) may hold.
+pub const TEXT_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// A registration file's text as whoever controls it may read it, at most [`TEXT_LIMIT`]
+/// bytes; `None` when it cannot be read (missing, not text, not a regular file).
+pub fn read_text_as_owner(path: &Path) -> Option<String> {
+    String::from_utf8(read_limited_as_owner(path, TEXT_LIMIT, true).ok()?).ok()
+}
+
+/// [`read_limited`] with the identity of whoever controls `path` ([`as_owner_of`]).
+pub fn read_limited_as_owner(path: &Path, limit: u64, follow: bool) -> io::Result<Vec<u8>> {
+    as_owner_of(path, || {
+        read_limited(path, limit, follow).map_err(|e| FsError::new("cannot read", path, e))
+    })
+    .map_err(|e| e.source)
+}
+
 /// Writes a small file of builderd's own atomically (with the identity of whoever controls its
 /// directory, see [`as_owner_of`]).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError> {
@@ -406,7 +457,18 @@ pub fn as_owner_of<T: Send>(
         return f();
     }
     let (uid, gid) = controller_of(path);
-    if uid == 0 {
+    as_user(uid, gid, path, f)
+}
+
+/// Runs `f` as the user `uid` (group `gid`) on a thread of its own when this process is root
+/// and `uid` is not; else here. `path` names what `f` works on, for the error.
+pub fn as_user<T: Send>(
+    uid: u32,
+    gid: u32,
+    path: &Path,
+    f: impl FnOnce() -> Result<T, FsError> + Send,
+) -> Result<T, FsError> {
+    if uid == 0 || current_euid() != 0 {
         return f();
     }
     std::thread::scope(|s| {

@@ -50,6 +50,9 @@ pub struct Facts {
     pub platforms: Vec<Platform>,
     pub disk_free_bytes: Option<u64>,
     pub disk_total_bytes: Option<u64>,
+    /// The configured substituters the builder found it cannot reach (and so does not use until
+    /// they answer again), as its entrypoint's watcher last saw them.
+    pub unreachable_substituters: Vec<String>,
 }
 
 /// A system the builder runs, and how: `native`, `rosetta`, `qemu` or `emulated` (a foreign
@@ -83,7 +86,8 @@ pub const PROBE: &str = "printf 'nix=%s\\n' \"$(nix-store --version)\" && \
 printf 'arch=%s\\n' \"$(uname -m)\" && \
 if [ -r /run/nix-builder/systems ]; then sed 's/^/platform=/' /run/nix-builder/systems; \
 else printf 'platform=%s-linux native\\n' \"$(uname -m | sed s/arm64/aarch64/)\"; fi && \
-df -Pk /nix/store | awk 'NR==2 {print \"disk_total_kb=\" $2; print \"disk_free_kb=\" $4}'";
+df -Pk /nix/store | awk 'NR==2 {print \"disk_total_kb=\" $2; print \"disk_free_kb=\" $4}' && \
+{ sed 's/^/substituter=/' /run/nix-builder/substituters 2>/dev/null; true; }";
 
 pub fn parse_facts(out: &str) -> Option<Facts> {
     let mut f = Facts::default();
@@ -108,18 +112,25 @@ pub fn parse_facts(out: &str) -> Option<Facts> {
             }
             "disk_free_kb" => f.disk_free_bytes = v.trim().parse::<u64>().ok().map(|k| k * 1024),
             "disk_total_kb" => f.disk_total_bytes = v.trim().parse::<u64>().ok().map(|k| k * 1024),
+            "substituter" => {
+                if let Some(url) = v.trim().strip_prefix("unreachable ") {
+                    f.unreachable_substituters.push(url.trim().to_string());
+                }
+            }
             _ => {}
         }
     }
     (f.nix_version.contains("Nix") && !f.arch.is_empty() && !f.platforms.is_empty()).then_some(f)
 }
 
-struct Pinned {
-    key: PublicKey,
-    seen: Arc<Mutex<Option<String>>>,
+/// Trusts the host only when it presents `pinned` (never, without one), and remembers any other
+/// key it presented.
+struct HostKeyCheck {
+    pinned: Option<PublicKey>,
+    seen: Arc<Mutex<Option<PublicKey>>>,
 }
 
-impl client::Handler for Pinned {
+impl client::Handler for HostKeyCheck {
     type Error = russh::Error;
 
     async fn check_server_key(
@@ -129,12 +140,44 @@ impl client::Handler for Pinned {
         let PublicKeyOrCertificate::PublicKey { key, .. } = server else {
             return Ok(false);
         };
-        if key.key_data() == self.key.key_data() {
+        if self
+            .pinned
+            .as_ref()
+            .is_some_and(|p| key.key_data() == p.key_data())
+        {
             return Ok(true);
         }
-        *self.seen.lock().expect("not poisoned") = Some(fingerprint(key));
+        *self.seen.lock().expect("not poisoned") = Some(key.clone());
         Ok(false)
     }
+}
+
+type Handshake =
+    Result<Result<client::Handle<HostKeyCheck>, russh::Error>, tokio::time::error::Elapsed>;
+
+/// Connects to `target` and runs the SSH handshake until `deadline`, trusting only `pinned`.
+/// Returns the handshake and the key the host presented when it was not the pinned one.
+async fn handshake(
+    target: Target<'_>,
+    pinned: Option<&PublicKey>,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<(Handshake, Option<PublicKey>), (Stage, String)> {
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let stream = connect(target, left()).await?;
+    let config = Arc::new(client::Config {
+        inactivity_timeout: Some(timeout),
+        ..Default::default()
+    });
+    let seen = Arc::new(Mutex::new(None));
+    let handler = HostKeyCheck {
+        pinned: pinned.cloned(),
+        seen: seen.clone(),
+    };
+    let result =
+        tokio::time::timeout(left(), client::connect_stream(config, stream, handler)).await;
+    let other = seen.lock().expect("not poisoned").take();
+    Ok((result, other))
 }
 
 /// Where a check connects, and as whom.
@@ -208,31 +251,19 @@ pub async fn run_at(
 ) -> Result<String, (Stage, String)> {
     let deadline = Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(Instant::now());
-    let stream = connect(target, left()).await?;
-    let config = Arc::new(client::Config {
-        inactivity_timeout: Some(timeout),
-        ..Default::default()
-    });
-    let seen = Arc::new(Mutex::new(None));
-    let handler = Pinned {
-        key: host_key.clone(),
-        seen: seen.clone(),
-    };
-    let mut session = tokio::time::timeout(left(), client::connect_stream(config, stream, handler))
-        .await
+    let (result, other) = handshake(target, Some(host_key), timeout, deadline).await?;
+    let mut session = result
         .map_err(|_| (Stage::Handshake, "SSH handshake timed out".to_string()))?
-        .map_err(|e| {
-            let mismatch = seen.lock().expect("not poisoned").take();
-            match mismatch {
-                Some(fp) => (
-                    Stage::HostKey,
-                    format!(
-                        "the builder presented host key {fp}, not the pinned {}",
-                        fingerprint(host_key)
-                    ),
+        .map_err(|e| match other {
+            Some(k) => (
+                Stage::HostKey,
+                format!(
+                    "the builder presented host key {}, not the pinned {}",
+                    fingerprint(&k),
+                    fingerprint(host_key)
                 ),
-                None => (Stage::Handshake, format!("SSH handshake failed: {e}")),
-            }
+            ),
+            None => (Stage::Handshake, format!("SSH handshake failed: {e}")),
         })?;
     let auth = tokio::time::timeout(
         left(),
@@ -317,43 +348,15 @@ pub async fn check_at(
     }
 }
 
-struct Capture {
-    seen: Arc<Mutex<Option<PublicKey>>>,
-}
-
-impl client::Handler for Capture {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        server: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        if let PublicKeyOrCertificate::PublicKey { key, .. } = server {
-            *self.seen.lock().expect("not poisoned") = Some(key.clone());
-        }
-        // Never trusted here: the handshake stops before anything is sent to the host.
-        Ok(false)
-    }
-}
-
 /// The host key `target` presents, read from a handshake that is then refused: nothing is
 /// authenticated or run on a host whose key nobody confirmed yet.
 pub async fn scan_host_key(
     target: Target<'_>,
     timeout: Duration,
 ) -> Result<PublicKey, (Stage, String)> {
-    let deadline = Instant::now() + timeout;
-    let left = || deadline.saturating_duration_since(Instant::now());
-    let stream = connect(target, left()).await?;
-    let config = Arc::new(client::Config {
-        inactivity_timeout: Some(timeout),
-        ..Default::default()
-    });
-    let seen = Arc::new(Mutex::new(None));
-    let handler = Capture { seen: seen.clone() };
-    let result =
-        tokio::time::timeout(left(), client::connect_stream(config, stream, handler)).await;
-    if let Some(k) = seen.lock().expect("not poisoned").take() {
+    // Never trusted here: the handshake stops before anything is sent to the host.
+    let (result, seen) = handshake(target, None, timeout, Instant::now() + timeout).await?;
+    if let Some(k) = seen {
         return Ok(k);
     }
     Err(match result {
@@ -382,7 +385,13 @@ mod tests {
             ["aarch64-linux", "x86_64-linux"]
         );
         assert_eq!(f.disk_free_bytes, Some(40 * 1024));
+        assert!(f.unreachable_substituters.is_empty());
         assert_eq!(parse_facts("nothing"), None);
+        let f = parse_facts(
+            "nix=nix-store (Nix) 2.26.3\narch=x86_64\nplatform=x86_64-linux native\nsubstituter=reachable file:///cache\nsubstituter=unreachable https://cache.nixos.org/\n",
+        )
+        .unwrap();
+        assert_eq!(f.unreachable_substituters, ["https://cache.nixos.org/"]);
         // A system name that would break the machines line is not taken.
         let f = parse_facts(
             "nix=nix-store (Nix) 2.26.3\narch=x86_64\nplatform=x86_64-linux native\nplatform=a,b-linux qemu\n",

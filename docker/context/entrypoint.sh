@@ -77,12 +77,76 @@ sandbox=${NIX_BUILDER_SANDBOX:-true}
   # Builds expect /bin/sh; inside the sandbox it is this static shell (some Nix builds of
   # Debian have it compiled in, others not).
   [ -x /usr/bin/bash-static ] && echo "sandbox-paths = /bin/sh=/usr/bin/bash-static"
-  echo "substituters = ${NIX_BUILDER_SUBSTITUTERS-https://cache.nixos.org/}"
+  # A cache that does not answer must not hold up builds and copies: a connection gets a
+  # short time to open, and `substituters` itself comes from the file the watcher below keeps
+  # (only the caches that answered its last look).
+  echo "connect-timeout = ${NIX_BUILDER_CONNECT_TIMEOUT:-5}"
+  echo "!include /run/nix-builder/substituters.conf"
   [ -n "${NIX_BUILDER_TRUSTED_PUBLIC_KEYS:-}" ] && echo "trusted-public-keys = $NIX_BUILDER_TRUSTED_PUBLIC_KEYS"
   echo "min-free = ${NIX_BUILDER_MIN_FREE:-1073741824}"
   echo "max-free = ${NIX_BUILDER_MAX_FREE:-4294967296}"
   echo "max-jobs = auto"
 } > /etc/nix/nix.conf
+
+# Substituters that cannot be reached. Nix retries a cache that does not answer about five times
+# with backoff (4-5 s) in every nix-daemon session, that is in every build and every copy, and
+# a connection to a host that drops packets waits for curl's own timeout. A watcher looks at each
+# configured cache every NIX_BUILDER_SUBSTITUTER_CHECK seconds (DNS and a TCP connect, or the
+# directory of a file:// cache) and keeps in substituters.conf only those that answered; a cache
+# that answers again is back at the next look. /run/nix-builder/substituters says which is which
+# (the health check reads it). Other schemes (s3://, ssh://) cannot be looked at cheaply and stay.
+wanted=${NIX_BUILDER_SUBSTITUTERS-https://cache.nixos.org/}
+answers() {
+  case "$1" in
+    http://* | https://*)
+      hp=${1#*://}
+      hp=${hp%%/*}
+      hp=${hp##*@}
+      case "$hp" in
+        \[*\]:*) host=${hp%%]:*}; host=${host#[}; port=${hp##*]:} ;;
+        \[*\]) host=${hp#[}; host=${host%]}; port= ;;
+        *:*) host=${hp%%:*}; port=${hp##*:} ;;
+        *) host=$hp; port= ;;
+      esac
+      [ -n "$port" ] || case "$1" in https:*) port=443 ;; *) port=80 ;; esac
+      timeout "${NIX_BUILDER_CONNECT_TIMEOUT:-5}" bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$host" "$port" 2>/dev/null
+      ;;
+    file://*)
+      p=${1#file://}
+      [ -d "${p%%\?*}" ]
+      ;;
+    *) true ;;
+  esac
+}
+look_at_substituters() {
+  use=
+  seen=
+  for s in $wanted; do
+    if answers "$s"; then
+      use="$use${use:+ }$s"
+      seen="${seen}reachable $s
+"
+    else
+      seen="${seen}unreachable $s
+"
+    fi
+  done
+  printf 'substituters = %s\n' "$use" > /run/nix-builder/substituters.conf.tmp
+  mv /run/nix-builder/substituters.conf.tmp /run/nix-builder/substituters.conf
+  printf '%s' "$seen" > /run/nix-builder/substituters.tmp
+  mv /run/nix-builder/substituters.tmp /run/nix-builder/substituters
+}
+# Until the first look, every configured cache is used, as Nix would.
+printf 'substituters = %s\n' "$wanted" > /run/nix-builder/substituters.conf
+if [ -n "$wanted" ]; then
+  # Twice forked, so that tini (not sshd) is its parent.
+  ( ( while :; do
+      look_at_substituters
+      sleep "${NIX_BUILDER_SUBSTITUTER_CHECK:-30}"
+    done ) </dev/null >/dev/null 2>&1 & )
+else
+  : > /run/nix-builder/substituters
+fi
 
 # Debian's minimal rootfs may lack /etc/hosts; ssh-ng sessions and builds expect localhost.
 [ -s /etc/hosts ] || cat /etc/hosts.builder > /etc/hosts 2>/dev/null || true

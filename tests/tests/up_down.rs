@@ -106,6 +106,26 @@ fn up_gives_a_working_builder_and_down_restores_every_file() {
     let alias = ssh_g(&env.name);
     assert!(alias.contains(&format!("\nport {}\n", env.port)), "{alias}");
     assert!(alias.contains("\nhostkeyalias "), "{alias}");
+    // Copies go at the fastest cipher for this CPU, uncompressed on loopback, and the real ssh
+    // and the builder's sshd agree on it.
+    let fastest = builderd::registration::ciphers(builderd::registration::cpu_has_aes())[0];
+    assert!(alias.contains(&format!("\nciphers {fastest},")), "{alias}");
+    assert!(alias.contains("\ncompression no\n"), "{alias}");
+    let p = env.path("home/.ssh/config");
+    let o = env.ssh(
+        &[
+            "-v",
+            "-F",
+            p.to_str().unwrap(),
+            "-o",
+            "ControlPath=none",
+            &env.name,
+        ],
+        "true",
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains(&format!("cipher: {fastest} ")), "{err}");
     let other = ssh_g("example.org");
     assert!(other.contains("\nport 22\n"), "{other}");
     assert!(other.contains("\nserveraliveinterval 30\n"), "{other}");

@@ -11,10 +11,10 @@ mod ssh;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use builderd_core::client;
+use builderd_core::client::{self, ClientError};
 use builderd_core::config::Config;
 use builderd_core::doctor::{Finding, Level, ORDER, Report};
-use builderd_core::protocol::{Reply, Request, Status};
+use builderd_core::protocol::{ErrorKind, Reply, Request, Status};
 
 use crate::exit;
 use crate::output::{Out, paint};
@@ -23,8 +23,8 @@ use crate::output::{Out, paint};
 struct Ctx<'a> {
     cfg: &'a Config,
     report: &'a Report,
-    /// Why no daemon answered, when none did.
-    unreachable: Option<String>,
+    /// What is wrong with the daemon, when it did not answer `doctor`.
+    daemon: Option<Finding>,
     build_test: bool,
 }
 
@@ -56,24 +56,33 @@ const CHECKS: &[(&str, CheckFn)] = &[
 ];
 
 fn check_daemon(ctx: &Ctx) -> Vec<Finding> {
-    ctx.unreachable
-        .iter()
-        .map(|e| {
-            Finding::fail(
-                "daemon",
-                format!("not reachable: {e}"),
-                "run `builderctl up` (or `sudo builderctl install` to keep it running)",
-            )
-        })
-        .collect()
+    ctx.daemon.iter().cloned().collect()
 }
 
 /// The daemon's findings: from the running daemon, else from `builderd doctor`.
-async fn daemon_report(cfg: &Config, config_path: &Path) -> (Option<String>, Report) {
-    let unreachable = match client::request(&cfg.socket, Request::Doctor, |_| {}).await {
+async fn daemon_report(cfg: &Config, config_path: &Path) -> (Option<Finding>, Report) {
+    let older = |e: String| {
+        Finding::fail(
+            "daemon",
+            format!("answers, but not to doctor: {e}"),
+            "run `builderctl shutdown`, then `builderctl up`, so that a daemon of this version runs",
+        )
+    };
+    let daemon = match client::request(&cfg.socket, Request::Doctor, |_| {}).await {
         Ok(Reply::Doctor(r)) => return (None, *r),
-        Ok(other) => format!("unexpected reply {other:?}"),
-        Err(e) => e.to_string(),
+        Ok(other) => older(format!("unexpected reply {other:?}")),
+        // A daemon older than the `doctor` request.
+        Err(
+            e @ ClientError::Daemon {
+                kind: ErrorKind::BadRequest,
+                ..
+            },
+        ) => older(e.to_string()),
+        Err(e) => Finding::fail(
+            "daemon",
+            format!("not reachable: {e}"),
+            "run `builderctl up` (or `sudo builderctl install` to keep it running)",
+        ),
     };
     let report = one_shot(config_path).unwrap_or_else(|e| Report {
         findings: vec![Finding::fail(
@@ -86,7 +95,7 @@ async fn daemon_report(cfg: &Config, config_path: &Path) -> (Option<String>, Rep
         machines_line: None,
         status: None,
     });
-    (Some(unreachable), report)
+    (Some(daemon), report)
 }
 
 /// `builderd doctor`: the daemon's checks without a daemon.
@@ -107,11 +116,11 @@ fn one_shot(config_path: &Path) -> Result<Report, String> {
 }
 
 pub async fn run(cfg: &Config, config_path: &Path, build_test: bool, out: &Out) -> u8 {
-    let (unreachable, report) = daemon_report(cfg, config_path).await;
+    let (daemon, report) = daemon_report(cfg, config_path).await;
     let ctx = Ctx {
         cfg,
         report: &report,
-        unreachable,
+        daemon,
         build_test,
     };
     let mut failed = false;

@@ -1,4 +1,4 @@
-//! doctor's builder and disk checks: the daemon's view, checked against the engine's.
+//! doctor's builder, disk and caches checks: the daemon's view, checked against the engine's.
 
 use builderd_core::doctor::Finding;
 use builderd_core::human::human_bytes;
@@ -90,4 +90,23 @@ pub(super) fn check_disk(ctx: &Ctx) -> Vec<Finding> {
     } else {
         Finding::pass("disk", format!("{} free", human_bytes(free)))
     }]
+}
+
+/// Substituters the builder cannot reach: it builds without them (rather than waiting on
+/// them in every build), which is slower than it need be when they were meant to answer.
+pub(super) fn check_caches(ctx: &Ctx) -> Vec<Finding> {
+    let Some(b) = ctx.status.and_then(|s| s.builder.as_ref()) else {
+        return vec![];
+    };
+    if !ctx.up() || b.unreachable_substituters.is_empty() {
+        return vec![];
+    }
+    vec![Finding::warn(
+        "caches",
+        format!(
+            "the builder cannot reach {}: it builds and copies without it until it answers",
+            b.unreachable_substituters.join(", ")
+        ),
+        "check the network of the Docker engine's VM (a proxy, a VPN), or set `[builder] substituters` to caches it can reach (\"\" for none)",
+    )]
 }

@@ -1,5 +1,5 @@
-//! doctor's engine checks: the engine answers, and (on an Apple Silicon Mac) Rosetta runs
-//! x86_64 programs for it.
+//! doctor's engine checks: the engine answers, (on an Apple Silicon Mac) Rosetta runs x86_64
+//! programs for it, and Docker Desktop's settings suit the builder.
 
 use std::path::{Path, PathBuf};
 
@@ -105,6 +105,29 @@ pub(super) fn check_rosetta(ctx: &Ctx) -> Vec<Finding> {
             "installed; Docker Desktop's setting could not be read",
             format!("check Docker Desktop → Settings → General → {ROSETTA_SETTING}"),
         ),
+    }]
+}
+
+/// macOS with Docker Desktop: the settings that matter to the builder (see
+/// [`crate::docker::desktop`]), each named, with what to change.
+pub(super) fn check_desktop(ctx: &Ctx) -> Vec<Finding> {
+    use crate::docker::desktop::{DesktopSettings, settings_files};
+    if !cfg!(target_os = "macos") || engine_kind(&ctx.endpoint.host) != EngineKind::DockerDesktop {
+        return vec![];
+    }
+    let Some(s) = DesktopSettings::read(&settings_files(&crate::config::home_dir())) else {
+        return vec![Finding::warn(
+            "desktop",
+            "Docker Desktop's settings could not be read",
+            "check Docker Desktop → Settings: Rosetta (General), CPUs, memory and disk image (Resources), \"Allow the default Docker socket\" (Advanced)",
+        )];
+    };
+    let root = crate::fsutil::current_euid() == 0;
+    let advice = s.advice(std::env::consts::ARCH == "aarch64", root);
+    vec![if advice.is_empty() {
+        Finding::pass("desktop", s.summary())
+    } else {
+        Finding::warn("desktop", s.summary(), advice.join("; "))
     }]
 }
 

@@ -69,6 +69,7 @@ const CHECKS: &[(&str, CheckFn)] = &[
     ("builder", builder::check_builder),
     ("docker", engine::check_docker),
     ("rosetta", engine::check_rosetta),
+    ("desktop", engine::check_desktop),
     ("port", port::check_port),
     ("keys", keys::check_keys),
     ("nix-uri", nix::check_nix_uri),
@@ -76,6 +77,7 @@ const CHECKS: &[(&str, CheckFn)] = &[
     ("builders", nix::check_builders),
     ("owners", files::check_owners),
     ("disk", builder::check_disk),
+    ("caches", builder::check_caches),
     ("remotes", remotes::check_remotes),
 ];
 
@@ -98,17 +100,10 @@ async fn engine_view(cfg: &Config, endpoint: &Endpoint) -> (Result<(), String>, 
     else {
         return (Ok(()), None);
     };
-    let published = d
-        .inspect_container(&found.id, None)
+    let published = crate::docker::inspect(&d, &found.id)
         .await
         .ok()
-        .and_then(|c| c.network_settings?.ports?.get("22/tcp").cloned()?)
-        .and_then(|bindings| {
-            bindings.into_iter().find_map(|b| {
-                let port = b.host_port?.parse::<u16>().ok()?;
-                Some((b.host_ip.unwrap_or_default(), port))
-            })
-        });
+        .and_then(|c| c.published);
     (
         Ok(()),
         Some(Engine {

@@ -72,8 +72,17 @@ impl RemoteWanted {
     }
 }
 
+/// The key of a remote's blocks: this instance's container name and the remote's name. The
+/// list of remotes with blocks lives in the state dir, which the user writes: keyed by this
+/// instance, no name in it can make builderd remove a block another instance (or another
+/// builder) wrote.
+pub fn block_name(cfg: &Config, remote: &str) -> String {
+    format!("{}/{remote}", cfg.container_name)
+}
+
 /// Brings every file to what `wanted` says for each remote, and removes the blocks of the
-/// remotes named in `gone`.
+/// remotes named in `gone`. A block an older release wrote under a configured remote's bare
+/// name (root's config names it) is taken over: removed, as the keyed one is written.
 pub fn sync(
     cfg: &Config,
     wanted: &[RemoteWanted],
@@ -83,7 +92,8 @@ pub fn sync(
     let mut out = Synced::default();
     let reg = &cfg.registration;
     for w in wanted {
-        let name = w.name.as_str();
+        remove_one(cfg, &w.name, created, &mut Synced::default());
+        let name = &block_name(cfg, &w.name);
         let line = [w.machines_line()];
         let apply = |t: &str| block::apply(t, name, &line);
         let f: Option<&(dyn Fn(&str) -> String + Sync)> =
@@ -112,7 +122,7 @@ pub fn sync(
         }
     }
     for name in gone {
-        remove_one(cfg, name, created, &mut out);
+        remove_one(cfg, &block_name(cfg, name), created, &mut out);
     }
     out
 }

@@ -97,9 +97,13 @@ impl Supervisor {
                 continue;
             }
             let pin = pinned(&r, &self.fleet.saved).map(|p| p.0);
-            let key = keys::load_private(self.cfg.remote_identity(&r));
+            let identity = self.cfg.remote_identity(&r).to_path_buf();
             self.fleet.in_flight.insert(r.name.clone());
             self.fleet.checks.spawn(async move {
+                // Read off the async workers: the identity is a file the user may point anywhere.
+                let key = tokio::task::spawn_blocking(move || keys::load_private(&identity))
+                    .await
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
                 let target = health::Target {
                     host: &r.address,
                     port: r.port,
@@ -446,14 +450,14 @@ fn fleet_bodies(cfg: &Config, wanted: &[RemoteWanted]) -> Vec<Vec<Option<Vec<Str
     let texts: Vec<String> = std::iter::once(&reg.machines_file)
         .chain(&reg.known_hosts)
         .chain(&reg.ssh_config)
-        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .map(|p| fsutil::read_text_as_owner(p).unwrap_or_default())
         .collect();
     wanted
         .iter()
         .map(|w| {
             texts
                 .iter()
-                .map(|t| registration::block::body(t, &w.name))
+                .map(|t| registration::block::body(t, &remote::block_name(cfg, &w.name)))
                 .collect()
         })
         .collect()

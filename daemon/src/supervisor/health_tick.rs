@@ -42,6 +42,7 @@ impl Supervisor {
                     disk_free_bytes: f.disk_free_bytes,
                     disk_total_bytes: f.disk_total_bytes,
                     store_bytes: s.builder.as_ref().and_then(|b| b.store_bytes),
+                    unreachable_substituters: f.unreachable_substituters.clone(),
                 });
             }
         });
@@ -128,7 +129,7 @@ impl Supervisor {
                 if n >= self.cfg.health_failures_before_restart {
                     tracing::warn!("restarting the container after {n} failed health checks");
                     if let Ok(Some((d, f))) = self.our_container().await {
-                        let _ = d.restart_container(&f.id, None).await;
+                        let _ = docker::restart(&d, &f.id).await;
                     }
                     let _ = self.reconcile(&|_| {}).await;
                 }

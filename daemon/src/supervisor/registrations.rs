@@ -154,7 +154,7 @@ impl Supervisor {
     /// The user's public key file changed: a new key goes to the container's authorized_keys
     /// in place; a key that does not match the private key is refused and the old one kept.
     pub(super) async fn client_key_changed(&mut self) {
-        let keys = match keys::load_client_keys(&self.cfg.public_key, &self.cfg.private_key) {
+        let keys = match super::load_client_keys(&self.cfg).await {
             Ok(k) => k,
             Err(e) => {
                 tracing::warn!(error = %e, "the public key changed, but it cannot be used; keeping the old one");
