@@ -511,16 +511,9 @@ pub fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-/// root's home directory, from the password database.
+/// root's home directory, from the user database, as builderd finds it.
 pub fn root_home() -> PathBuf {
-    std::fs::read_to_string("/etc/passwd")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 7 && f[2] == "0").then(|| PathBuf::from(f[5]))
-        })
-        .unwrap_or_else(|| PathBuf::from("/root"))
+    builderd::config::root_home()
 }
 
 /// Serializes `up` across test processes while the image for a config is not built yet.
