@@ -1,5 +1,6 @@
 //! builderctl: the command line for builderd.
 
+mod copies;
 mod doctor;
 mod output;
 mod service;
@@ -73,13 +74,17 @@ enum Cmd {
     Gc,
     /// Pin the host key a remote builder presented, after you checked its fingerprint
     #[command(
-        after_help = "Example:\n  builderctl status            # shows the key big-box presented\n  builderctl trust big-box SHA256:…"
+        after_help = "Example:\n  builderctl status            # shows the key big-box presented\n  builderctl trust big-box SHA256:…\n  builderctl trust big-box --forget"
     )]
     Trust {
         /// The remote's `name` in the config
         name: String,
         /// The fingerprint you expect (`ssh-keygen -lf` on the host's key); refused if it differs
+        #[arg(conflicts_with = "forget")]
         fingerprint: Option<String>,
+        /// Forget the confirmed key, with the alias, known_hosts entries and machines line
+        #[arg(long)]
+        forget: bool,
     },
     /// Stop the daemon; the builder is left as it is
     #[command(after_help = "Example:\n  builderctl shutdown")]
@@ -119,6 +124,10 @@ enum Cmd {
         /// Install a per-user agent rather than a system service run as root
         #[arg(long)]
         user: bool,
+        /// Test builds: only copy builderd and the config into the system directory below
+        /// this prefix
+        #[arg(long, hide = true)]
+        prefix: Option<PathBuf>,
     },
     /// Stop and remove the service
     #[command(
@@ -176,10 +185,15 @@ fn main() -> ExitCode {
 
 /// The `builderd` next to this `builderctl`, when there is one.
 fn daemon_next_to_us() -> Option<PathBuf> {
+    daemon_path_next_to_us().filter(|p| p.is_file())
+}
+
+/// Where builderd would be next to this `builderctl`, whatever is there (the install's copy
+/// says what is wrong with it).
+fn daemon_path_next_to_us() -> Option<PathBuf> {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("builderd")))
-        .filter(|p| p.is_file())
 }
 
 /// The daemon binary to start: the one next to this `builderctl`, else `builderd` on PATH.
@@ -195,6 +209,10 @@ pub(crate) fn report(err: &ClientError, out: &output::Out) -> u8 {
             kind: ErrorKind::ProtocolMismatch,
             ..
         } => exit::UNREACHABLE,
+        ClientError::Daemon {
+            kind: ErrorKind::UnknownName,
+            ..
+        } => exit::USAGE,
         _ => exit::FAILURE,
     }
 }
@@ -225,8 +243,21 @@ async fn run(cmd: Cmd, cfg: &Config, config_path: &Path, out: &output::Out) -> u
             };
             done(client::request(&cfg.socket, req, |_| {}).await, out)
         }
-        Cmd::Trust { name, fingerprint } => done(
-            client::request(&cfg.socket, Request::Trust { name, fingerprint }, |_| {}).await,
+        Cmd::Trust {
+            name,
+            fingerprint,
+            forget,
+        } => done(
+            client::request(
+                &cfg.socket,
+                Request::Trust {
+                    name,
+                    fingerprint,
+                    forget,
+                },
+                |_| {},
+            )
+            .await,
             out,
         ),
         Cmd::Status { json, watch } => output::status(cfg, json, watch, out).await,
@@ -246,7 +277,11 @@ async fn run(cmd: Cmd, cfg: &Config, config_path: &Path, out: &output::Out) -> u
         Cmd::Logs { follow, container } => {
             service::logs(cfg, config_path, follow, container, out).await
         }
-        Cmd::Install { print, user } => service::install(cfg, config_path, print, user, out).await,
+        Cmd::Install {
+            print,
+            user,
+            prefix,
+        } => service::install(cfg, config_path, print, user, prefix.as_deref(), out).await,
         Cmd::Uninstall { purge, user } => {
             service::uninstall(cfg, config_path, purge, user, out).await
         }

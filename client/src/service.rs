@@ -12,6 +12,7 @@ use builderd_core::ident::{controller_of, current_euid};
 use builderd_core::protocol::Request;
 use builderd_launchd::{Os, Service, System};
 
+use crate::copies::system_dir_under;
 use crate::exit;
 use crate::output::Out;
 
@@ -67,7 +68,7 @@ pub fn pinned_known_hosts(cfg: &Config, host_pub: &Path) -> Result<PathBuf, Stri
 /// Writes `bytes` to `path` with `mode` through a temporary file beside it and a rename: a
 /// reader sees the old file or the new one, never half of one, and a link at `path` is replaced,
 /// never followed.
-fn write_replacing(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+pub(crate) fn write_replacing(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().unwrap_or(Path::new("/"));
     let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
@@ -182,7 +183,7 @@ fn container_logs(config_path: &Path, follow: bool) -> u8 {
 }
 
 /// The service definition for this user and config. A system service runs as root: it runs
-/// root's own copies of builderd and the config ([`install_copies`]) with a fixed PATH, and
+/// root's own copies of builderd and the config ([`crate::copies::install_copies`]) with a fixed PATH, and
 /// logs to a directory only root can change; nothing in it is a file the user could replace.
 fn service_for(cfg: &Config, config_path: &Path, user: bool) -> Result<Service, String> {
     let program =
@@ -226,50 +227,20 @@ fn service_for(cfg: &Config, config_path: &Path, user: bool) -> Result<Service, 
     })
 }
 
-/// Copies `program` and the config at `config` (empty when it does not exist: the defaults)
-/// into `dir`, as root's files that only root may change: what the root service runs and
-/// reads. Refuses a `dir` that someone else controls.
-pub fn install_copies(dir: &Path, program: &Path, config: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let roots_alone = || match controller_of(&dir.join("logs")).0 {
-        0 => Ok(()),
-        owner => Err(format!(
-            "{} is not root's alone (uid {owner} controls it): the service's binary and config must be files only root can change",
-            dir.display()
-        )),
-    };
-    roots_alone()?;
-    std::fs::create_dir_all(dir.join("logs"))
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    roots_alone()?;
-    for d in [dir.to_path_buf(), dir.join("logs")] {
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| format!("cannot set the mode of {}: {e}", d.display()))?;
+/// `builderctl install [--print] [--user]`. With `prefix` (test builds only), only the copy step,
+/// into the system directory below `prefix`: it is then tested for real, as root, without
+/// installing a service on the machine that runs the tests.
+pub async fn install(
+    cfg: &Config,
+    config_path: &Path,
+    print: bool,
+    user: bool,
+    prefix: Option<&Path>,
+    out: &Out,
+) -> u8 {
+    if let Some(prefix) = prefix {
+        return copies_only(prefix, config_path, out);
     }
-    let binary =
-        std::fs::read(program).map_err(|e| format!("cannot read {}: {e}", program.display()))?;
-    let text = match std::fs::read(config) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(format!("cannot read {}: {e}", config.display())),
-    };
-    let mut copy = format!(
-        "# builderd's root service reads this copy of {}, made by `sudo builderctl install`.\n# Edit yours and run `sudo builderctl install` again.\n",
-        config.display()
-    )
-    .into_bytes();
-    copy.extend_from_slice(&text);
-    for (name, bytes, mode) in [("builderd", &binary, 0o755), ("config.toml", &copy, 0o644)] {
-        let p = dir.join(name);
-        write_replacing(&p, bytes, mode)?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("cannot set the mode of {}: {e}", p.display()))?;
-    }
-    Ok(())
-}
-
-/// `builderctl install [--print] [--user]`.
-pub async fn install(cfg: &Config, config_path: &Path, print: bool, user: bool, out: &Out) -> u8 {
     let svc = match service_for(cfg, config_path, user) {
         Ok(s) => s,
         Err(e) => {
@@ -296,8 +267,8 @@ pub async fn install(cfg: &Config, config_path: &Path, print: bool, user: bool, 
         return exit::FAILURE;
     }
     if !user {
-        let ours = crate::daemon_next_to_us().unwrap_or_default();
-        if let Err(e) = install_copies(&config::system_dir(), &ours, config_path) {
+        let ours = crate::daemon_path_next_to_us().unwrap_or_default();
+        if let Err(e) = crate::copies::install_copies(&system_dir_under(None), &ours, config_path) {
             out.error(&e);
             return exit::FAILURE;
         }
@@ -322,14 +293,31 @@ pub async fn install(cfg: &Config, config_path: &Path, print: bool, user: bool, 
     }
 }
 
-/// Removes what [`install_copies`] put in `dir`; with `purge` the logs too, and `dir` itself.
-pub fn remove_copies(dir: &Path, purge: bool) {
-    for name in ["builderd", "config.toml"] {
-        let _ = std::fs::remove_file(dir.join(name));
+/// The copy step alone, into the system directory below `prefix`. Only a test build honours
+/// it: a release's `sudo builderctl install` writes nowhere but the system directory.
+fn copies_only(prefix: &Path, config_path: &Path, out: &Out) -> u8 {
+    if !cfg!(debug_assertions) {
+        out.error("--prefix is honoured by test builds only");
+        return exit::USAGE;
     }
-    if purge {
-        let _ = std::fs::remove_dir_all(dir.join("logs"));
-        let _ = std::fs::remove_dir(dir);
+    if current_euid() != 0 {
+        out.error("the copies are root's: run it as root");
+        return exit::FAILURE;
+    }
+    let dir = system_dir_under(Some(prefix));
+    let ours = crate::daemon_path_next_to_us().unwrap_or_default();
+    match crate::copies::install_copies(&dir, &ours, config_path) {
+        Ok(()) => {
+            out.info(&format!(
+                "copied builderd and the config into {}",
+                dir.display()
+            ));
+            exit::OK
+        }
+        Err(e) => {
+            out.error(&e);
+            exit::FAILURE
+        }
     }
 }
 
@@ -384,7 +372,7 @@ pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool
         return exit::FAILURE;
     }
     if !user && current_euid() == 0 {
-        remove_copies(&config::system_dir(), purge);
+        crate::copies::remove_copies(&system_dir_under(None), purge);
     }
     out.info("the service is removed");
     if purge {
@@ -434,55 +422,4 @@ pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool
         }
     }
     exit::OK
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-
-    #[test]
-    fn install_copies_are_roots_and_refuse_a_directory_someone_else_controls() {
-        if current_euid() != 0 {
-            eprintln!("not root: the copies cannot be given to root");
-            return;
-        }
-        let d = tempfile::tempdir().unwrap();
-        let program = d.path().join("builderd-src");
-        std::fs::write(&program, b"\x7fELF builderd").unwrap();
-        let config = d.path().join("config.toml");
-        std::fs::write(&config, "port = 2300\n").unwrap();
-        let dir = d.path().join("system");
-        install_copies(&dir, &program, &config).unwrap();
-        let bin = std::fs::metadata(dir.join("builderd")).unwrap();
-        assert_eq!((bin.uid(), bin.mode() & 0o777), (0, 0o755));
-        assert_eq!(
-            std::fs::read(dir.join("builderd")).unwrap(),
-            b"\x7fELF builderd"
-        );
-        let copy = dir.join("config.toml");
-        let m = std::fs::metadata(&copy).unwrap();
-        assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o644));
-        let text = std::fs::read_to_string(&copy).unwrap();
-        assert!(text.ends_with("port = 2300\n"), "{text}");
-        assert_eq!(Config::load(&copy).unwrap().port, 2300);
-        // No config yet: the copy holds the defaults.
-        std::fs::remove_file(&config).unwrap();
-        install_copies(&dir, &program, &config).unwrap();
-        assert_eq!(Config::load(&copy).unwrap().port, 2222);
-        // A directory another user controls is refused.
-        let theirs = d.path().join("theirs");
-        std::fs::create_dir(&theirs).unwrap();
-        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
-        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = install_copies(&theirs.join("builderd"), &program, &config).unwrap_err();
-        assert!(e.contains("uid 65534 controls it"), "{e}");
-        assert!(!theirs.join("builderd").exists(), "nothing made there");
-        // Uninstalling removes the copies, and with --purge the logs and the directory.
-        remove_copies(&dir, false);
-        assert!(!dir.join("builderd").exists() && !copy.exists());
-        assert!(dir.join("logs").is_dir());
-        remove_copies(&dir, true);
-        assert!(!dir.exists());
-    }
 }

@@ -28,7 +28,13 @@ fn app_dirs() -> (PathBuf, PathBuf) {
 
 /// The platform's config and data directories of builderd under `home`.
 fn app_dirs_in(home: &Path) -> (PathBuf, PathBuf) {
-    if cfg!(target_os = "macos") {
+    app_dirs_for(home, cfg!(target_os = "macos"))
+}
+
+/// builderd's config and data directories under `home`, on macOS or on Linux: also what the
+/// Homebrew formula and the nix-darwin module must name.
+pub fn app_dirs_for(home: &Path, macos: bool) -> (PathBuf, PathBuf) {
+    if macos {
         let d = home.join("Library/Application Support/builderd");
         (d.clone(), d)
     } else {
@@ -68,7 +74,12 @@ pub fn config_source(flag: Option<&Path>) -> (PathBuf, Option<&'static str>) {
 /// Where `sudo builderctl install` puts the root service's own copy of the config, binary and
 /// logs: a directory only root can change.
 pub fn system_dir() -> PathBuf {
-    if cfg!(target_os = "macos") {
+    system_dir_for(cfg!(target_os = "macos"))
+}
+
+/// [`system_dir`] on macOS or on Linux.
+pub fn system_dir_for(macos: bool) -> PathBuf {
+    if macos {
         PathBuf::from("/Library/Application Support/org.builderd")
     } else {
         PathBuf::from("/usr/local/lib/builderd")
@@ -296,6 +307,10 @@ pub struct RegistrationConfig {
     /// `unlist_unhealthy_after` seconds, so that Nix fails fast instead of hanging on SSH.
     pub unlist_unhealthy: bool,
     pub unlist_unhealthy_after: u64,
+    /// Every user of this host trusts the served user's builder: a root service on Linux
+    /// serving another user lists it in a machines file and nix.conf that every user's builds
+    /// read (the system-wide ones) only when this is set.
+    pub all_users: bool,
 }
 
 impl Default for RegistrationConfig {
@@ -318,6 +333,7 @@ impl Default for RegistrationConfig {
             restart_nix_daemon: true,
             unlist_unhealthy: true,
             unlist_unhealthy_after: 120,
+            all_users: false,
         }
     }
 }
@@ -350,7 +366,20 @@ pub struct RemoteConfig {
     pub speed_factor: u32,
     #[serde(default)]
     pub supported_features: Vec<String>,
+    /// Seconds of failed checks after which its machines line is taken out (with
+    /// `unlist_unhealthy` on), so that Nix stops picking a host that is gone.
+    #[serde(default = "default_remote_unlist_after")]
+    pub unlist_after: u64,
 }
+
+/// A remote that stopped answering is taken out sooner than the local builder: Nix hands it
+/// builds until then, and each one waits for the connection to fail.
+fn default_remote_unlist_after() -> u64 {
+    60
+}
+
+/// The longest `unlist_after` builderd takes: a day.
+const MAX_UNLIST_AFTER: u64 = 86_400;
 
 fn default_ssh_port() -> u16 {
     22
@@ -711,6 +740,15 @@ impl Config {
             if r.port == 0 {
                 return Err(bad("port", format!("{who} is 0: give the host's SSH port")));
             }
+            if !(1..=MAX_UNLIST_AFTER).contains(&r.unlist_after) {
+                return Err(bad(
+                    "unlist_after",
+                    format!(
+                        "{who} is {}: give seconds from 1 to {MAX_UNLIST_AFTER} (`unlist_unhealthy = false` keeps every builder listed)",
+                        r.unlist_after
+                    ),
+                ));
+            }
             if !is_plain_name(&r.user) {
                 return Err(bad(
                     "user",
@@ -885,6 +923,19 @@ impl Config {
             line: line_of(&self.text, key),
             key: key.to_string(),
             problem,
+        }
+    }
+
+    /// The user the builder's registration is limited to, when it is: a root builderd on Linux
+    /// serving another user (who is root in the builder) without `all_users = true`. Its
+    /// machines line and nix.conf setting then go only into files that user controls, never
+    /// into files every user's builds read. (On a Mac the served user is the machine's admin,
+    /// and a root service serving root serves the one who may change `/nix/store` anyway.)
+    pub fn registration_only_for(&self) -> Option<u32> {
+        if cfg!(target_os = "linux") && !self.registration.all_users {
+            served_user()
+        } else {
+            None
         }
     }
 
@@ -1068,16 +1119,29 @@ mod tests {
 
     #[test]
     fn app_dirs_under_a_home() {
-        let (c, d) = app_dirs_in(Path::new("/home/me"));
-        if cfg!(target_os = "macos") {
-            assert_eq!(
-                c,
-                PathBuf::from("/home/me/Library/Application Support/builderd")
-            );
-        } else {
-            assert_eq!(c, PathBuf::from("/home/me/.config/builderd"));
-            assert_eq!(d, PathBuf::from("/home/me/.local/share/builderd"));
-        }
+        let home = Path::new("/home/me");
+        let mac = PathBuf::from("/home/me/Library/Application Support/builderd");
+        assert_eq!(app_dirs_for(home, true), (mac.clone(), mac));
+        assert_eq!(
+            app_dirs_for(home, false),
+            (
+                PathBuf::from("/home/me/.config/builderd"),
+                PathBuf::from("/home/me/.local/share/builderd")
+            )
+        );
+        assert_eq!(
+            app_dirs_in(home),
+            app_dirs_for(home, cfg!(target_os = "macos"))
+        );
+        assert_eq!(
+            system_dir_for(true),
+            PathBuf::from("/Library/Application Support/org.builderd")
+        );
+        assert_eq!(
+            system_dir_for(false),
+            PathBuf::from("/usr/local/lib/builderd")
+        );
+        assert_eq!(system_dir(), system_dir_for(cfg!(target_os = "macos")));
     }
 
     #[test]
@@ -1117,6 +1181,11 @@ mod tests {
             (a.port, a.user.as_str(), a.max_jobs, a.speed_factor),
             (22, "root", 4, 1)
         );
+        // A remote's own unlisting time, apart from the local builder's.
+        assert_eq!(
+            (a.unlist_after, c.registration.unlist_unhealthy_after),
+            (60, 120)
+        );
         assert_eq!(c.remote_identity(a), home_dir().join(".ssh/other"));
         assert_eq!(c.remote_identity(b), c.private_key);
         assert_eq!(
@@ -1136,6 +1205,9 @@ mod tests {
             ("host_key = \"ssh-ed25519 not-base64\"\n", "`host_key`"),
             ("identity = \"/k\\\"x\"\n", "`identity`"),
             ("max_jobs = 0\n", "`max_jobs`"),
+            ("unlist_after = 0\n", "line 4: `unlist_after`"),
+            ("unlist_after = 86401\n", "`unlist_after`"),
+            ("unlist_after = 5\n", ""),
         ] {
             let r = load(&format!("{base}{extra}"));
             if key.is_empty() {

@@ -19,6 +19,7 @@ pub const ORDER: &[&str] = &[
     "x86_64",
     "port",
     "keys",
+    "scope",
     "nix-uri",
     "substitute",
     "builders",

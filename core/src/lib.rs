@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`config`]: the TOML config, its platform defaults and its validation.
 //! - [`protocol`]: every type that crosses the client socket, and its framing.
+//! - [`asuser`]: working on a path as whoever controls it, and its error.
 //! - [`client`]: connecting to the daemon (and starting it), one request's round trip.
 //! - [`doctor`]: doctor's findings as data, and the order of its checks.
 //! - [`human`]: numbers as people read them.
@@ -11,6 +12,7 @@
 //! - [`hostkey`]: a host key given as one `TYPE BASE64` line.
 //! - [`probe`]: tiny static programs per architecture, to learn which systems really run.
 
+pub mod asuser;
 pub mod client;
 pub mod config;
 pub mod doctor;

@@ -462,9 +462,14 @@ async fn serve_conn(
             let cmd = match request.clone() {
                 Request::Down => Command::Down { reply: rtx },
                 Request::Check => Command::Check { reply: rtx },
-                Request::Trust { name, fingerprint } => Command::Trust {
+                Request::Trust {
                     name,
                     fingerprint,
+                    forget,
+                } => Command::Trust {
+                    name,
+                    fingerprint,
+                    forget,
                     reply: rtx,
                 },
                 _ => Command::Gc { reply: rtx },

@@ -379,3 +379,60 @@ fn shutdown_removes_nothing_through_a_swapped_state_dir() {
     // What it did remove is its own, in the directory it started in.
     assert!(!env.path("state/inner.old/builderd.sock").exists());
 }
+
+#[test]
+fn one_users_builder_takes_every_users_builds_only_when_root_says_so() {
+    if skip_docker() {
+        return;
+    }
+    let (env, user) = Env::root_served("");
+    env.start_root_daemon(user.uid).unwrap();
+    let o = env.ctl_as(&user, &["up"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let machines = env.path("etc/nix/machines");
+    let nix_conf = env.path("etc/nix/nix.conf");
+    let has_block = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .contains(&format!("# >>> builderd {} >>>", env.name))
+    };
+    // The files every user's builds read stay without the builder; status and doctor say why.
+    let st = env.status();
+    assert_eq!(st["state"], "up", "{st:#}");
+    for (kind, p) in [("machines", &machines), ("nix.conf", &nix_conf)] {
+        assert!(!has_block(p), "{kind} lists uid {}'s builder", user.uid);
+        let r = st["registrations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["kind"] == kind)
+            .unwrap();
+        assert_eq!(r["state"], "served-user-only", "{r}");
+        assert!(
+            r["detail"].as_str().unwrap().contains("all_users = true"),
+            "{r}"
+        );
+    }
+    // Root's ssh still knows the builder under its own names (for a trusted user's --builders).
+    assert!(has_block(&env.path("root/.ssh/known_hosts")));
+    let o = env.ctl_as(&user, &["doctor"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("WARN  scope      registered for the served user only"),
+        "{out}"
+    );
+    // Root says every user trusts the builder: listed, and doctor says so.
+    let mut cfg = std::fs::read_to_string(&env.config).unwrap();
+    cfg.push_str("all_users = true\n");
+    std::fs::write(&env.config, cfg).unwrap();
+    let o = env.ctl_as(&user, &["up"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(has_block(&machines) && has_block(&nix_conf));
+    let o = env.ctl_as(&user, &["doctor"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("PASS  scope      every build that reads"),
+        "{out}"
+    );
+    let _ = env.ctl_as(&user, &["down"]);
+}

@@ -55,6 +55,15 @@ impl Ctx<'_> {
         }
     }
 
+    /// Why the machines file does not carry the builder, when the daemon limits it to its user.
+    fn limited(&self) -> Option<String> {
+        self.status?
+            .registrations
+            .iter()
+            .find(|r| r.kind == "machines" && r.state == crate::registration::SERVED_USER_ONLY)
+            .map(|r| r.detail.clone().unwrap_or_default())
+    }
+
     /// builderd's own line in the machines file.
     fn machines_line(&self) -> Option<String> {
         let text = std::fs::read_to_string(&self.cfg.registration.machines_file).ok()?;
@@ -72,6 +81,7 @@ const CHECKS: &[(&str, CheckFn)] = &[
     ("desktop", engine::check_desktop),
     ("port", port::check_port),
     ("keys", keys::check_keys),
+    ("scope", nix::check_scope),
     ("nix-uri", nix::check_nix_uri),
     ("substitute", nix::check_substitute),
     ("builders", nix::check_builders),

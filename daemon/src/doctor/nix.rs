@@ -1,5 +1,6 @@
-//! doctor's Nix checks: the machines line suits the host's Nix, and the nix-daemon reads the
-//! machines file and `builders-use-substitutes` as builderd needs.
+//! doctor's Nix checks: whose builds may use the builder, the machines line suits the host's
+//! Nix, and the nix-daemon reads the machines file and `builders-use-substitutes` as builderd
+//! needs.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -11,8 +12,32 @@ use super::Ctx;
 use crate::config::Config;
 use crate::registration::{Target, block, nix_conf, resolve_target};
 
+/// Whose builds the builder is registered for: every user's (the system-wide machines file),
+/// or, for a root service on Linux serving another user without `all_users = true`, that
+/// user's only (the daemon says so in the machines file's registration).
+pub(super) fn check_scope(ctx: &Ctx) -> Vec<Finding> {
+    match ctx.limited() {
+        Some(why) => vec![Finding::warn(
+            "scope",
+            format!("registered for the served user only: {why}"),
+            "set `all_users = true` under [registration] (then `sudo builderctl install`) if every user of this host trusts the builder",
+        )],
+        None => vec![Finding::pass(
+            "scope",
+            format!(
+                "every build that reads {} may use the builder",
+                ctx.cfg.registration.machines_file.display()
+            ),
+        )],
+    }
+}
+
 /// The host's Nix against the machines line's URI form, and field 8 against the volume's key.
 pub(super) fn check_nix_uri(ctx: &Ctx) -> Vec<Finding> {
+    if ctx.limited().is_some() {
+        // Nothing in the machines file to check: `scope` says why.
+        return vec![];
+    }
     let cfg = ctx.cfg;
     let Some(line) = ctx.machines_line() else {
         return vec![if ctx.down() {
@@ -109,6 +134,9 @@ pub(super) fn check_nix_uri(ctx: &Ctx) -> Vec<Finding> {
 /// `builders-use-substitutes` as the nix-daemon reads it: the system's nix.conf and its
 /// includes, never the invoking user's own files.
 pub(super) fn check_substitute(ctx: &Ctx) -> Vec<Finding> {
+    if ctx.limited().is_some() {
+        return vec![];
+    }
     let cfg = ctx.cfg;
     let shown = nix_shown(cfg);
     substitute_verdict(ctx, shown)
@@ -155,6 +183,9 @@ fn shown_value(shown: &str, key: &str) -> Option<String> {
 /// `builders =` (empty) unless `nix.distributedBuilds` is on, and then the machines file is
 /// never read.
 pub(super) fn check_builders(ctx: &Ctx) -> Vec<Finding> {
+    if ctx.limited().is_some() {
+        return vec![];
+    }
     let cfg = ctx.cfg;
     let Some(shown) = nix_shown(cfg) else {
         // No nix to ask: nix-uri says so.

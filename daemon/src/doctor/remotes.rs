@@ -16,7 +16,7 @@ pub(super) fn check_remotes(ctx: &Ctx) -> Vec<Finding> {
     st.remotes
         .iter()
         .map(|r| {
-            let in_file = block::body(&machines, &r.name).is_some_and(|b| !b.is_empty());
+            let in_file = block::body(&machines, &crate::registration::remote::block_name(ctx.cfg, &r.name)).is_some_and(|b| !b.is_empty());
             if r.listed != in_file && st.desired == "up" {
                 return Finding::fail(
                     "remote",

@@ -537,18 +537,29 @@ pub fn sync(cfg: &Config, wanted: Option<&Wanted>, created: &mut Created) -> Syn
         } else {
             None
         };
+    let limited = |p: &Path| limited_to(cfg, p);
+    let machines_limit = limited(&reg.machines_file);
     sync_block(
         "machines",
         &reg.machines_file,
         instance,
-        machines_fn,
+        machines_fn.filter(|_| machines_limit.is_none()),
         &manual,
         created,
         &mut out,
     );
+    mark_limited(&mut out, machines_limit);
 
     // nix.conf
-    sync_nix_conf(cfg, wanted, created, &manual, &mut out);
+    let conf_limit = limited(&reg.nix_conf);
+    sync_nix_conf(
+        cfg,
+        wanted.filter(|_| conf_limit.is_none()),
+        created,
+        &manual,
+        &mut out,
+    );
+    mark_limited(&mut out, conf_limit);
 
     // known_hosts and ssh_config
     if let Some(w) = wanted {
@@ -591,6 +602,32 @@ pub fn sync(cfg: &Config, wanted: Option<&Wanted>, created: &mut Created) -> Syn
         }
     }
     out
+}
+
+/// The state of a machines file or nix.conf that builderd leaves alone because every user's
+/// builds read it and the builder is one user's ([`Config::registration_only_for`]).
+pub const SERVED_USER_ONLY: &str = "served-user-only";
+
+/// Why `path` may not carry the builder, when the registration is limited to one user and that
+/// user does not control `path`.
+fn limited_to(cfg: &Config, path: &Path) -> Option<String> {
+    let uid = cfg.registration_only_for()?;
+    if fsutil::controller_of(path).0 == uid {
+        return None;
+    }
+    Some(format!(
+        "{} is read by every user's builds, and the builder is uid {uid}'s (root in it, so it can hand back any output): builderd lists it there only with `all_users = true` under [registration], if every user of this host trusts uid {uid}. For uid {uid}'s builds only, point `machines_file` into their home and build with `--builders @FILE` as a trusted user, or with `--store ssh-ng://{}` (see README, \"Who may build there\")",
+        path.display(),
+        cfg.alias()
+    ))
+}
+
+/// Marks the last status as [`SERVED_USER_ONLY`] with `why`, when there is a why.
+fn mark_limited(out: &mut Synced, why: Option<String>) {
+    if let (Some(why), Some(st)) = (why, out.statuses.last_mut()) {
+        st.state = SERVED_USER_ONLY.into();
+        st.detail = Some(why);
+    }
 }
 
 fn sync_nix_conf(

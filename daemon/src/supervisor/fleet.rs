@@ -4,7 +4,7 @@
 //! one `JoinSet` that the supervisor's loop drains (dropping it aborts them), and every result
 //! is applied by the supervisor itself, one at a time, before the files are brought to what is
 //! wanted. A remote is listed in the machines file only once its pinned host key answered a
-//! healthy check; it is taken out after `unlist_unhealthy_after` seconds of failing checks (at
+//! healthy check; it is taken out after its `unlist_after` seconds of failing checks (at
 //! once when it presents another host key), and listed again at the first healthy check.
 //!
 //! A host key is pinned either by the config (`host_key`) or by `builderctl trust`, which
@@ -142,7 +142,7 @@ impl Supervisor {
         let Some(cfg) = self.cfg.remote.iter().find(|r| r.name == name).cloned() else {
             return;
         };
-        let unlist_after = Duration::from_secs(self.cfg.registration.unlist_unhealthy_after);
+        let unlist_after = Duration::from_secs(cfg.unlist_after);
         let unlist = self.cfg.registration.unlist_unhealthy;
         let r = self.fleet.remotes.entry(name.clone()).or_default();
         match found {
@@ -366,6 +366,75 @@ impl Supervisor {
             self.save_fleet();
         }
         self.publish_fleet(&[]);
+    }
+
+    /// `builderctl trust NAME --forget`: unpins the key `trust` confirmed and removes the
+    /// alias, known_hosts entries and machines line kept for it. A remote still in the config
+    /// is scanned again and waits for `trust`, as at first contact.
+    pub(super) async fn forget(&mut self, name: &str) -> Result<String, Failure> {
+        let _ = self.reload_config();
+        let configured = self.cfg.remote.iter().find(|r| r.name == name).cloned();
+        if configured.as_ref().is_some_and(|r| r.host_key.is_some()) {
+            return Err(Failure::new(
+                ErrorKind::Invalid,
+                format!(
+                    "{name}'s host key is pinned by `host_key` in the config; remove it there, then `builderctl up`"
+                ),
+            ));
+        }
+        let trusted = self.fleet.saved.trusted.remove(name);
+        let registered = self.fleet.saved.registered.remove(name);
+        if trusted.is_none() && !registered && configured.is_none() {
+            let mut names: Vec<&str> = self.cfg.remote.iter().map(|r| r.name.as_str()).collect();
+            names.extend(self.fleet.saved.trusted.keys().map(String::as_str));
+            names.sort_unstable();
+            names.dedup();
+            return Err(Failure::new(
+                ErrorKind::UnknownName,
+                format!(
+                    "no remote is named {name:?}: nothing to forget (remotes: {})",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            ));
+        }
+        let cfg = self.cfg.clone();
+        let mut created = self.persisted.created.clone();
+        let gone = vec![name.to_string()];
+        self.persisted.created = tokio::task::spawn_blocking(move || {
+            let _ = remote::sync(&cfg, &[], &gone, &mut created);
+            created
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let _ = self.save();
+        self.save_fleet();
+        self.fleet.remotes.remove(name);
+        let fp = trusted
+            .as_deref()
+            .and_then(|l| keys::parse_host_key_line(l).ok())
+            .map(|k| keys::fingerprint(&k));
+        tracing::info!(remote = %name, fingerprint = ?fp, "host key forgotten");
+        self.publish_fleet(&[]);
+        if configured.is_some() && self.persisted.desired == Desired::Up {
+            self.fleet_round().await;
+        }
+        Ok(match fp {
+            Some(fp) => format!(
+                "forgot {name}'s host key {fp}; its alias, known_hosts entries and machines line are removed{}",
+                if configured.is_some() {
+                    " (it waits for `builderctl trust` again)"
+                } else {
+                    ""
+                }
+            ),
+            None => format!(
+                "{name} had no confirmed host key; its alias, known_hosts entries and machines line are removed"
+            ),
+        })
     }
 
     /// `builderctl trust NAME [FINGERPRINT]`: pins the key the remote presented.

@@ -116,10 +116,11 @@ pub enum Command {
     Gc {
         reply: Reply,
     },
-    /// Pin the host key a remote presented.
+    /// Pin the host key a remote presented (or, with `forget`, unpin it).
     Trust {
         name: String,
         fingerprint: Option<String>,
+        forget: bool,
         reply: Reply,
     },
     /// Something outside changed: a container event, the engine. Reconcile.
@@ -384,9 +385,14 @@ impl Supervisor {
             Command::Trust {
                 name,
                 fingerprint,
+                forget,
                 reply,
             } => {
-                let r = self.trust(&name, fingerprint.as_deref()).await;
+                let r = if forget {
+                    self.forget(&name).await
+                } else {
+                    self.trust(&name, fingerprint.as_deref()).await
+                };
                 let _ = reply.send(r);
             }
             Command::Seen { action, lag_ms } => {

@@ -127,7 +127,7 @@ impl Supervisor {
         }
         let failed: Vec<String> = statuses
             .iter()
-            .filter(|s| s.state != "ok")
+            .filter(|s| s.state != "ok" && s.state != crate::registration::SERVED_USER_ONLY)
             .map(|s| format!("{} {}: {}", s.kind, s.path, s.state))
             .collect();
         let healthy = self.status.borrow().healthy;
