@@ -261,6 +261,11 @@ pub fn render_status(st: &Status, color: bool) -> String {
             "ok" if r.repairs > 0 => paint(&format!("repaired {}×", r.repairs), "33", color),
             "ok" => paint("ok", "32", color),
             "owned-by-nix-darwin" => paint("owned by nix-darwin (see doctor)", "33", color),
+            "served-user-only" => paint(
+                "not listed: the builder is for the served user only (see doctor)",
+                "33",
+                color,
+            ),
             "removed" => "removed".to_string(),
             other => paint(
                 &format!(
