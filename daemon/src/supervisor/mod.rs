@@ -795,6 +795,15 @@ pub fn spawn(
     }
 }
 
+/// The client key pair, read off the async workers: a key file the user points at a FIFO or a
+/// slow disk holds up a blocking thread, never the supervisor's loop.
+pub(crate) async fn load_client_keys(cfg: &Config) -> Result<ClientKeys, keys::KeyError> {
+    let (public, private) = (cfg.public_key.clone(), cfg.private_key.clone());
+    tokio::task::spawn_blocking(move || keys::load_client_keys(&public, &private))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -818,13 +827,4 @@ mod tests {
             None
         );
     }
-}
-
-/// The client key pair, read off the async workers: a key file the user points at a FIFO or a
-/// slow disk holds up a blocking thread, never the supervisor's loop.
-pub(crate) async fn load_client_keys(cfg: &Config) -> Result<ClientKeys, keys::KeyError> {
-    let (public, private) = (cfg.public_key.clone(), cfg.private_key.clone());
-    tokio::task::spawn_blocking(move || keys::load_client_keys(&public, &private))
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
