@@ -456,9 +456,12 @@ pub fn logs_stream<'a>(
                 ..Default::default()
             }),
         )
-        .map(|r| {
-            r.map(|c| c.to_string())
-                .map_err(DockerError::api("reading the container's log"))
+        .map({
+            let what = format!("the container {name}");
+            move |r| {
+                r.map(|c| c.to_string())
+                    .map_err(DockerError::api(what.clone()))
+            }
         })
 }
 
