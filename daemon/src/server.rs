@@ -153,12 +153,16 @@ impl DirEntry {
 
     fn unlink(&self) {
         let _ = crate::fsutil::as_user(self.owner.0, self.owner.1, Path::new(&self.name), || {
-            rustix::fs::unlinkat(&self.dir, self.name.as_os_str(), rustix::fs::AtFlags::empty())
-                .map_err(|e| crate::fsutil::FsError {
-                    action: "cannot remove",
-                    path: PathBuf::from(&self.name),
-                    source: e.into(),
-                })
+            rustix::fs::unlinkat(
+                &self.dir,
+                self.name.as_os_str(),
+                rustix::fs::AtFlags::empty(),
+            )
+            .map_err(|e| crate::fsutil::FsError {
+                action: "cannot remove",
+                path: PathBuf::from(&self.name),
+                source: e.into(),
+            })
         });
     }
 }

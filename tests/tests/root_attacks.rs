@@ -209,7 +209,10 @@ fn fleet_json_cannot_make_root_remove_another_instances_blocks() {
     ));
     // Another instance's blocks in root's files.
     let other = "# >>> builderd other-instance >>> (managed by builderd: edits inside are undone)\nssh-ng://other-instance x86_64-linux - 4 1 - - -\n# <<< builderd other-instance <<<\n";
-    let root_files = [env.path("etc/nix/machines"), env.path("root/.ssh/known_hosts")];
+    let root_files = [
+        env.path("etc/nix/machines"),
+        env.path("root/.ssh/known_hosts"),
+    ];
     for f in &root_files {
         std::fs::write(f, other).unwrap();
     }
@@ -246,7 +249,12 @@ fn fleet_json_cannot_make_root_remove_another_instances_blocks() {
     let o = env.ctl_as(&user, &["down"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for f in &root_files {
-        assert_eq!(std::fs::read_to_string(f).unwrap(), other, "{}", f.display());
+        assert_eq!(
+            std::fs::read_to_string(f).unwrap(),
+            other,
+            "{}",
+            f.display()
+        );
     }
 }
 
@@ -346,7 +354,10 @@ fn shutdown_removes_nothing_through_a_swapped_state_dir() {
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::os::unix::net::UnixStream::connect(inner.join("builderd.sock")).is_err() {
-        assert!(std::time::Instant::now() < deadline, "builderd did not start");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "builderd did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // Root's directory with files of those names, and the state dir swapped for a link to it.
@@ -363,10 +374,7 @@ fn shutdown_removes_nothing_through_a_swapped_state_dir() {
     let _ = Command::new("kill").arg(daemon.id().to_string()).status();
     assert!(daemon.wait().unwrap().success());
     for n in ["builderd.pid", "builderd.sock"] {
-        assert!(
-            roots.join(n).exists(),
-            "root removed {n} through the link"
-        );
+        assert!(roots.join(n).exists(), "root removed {n} through the link");
     }
     // What it did remove is its own, in the directory it started in.
     assert!(!env.path("state/inner.old/builderd.sock").exists());

@@ -163,7 +163,7 @@ impl Wanted {
 /// Whether `DIR/builderd-%C` fits a Unix socket path once expanded: `%C` is 40 hex digits, and
 /// ssh binds the master first under a name 17 bytes longer (`.XXXXXXXXXXXXXXXX`).
 fn control_path_fits(dir: &str) -> bool {
-    let max = if cfg!(target_os = "macos") { 103 } else { 107 };
+    let max = crate::config::socket_path_max(cfg!(target_os = "macos"));
     dir.len() + "/builderd-".len() + 40 + 17 <= max
 }
 
@@ -680,7 +680,11 @@ mod tests {
         assert_eq!(ciphers(false)[0], "chacha20-poly1305@openssh.com");
         for aes in [true, false] {
             // Both AEADs and the CTR modes every server since OpenSSH 6.5 offers.
-            for c in ["chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com", "aes128-ctr"] {
+            for c in [
+                "chacha20-poly1305@openssh.com",
+                "aes128-gcm@openssh.com",
+                "aes128-ctr",
+            ] {
                 assert!(ciphers(aes).contains(&c), "{c}");
             }
         }
@@ -704,7 +708,10 @@ mod tests {
             None,
             Path::new("/tmp"),
         );
-        assert!(!lines.iter().any(|l| l.contains("Compression")), "{lines:?}");
+        assert!(
+            !lines.iter().any(|l| l.contains("Compression")),
+            "{lines:?}"
+        );
         assert!(is_loopback("::1") && is_loopback("localhost") && !is_loopback("example.org"));
     }
 

@@ -301,7 +301,11 @@ impl Supervisor {
     /// it to the state dir, written as the user. The copy only ever serves the user's own ssh;
     /// root pins the key it read from the volume itself.
     async fn hand_over_host_key(&self, host_key: &PublicKey) -> Result<(), Failure> {
-        if !self.cfg.volume_dir().starts_with(crate::config::ROOT_VOLUMES) {
+        if !self
+            .cfg
+            .volume_dir()
+            .starts_with(crate::config::ROOT_VOLUMES)
+        {
             return Ok(());
         }
         let path = crate::config::host_key_copy(&self.cfg.state_dir);
