@@ -503,6 +503,12 @@ pub fn home_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
+/// The longest Unix socket path, in bytes: sockaddr_un's path is 104 bytes on macOS and 108 on
+/// Linux, the final NUL included.
+pub fn socket_path_max(macos: bool) -> usize {
+    if macos { 103 } else { 107 }
+}
+
 /// Root's home, from the user database (Directory Services on macOS), like [`home_dir`].
 pub fn root_home() -> PathBuf {
     nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(0))
@@ -671,8 +677,7 @@ impl Config {
             }
         }
         self.validate_remotes(path, text)?;
-        // sockaddr_un's path: 104 bytes on macOS, 108 on Linux, the final NUL included.
-        let max = if cfg!(target_os = "macos") { 103 } else { 107 };
+        let max = socket_path_max(cfg!(target_os = "macos"));
         let len = self.socket.as_os_str().len();
         if len > max {
             return Err(bad(
@@ -1115,6 +1120,12 @@ mod tests {
     fn relative_path_is_refused() {
         let e = load("state_dir = \"state\"\n").unwrap_err().to_string();
         assert!(e.contains("`state_dir` is the relative path state"), "{e}");
+    }
+
+    #[test]
+    fn socket_paths_fit_sockaddr_un() {
+        assert_eq!(socket_path_max(true), 104 - 1);
+        assert_eq!(socket_path_max(false), 108 - 1);
     }
 
     #[test]
