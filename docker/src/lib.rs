@@ -21,7 +21,10 @@ pub use container::{
     Found, LABEL_INSTANCE, LABEL_OWNER, LABEL_SPEC, LABEL_STATE_DIR, Privileges, Spec, create,
     exec, find, last_logs, logs_stream, name_taken_by_other, owner_id, remove, start,
 };
-pub use engine::{DockerError, Endpoint, connect, hex, is_connection_error, resolve_endpoint_in};
+pub use engine::{
+    DockerError, Endpoint, Resources, connect, hex, is_connection_error, resolve_endpoint_in,
+    resources,
+};
 pub use image::{
     Context, EMBEDDED_CONTEXT, ImageSpec, image_arch, image_exists, image_is_emulated,
 };

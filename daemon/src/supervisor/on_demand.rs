@@ -132,7 +132,10 @@ impl Supervisor {
                 if r.is_ok()
                     && let Ok((tag, _)) = docker::image_for(&self.cfg)
                 {
-                    let spec = docker::spec(&self.cfg, &tag);
+                    let sizing = self
+                        .sizing
+                        .unwrap_or_else(|| docker::Sizing::new(&self.cfg.builder, None));
+                    let spec = docker::spec(&self.cfg, &tag, &sizing);
                     if f.spec_hash.as_deref() == Some(spec.hash().as_str()) {
                         self.on_demand.slept = Some((f.id.clone(), spec.privileges));
                     }
