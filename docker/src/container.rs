@@ -304,6 +304,25 @@ pub async fn published_port(docker: &Docker, id: &str) -> Result<Option<u16>, Do
         .and_then(|b| b.into_iter().find_map(|b| b.host_port?.parse().ok())))
 }
 
+/// The container's own address on the engine's bridge network, while it runs. On a Linux
+/// engine it is routable from the host, so a connection can reach sshd without Docker's
+/// userland port proxy; in a VM (Docker Desktop) it is not.
+pub async fn bridge_address(
+    docker: &Docker,
+    id: &str,
+) -> Result<Option<std::net::IpAddr>, DockerError> {
+    let c = docker
+        .inspect_container(id, None::<InspectContainerOptions>)
+        .await
+        .map_err(DockerError::api("inspecting the container"))?;
+    Ok(c.network_settings
+        .and_then(|n| n.networks)
+        .and_then(|n| {
+            n.into_values()
+                .find_map(|e| e.ip_address.filter(|a| !a.is_empty())?.parse().ok())
+        }))
+}
+
 /// Stops the container (SIGTERM, then SIGKILL after `grace`), keeping it and its store.
 pub async fn stop(
     docker: &Docker,

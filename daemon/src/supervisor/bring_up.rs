@@ -176,6 +176,7 @@ impl Supervisor {
         };
         self.set_container(&id, &tag, started && had_been_up, state);
         self.sshd_port = if cfg.on_demand {
+            self.find_direct(&docker, &id).await;
             docker::container::published_port(&docker, &id)
                 .await?
                 .ok_or_else(|| {
