@@ -218,6 +218,13 @@ pub fn render_status(st: &Status, color: bool) -> String {
             paint(&format!("changed from {} to {}", c.from, c.to), "33", color),
         ));
     }
+    if let Some(z) = &st.sizing {
+        let mut j = format!("{} at once, {} cores each", z.max_jobs, z.cores);
+        if let (Some(c), Some(m)) = (z.engine_cpus, z.engine_memory_bytes) {
+            j.push_str(&format!(" (engine: {c} CPUs, {})", human_bytes(m)));
+        }
+        rows.push(("jobs".into(), j));
+    }
     if let Some(b) = &st.builder {
         let how = |sys: &str| {
             b.platforms

@@ -264,8 +264,11 @@ pub struct BuilderConfig {
     /// Garbage collection thresholds of the builder's store, in bytes.
     pub min_free: u64,
     pub max_free: u64,
-    /// Machines file fields.
-    pub max_jobs: u32,
+    /// Builds at once (the machines line's max-jobs and the builder's `max-jobs`); unset, one
+    /// per CPU the engine gives the builder (at most one per GiB of its memory).
+    pub max_jobs: Option<u32>,
+    /// The builder's `cores` (each build's parallelism); unset, the engine's CPUs.
+    pub cores: Option<u32>,
     pub speed_factor: u32,
     pub supported_features: Vec<String>,
     /// Systems to register; derived from the builder's architecture when unset.
@@ -281,7 +284,8 @@ impl Default for BuilderConfig {
             trusted_public_keys: None,
             min_free: 1 << 30,
             max_free: 4 << 30,
-            max_jobs: 4,
+            max_jobs: None,
+            cores: None,
             speed_factor: 1,
             supported_features: vec!["benchmark".into(), "big-parallel".into()],
             systems: None,
@@ -834,6 +838,17 @@ impl Config {
                     format!(
                         "holds {v:?}: each entry is one word of letters, digits, '-', '_', '.' or '+'"
                     ),
+                ));
+            }
+        }
+        for (key, v) in [
+            ("max_jobs", self.builder.max_jobs),
+            ("cores", self.builder.cores),
+        ] {
+            if v == Some(0) {
+                return Err(bad(
+                    key,
+                    "is 0: set at least 1, or remove the key to follow the engine's CPUs".into(),
                 ));
             }
         }
