@@ -4,7 +4,9 @@
 //!
 //! Usage: `bench/run [--quick] [--only NAME]` (`--quick` takes fewer samples, for a smoke run;
 //! `--only` runs the figures whose group is NAME: up, recovery, repair, status, builds, idle,
-//! on-demand, client).
+//! on-demand, client, copy, caches).
+
+mod copy;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -740,6 +742,33 @@ fn main() {
         if want("builds") {
             eprintln!("bench: remote builds …");
             figures.push(nix_builds(&env, n(20)));
+        }
+    }
+    if want("copy") || want("caches") {
+        eprintln!("bench: closure copies and the builder's caches …");
+        let cache = copy::LocalCache::start();
+        // The quick start's default cache, which nothing here can reach, and a local one.
+        let offline = copy::Side::new("https://cache.nixos.org/");
+        let online = copy::Side::new(&cache.url);
+        if want("copy") {
+            figures.extend(copy::rows(&offline, "its cache unreachable", n(5), true));
+            figures.extend(copy::rows(&online, "its cache reachable", n(5), false));
+            figures.push(copy::small_paths(&offline, n(5)));
+        }
+        if want("caches") {
+            let none = copy::Side::new("");
+            figures.push(copy::build_rows(
+                &offline,
+                &none,
+                "the builder's cache unreachable",
+                n(10),
+            ));
+            figures.push(copy::build_rows(
+                &online,
+                &none,
+                "the builder's cache reachable",
+                n(10),
+            ));
         }
     }
     if want("idle") {

@@ -218,6 +218,13 @@ pub fn render_status(st: &Status, color: bool) -> String {
             paint(&format!("changed from {} to {}", c.from, c.to), "33", color),
         ));
     }
+    if let Some(z) = &st.sizing {
+        let mut j = format!("{} at once, {} cores each", z.max_jobs, z.cores);
+        if let (Some(c), Some(m)) = (z.engine_cpus, z.engine_memory_bytes) {
+            j.push_str(&format!(" (engine: {c} CPUs, {})", human_bytes(m)));
+        }
+        rows.push(("jobs".into(), j));
+    }
     if let Some(b) = &st.builder {
         let how = |sys: &str| {
             b.platforms
@@ -261,6 +268,11 @@ pub fn render_status(st: &Status, color: bool) -> String {
             "ok" if r.repairs > 0 => paint(&format!("repaired {}×", r.repairs), "33", color),
             "ok" => paint("ok", "32", color),
             "owned-by-nix-darwin" => paint("owned by nix-darwin (see doctor)", "33", color),
+            "served-user-only" => paint(
+                "not listed: the builder is for the served user only (see doctor)",
+                "33",
+                color,
+            ),
             "removed" => "removed".to_string(),
             other => paint(
                 &format!(

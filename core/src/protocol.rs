@@ -198,6 +198,19 @@ pub struct Status {
     /// The remote builders of the config, in its order.
     #[serde(default)]
     pub remotes: Vec<RemoteStatus>,
+    /// The builder's jobs and cores, and the engine's size they follow.
+    #[serde(default)]
+    pub sizing: Option<SizingInfo>,
+}
+
+/// How many builds the builder runs at once, with how many cores each, and what the engine
+/// reported giving it (absent when it could not be asked).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SizingInfo {
+    pub max_jobs: u32,
+    pub cores: u32,
+    pub engine_cpus: Option<u32>,
+    pub engine_memory_bytes: Option<u64>,
 }
 
 /// A remote builder as builderd sees it.

@@ -450,7 +450,7 @@ impl Drop for Env {
     fn drop(&mut self) {
         // Collect what goes wrong instead of panicking halfway through the clean-up.
         let mut problems = Vec::new();
-        let pidfile = self.path("state/builderd.pid");
+        let pidfile = self.path("state").join(builderd::config::PID_FILE);
         if let Ok(pid) = std::fs::read_to_string(&pidfile)
             && let Ok(pid) = pid.trim().parse::<i32>()
         {
@@ -580,7 +580,8 @@ impl Env {
 
     /// SIGKILLs the daemon and waits until its socket no longer answers.
     pub fn kill_daemon(&self) {
-        let pid = std::fs::read_to_string(self.path("state/builderd.pid")).unwrap();
+        let pid =
+            std::fs::read_to_string(self.path("state").join(builderd::config::PID_FILE)).unwrap();
         let _ = Command::new("kill").args(["-9", pid.trim()]).status();
         let sock = self.path("state/builderd.sock");
         let deadline = Instant::now() + Duration::from_secs(10);

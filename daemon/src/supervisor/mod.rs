@@ -181,6 +181,8 @@ pub struct Supervisor {
     relay_events: Option<mpsc::Receiver<crate::relay::RelayEvent>>,
     /// The remote builders.
     fleet: fleet::Fleet,
+    /// The builder's jobs and cores, from the engine's size as of the last bring-up.
+    sizing: Option<docker::Sizing>,
 }
 
 impl Supervisor {
@@ -220,6 +222,7 @@ impl Supervisor {
             remotes: Vec::new(),
             state_file_problem,
             volume: Some(cfg.volume_dir().display().to_string()),
+            sizing: None,
         };
         let (tx, rx) = watch::channel(status);
         let (relay_tx, relay_rx) = mpsc::channel(64);
@@ -227,6 +230,7 @@ impl Supervisor {
         (
             Supervisor {
                 sshd_port: cfg.port,
+                sizing: None,
                 on_demand: on_demand::OnDemand::new(relay_tx, activity),
                 relay_events: Some(relay_rx),
                 cfg,
