@@ -1,16 +1,17 @@
 //! builderctl: the command line for builderd.
 
+mod copies;
 mod doctor;
 mod output;
 mod service;
+mod up;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
-use builderd::client::{self, ClientError};
-use builderd::config::Config;
-use builderd::protocol::{ErrorKind, Reply, Request};
+use builderd_core::client::{self, ClientError};
+use builderd_core::config::Config;
+use builderd_core::protocol::{ErrorKind, Reply, Request};
 use clap::{CommandFactory, Parser, Subcommand};
 
 /// Exit codes, as documented in the README.
@@ -42,8 +43,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Start the daemon if needed, bring the builder up and register it; wait until healthy
-    #[command(after_help = "Example:\n  builderctl up\n  builderctl --config ./builderd.toml up")]
-    Up,
+    #[command(
+        after_help = "Example:\n  builderctl up\n  builderctl up --wait    # Docker Desktop is still starting\n  builderctl --config ./builderd.toml up"
+    )]
+    Up {
+        /// Wait for the Docker engine if it is not running yet, instead of failing
+        #[arg(long)]
+        wait: bool,
+    },
     /// Remove the container and builderd's registrations (the volume and host key stay)
     #[command(after_help = "Example:\n  builderctl down")]
     Down,
@@ -67,13 +74,17 @@ enum Cmd {
     Gc,
     /// Pin the host key a remote builder presented, after you checked its fingerprint
     #[command(
-        after_help = "Example:\n  builderctl status            # shows the key big-box presented\n  builderctl trust big-box SHA256:…"
+        after_help = "Example:\n  builderctl status            # shows the key big-box presented\n  builderctl trust big-box SHA256:…\n  builderctl trust big-box --forget"
     )]
     Trust {
         /// The remote's `name` in the config
         name: String,
         /// The fingerprint you expect (`ssh-keygen -lf` on the host's key); refused if it differs
+        #[arg(conflicts_with = "forget")]
         fingerprint: Option<String>,
+        /// Forget the confirmed key, with the alias, known_hosts entries and machines line
+        #[arg(long)]
+        forget: bool,
     },
     /// Stop the daemon; the builder is left as it is
     #[command(after_help = "Example:\n  builderctl shutdown")]
@@ -113,6 +124,10 @@ enum Cmd {
         /// Install a per-user agent rather than a system service run as root
         #[arg(long)]
         user: bool,
+        /// Test builds: only copy builderd and the config into the system directory below
+        /// this prefix
+        #[arg(long, hide = true)]
+        prefix: Option<PathBuf>,
     },
     /// Stop and remove the service
     #[command(
@@ -151,7 +166,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let config_path = builderd::config::resolve_config_path(cli.config.as_deref());
+    let config_path = builderd_core::config::resolve_config_path(cli.config.as_deref());
     let cfg = match Config::load_from(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -170,18 +185,23 @@ fn main() -> ExitCode {
 
 /// The `builderd` next to this `builderctl`, when there is one.
 fn daemon_next_to_us() -> Option<PathBuf> {
+    daemon_path_next_to_us().filter(|p| p.is_file())
+}
+
+/// Where builderd would be next to this `builderctl`, whatever is there (the install's copy
+/// says what is wrong with it).
+fn daemon_path_next_to_us() -> Option<PathBuf> {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("builderd")))
-        .filter(|p| p.is_file())
 }
 
 /// The daemon binary to start: the one next to this `builderctl`, else `builderd` on PATH.
-fn daemon_binary() -> PathBuf {
+pub(crate) fn daemon_binary() -> PathBuf {
     daemon_next_to_us().unwrap_or_else(|| PathBuf::from("builderd"))
 }
 
-fn report(err: &ClientError, out: &output::Out) -> u8 {
+pub(crate) fn report(err: &ClientError, out: &output::Out) -> u8 {
     out.error(&err.to_string());
     match err {
         ClientError::Unreachable { .. } => exit::UNREACHABLE,
@@ -189,12 +209,16 @@ fn report(err: &ClientError, out: &output::Out) -> u8 {
             kind: ErrorKind::ProtocolMismatch,
             ..
         } => exit::UNREACHABLE,
+        ClientError::Daemon {
+            kind: ErrorKind::UnknownName,
+            ..
+        } => exit::USAGE,
         _ => exit::FAILURE,
     }
 }
 
 /// The exit code of a request whose answer is `done`.
-fn done(r: Result<Reply, ClientError>, out: &output::Out) -> u8 {
+pub(crate) fn done(r: Result<Reply, ClientError>, out: &output::Out) -> u8 {
     match r {
         Ok(Reply::Done { message }) => {
             out.info(&message);
@@ -210,23 +234,7 @@ fn done(r: Result<Reply, ClientError>, out: &output::Out) -> u8 {
 
 async fn run(cmd: Cmd, cfg: &Config, config_path: &Path, out: &output::Out) -> u8 {
     match cmd {
-        Cmd::Up => {
-            let stream = match client::connect_or_start(
-                cfg,
-                config_path,
-                &daemon_binary(),
-                Duration::from_secs(20),
-            )
-            .await
-            {
-                Ok(s) => s,
-                Err(e) => return report(&e, out),
-            };
-            let progress = out.progress();
-            let r = client::exchange(stream, Request::Up, |p| progress.step(&p)).await;
-            progress.finish();
-            done(r, out)
-        }
+        Cmd::Up { wait } => up::run(cfg, config_path, wait, out).await,
         Cmd::Down | Cmd::Shutdown | Cmd::Gc => {
             let req = match cmd {
                 Cmd::Down => Request::Down,
@@ -235,8 +243,21 @@ async fn run(cmd: Cmd, cfg: &Config, config_path: &Path, out: &output::Out) -> u
             };
             done(client::request(&cfg.socket, req, |_| {}).await, out)
         }
-        Cmd::Trust { name, fingerprint } => done(
-            client::request(&cfg.socket, Request::Trust { name, fingerprint }, |_| {}).await,
+        Cmd::Trust {
+            name,
+            fingerprint,
+            forget,
+        } => done(
+            client::request(
+                &cfg.socket,
+                Request::Trust {
+                    name,
+                    fingerprint,
+                    forget,
+                },
+                |_| {},
+            )
+            .await,
             out,
         ),
         Cmd::Status { json, watch } => output::status(cfg, json, watch, out).await,
@@ -251,10 +272,16 @@ async fn run(cmd: Cmd, cfg: &Config, config_path: &Path, out: &output::Out) -> u
             }
             Err(e) => report(&e, out),
         },
-        Cmd::Doctor { build_test } => doctor::run(cfg, build_test, out).await,
+        Cmd::Doctor { build_test } => doctor::run(cfg, config_path, build_test, out).await,
         Cmd::Ssh { command } => service::ssh(cfg, &command),
-        Cmd::Logs { follow, container } => service::logs(cfg, follow, container, out).await,
-        Cmd::Install { print, user } => service::install(cfg, config_path, print, user, out).await,
+        Cmd::Logs { follow, container } => {
+            service::logs(cfg, config_path, follow, container, out).await
+        }
+        Cmd::Install {
+            print,
+            user,
+            prefix,
+        } => service::install(cfg, config_path, print, user, prefix.as_deref(), out).await,
         Cmd::Uninstall { purge, user } => {
             service::uninstall(cfg, config_path, purge, user, out).await
         }

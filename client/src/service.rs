@@ -3,13 +3,16 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, Write};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use builderd::config::Config;
-use builderd::protocol::Request;
+use builderd_core::config::{self, Config};
+use builderd_core::hostkey;
+use builderd_core::ident::{controller_of, current_euid};
+use builderd_core::protocol::Request;
 use builderd_launchd::{Os, Service, System};
 
+use crate::copies::system_dir_under;
 use crate::exit;
 use crate::output::Out;
 
@@ -48,32 +51,54 @@ pub fn ssh_argv(cfg: &Config, known_hosts: &Path, command: &[String]) -> Vec<Str
     v
 }
 
-/// A known_hosts file of builderd's own (in the state dir) that pins `key` under the alias:
-/// what `builderctl ssh` and doctor's probes trust, and nothing else.
-pub fn pinned_known_hosts(
-    cfg: &Config,
-    key: &builderd::keys::PublicKey,
-) -> Result<std::path::PathBuf, builderd::fsutil::FsError> {
+/// A known_hosts file of builderd's own (in the state dir) that pins the builder's host key
+/// (read from `host_pub`) under the alias: what `builderctl ssh` and doctor's probes trust, and
+/// nothing else.
+pub fn pinned_known_hosts(cfg: &Config, host_pub: &Path) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(host_pub)
+        .map_err(|e| format!("cannot read {}: {e}", host_pub.display()))?;
+    let key =
+        hostkey::parse_host_key_line(&text).map_err(|e| format!("{} {e}", host_pub.display()))?;
     let kh = cfg.state_dir.join("ssh_known_hosts");
-    let line = format!("{} {}\n", cfg.alias(), builderd::keys::key_line(key));
-    builderd::fsutil::write_atomic(&kh, line.as_bytes(), 0o600)?;
+    let line = format!("{} {}\n", cfg.alias(), hostkey::key_line(&key));
+    write_replacing(&kh, line.as_bytes(), 0o600)?;
     Ok(kh)
+}
+
+/// Writes `bytes` to `path` with `mode` through a temporary file beside it and a rename: a
+/// reader sees the old file or the new one, never half of one, and a link at `path` is replaced,
+/// never followed.
+pub(crate) fn write_replacing(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(fail)?;
+    tmp.write_all(bytes).map_err(fail)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(fail)?;
+    // Root writing into a directory a user controls (`sudo builderctl install --user`, the
+    // user's state dir) leaves the file to that user, as if they had written it.
+    let (uid, gid) = controller_of(dir);
+    if current_euid() == 0 && uid != 0 {
+        std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid)).map_err(fail)?;
+    }
+    tmp.persist(path).map_err(|e| fail(e.error))?;
+    Ok(())
 }
 
 /// `builderctl ssh [-- CMD…]`: replaces this process with ssh.
 pub fn ssh(cfg: &Config, command: &[String]) -> u8 {
     let host_pub = cfg.host_key_file();
-    let key = match builderd::keys::read_public(&host_pub) {
-        Ok(k) => k,
-        Err(_) => {
-            eprintln!(
-                "builderctl: the builder has no host key yet ({} is missing): run `builderctl up` first",
-                host_pub.display()
-            );
-            return exit::FAILURE;
-        }
-    };
-    let kh = match pinned_known_hosts(cfg, &key) {
+    if !host_pub.exists() {
+        eprintln!(
+            "builderctl: the builder has no host key yet ({} is missing): run `builderctl up` first",
+            host_pub.display()
+        );
+        return exit::FAILURE;
+    }
+    let kh = match pinned_known_hosts(cfg, &host_pub) {
         Ok(kh) => kh,
         Err(e) => {
             eprintln!("builderctl: {e}");
@@ -87,11 +112,17 @@ pub fn ssh(cfg: &Config, command: &[String]) -> u8 {
 }
 
 /// `builderctl logs [-f] [--container]`.
-pub async fn logs(cfg: &Config, follow: bool, container: bool, out: &Out) -> u8 {
+pub async fn logs(
+    cfg: &Config,
+    config_path: &Path,
+    follow: bool,
+    container: bool,
+    out: &Out,
+) -> u8 {
     if container {
-        return container_logs(cfg, follow, out).await;
+        return container_logs(config_path, follow);
     }
-    let system_logs = builderd::config::system_dir().join("logs");
+    let system_logs = config::system_dir().join("logs");
     let candidates = [
         cfg.daemon_log(),
         cfg.log_dir().join("builderd.err.log"),
@@ -132,36 +163,27 @@ pub async fn logs(cfg: &Config, follow: bool, container: bool, out: &Out) -> u8 
     }
 }
 
-async fn container_logs(cfg: &Config, follow: bool, out: &Out) -> u8 {
-    use futures_util::StreamExt;
-    let ep = builderd::docker::resolve_endpoint(cfg);
-    let docker = match builderd::docker::connect(&ep).await {
-        Ok(d) => d,
-        Err(e) => {
-            out.error(&e.to_string());
-            return exit::FAILURE;
-        }
-    };
-    let mut s = builderd::docker::logs_stream(&docker, &cfg.container_name, follow, 200);
-    while let Some(item) = s.next().await {
-        match item {
-            Ok(chunk) => {
-                print!("{chunk}");
-                let _ = std::io::stdout().flush();
-            }
-            Err(e) => {
-                out.error(&format!(
-                    "cannot read the container's log: {e} (is the builder up?)"
-                ));
-                return exit::FAILURE;
-            }
-        }
+/// The container's log comes from the engine, which `builderd` talks to: this replaces itself
+/// with `builderd container-logs`.
+fn container_logs(config_path: &Path, follow: bool) -> u8 {
+    let mut cmd = std::process::Command::new(crate::daemon_binary());
+    cmd.arg("container-logs");
+    if follow {
+        cmd.arg("--follow");
     }
-    exit::OK
+    if config_path.exists() {
+        cmd.arg("--config").arg(config_path);
+    }
+    let err = cmd.exec();
+    eprintln!(
+        "builderctl: cannot run {}: {err}",
+        crate::daemon_binary().display()
+    );
+    exit::FAILURE
 }
 
 /// The service definition for this user and config. A system service runs as root: it runs
-/// root's own copies of builderd and the config ([`install_copies`]) with a fixed PATH, and
+/// root's own copies of builderd and the config ([`crate::copies::install_copies`]) with a fixed PATH, and
 /// logs to a directory only root can change; nothing in it is a file the user could replace.
 fn service_for(cfg: &Config, config_path: &Path, user: bool) -> Result<Service, String> {
     let program =
@@ -172,20 +194,17 @@ fn service_for(cfg: &Config, config_path: &Path, user: bool) -> Result<Service, 
         std::env::var("PATH")
             .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into())
     } else {
-        builderd::config::ROOT_PATH.to_string()
+        config::ROOT_PATH.to_string()
     };
     env.insert("PATH".to_string(), path);
-    env.insert(
-        "HOME".to_string(),
-        builderd::config::home_dir().display().to_string(),
-    );
+    env.insert("HOME".to_string(), config::home_dir().display().to_string());
     if let Ok(h) = std::env::var("DOCKER_HOST") {
         env.insert("DOCKER_HOST".to_string(), h);
     }
     let uid = std::env::var("SUDO_UID")
         .ok()
         .and_then(|u| u.parse().ok())
-        .unwrap_or_else(builderd::fsutil::current_euid);
+        .unwrap_or_else(current_euid);
     if user {
         return Ok(Service {
             program,
@@ -197,10 +216,10 @@ fn service_for(cfg: &Config, config_path: &Path, user: bool) -> Result<Service, 
         });
     }
     env.insert("BUILDERD_OWNER_UID".to_string(), uid.to_string());
-    let dir = builderd::config::system_dir();
+    let dir = config::system_dir();
     Ok(Service {
         program: dir.join("builderd"),
-        config: builderd::config::system_config_path(),
+        config: config::system_config_path(),
         log_dir: dir.join("logs"),
         env,
         system: true,
@@ -208,50 +227,20 @@ fn service_for(cfg: &Config, config_path: &Path, user: bool) -> Result<Service, 
     })
 }
 
-/// Copies `program` and the config at `config` (empty when it does not exist: the defaults)
-/// into `dir`, as root's files that only root may change: what the root service runs and
-/// reads. Refuses a `dir` that someone else controls.
-pub fn install_copies(dir: &Path, program: &Path, config: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let roots_alone = || match builderd::fsutil::controller_of(&dir.join("logs")).0 {
-        0 => Ok(()),
-        owner => Err(format!(
-            "{} is not root's alone (uid {owner} controls it): the service's binary and config must be files only root can change",
-            dir.display()
-        )),
-    };
-    roots_alone()?;
-    std::fs::create_dir_all(dir.join("logs"))
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    roots_alone()?;
-    for d in [dir.to_path_buf(), dir.join("logs")] {
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| format!("cannot set the mode of {}: {e}", d.display()))?;
+/// `builderctl install [--print] [--user]`. With `prefix` (test builds only), only the copy step,
+/// into the system directory below `prefix`: it is then tested for real, as root, without
+/// installing a service on the machine that runs the tests.
+pub async fn install(
+    cfg: &Config,
+    config_path: &Path,
+    print: bool,
+    user: bool,
+    prefix: Option<&Path>,
+    out: &Out,
+) -> u8 {
+    if let Some(prefix) = prefix {
+        return copies_only(prefix, config_path, out);
     }
-    let binary =
-        std::fs::read(program).map_err(|e| format!("cannot read {}: {e}", program.display()))?;
-    let text = match std::fs::read(config) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(format!("cannot read {}: {e}", config.display())),
-    };
-    let mut copy = format!(
-        "# builderd's root service reads this copy of {}, made by `sudo builderctl install`.\n# Edit yours and run `sudo builderctl install` again.\n",
-        config.display()
-    )
-    .into_bytes();
-    copy.extend_from_slice(&text);
-    for (name, bytes, mode) in [("builderd", &binary, 0o755), ("config.toml", &copy, 0o644)] {
-        let p = dir.join(name);
-        builderd::fsutil::write_atomic(&p, bytes, mode).map_err(|e| e.to_string())?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("cannot set the mode of {}: {e}", p.display()))?;
-    }
-    Ok(())
-}
-
-/// `builderctl install [--print] [--user]`.
-pub async fn install(cfg: &Config, config_path: &Path, print: bool, user: bool, out: &Out) -> u8 {
     let svc = match service_for(cfg, config_path, user) {
         Ok(s) => s,
         Err(e) => {
@@ -260,7 +249,7 @@ pub async fn install(cfg: &Config, config_path: &Path, print: bool, user: bool, 
         }
     };
     let os = Os::current();
-    let home = builderd::config::home_dir();
+    let home = config::home_dir();
     let path = svc.path(os, &home);
     if print {
         let def = match os {
@@ -273,13 +262,13 @@ pub async fn install(cfg: &Config, config_path: &Path, print: bool, user: bool, 
         }
         return exit::OK;
     }
-    if !user && builderd::fsutil::current_euid() != 0 {
+    if !user && current_euid() != 0 {
         out.error("a system service is installed as root: run `sudo builderctl install`, or `builderctl install --user` for a per-user service");
         return exit::FAILURE;
     }
     if !user {
-        let ours = crate::daemon_next_to_us().unwrap_or_default();
-        if let Err(e) = install_copies(&builderd::config::system_dir(), &ours, config_path) {
+        let ours = crate::daemon_path_next_to_us().unwrap_or_default();
+        if let Err(e) = crate::copies::install_copies(&system_dir_under(None), &ours, config_path) {
             out.error(&e);
             return exit::FAILURE;
         }
@@ -288,7 +277,8 @@ pub async fn install(cfg: &Config, config_path: &Path, print: bool, user: bool, 
         out.error(&e);
         return exit::FAILURE;
     }
-    match svc.install(os, &home, &System) {
+    let write = |p: &Path, bytes: &[u8], mode: u32| write_replacing(p, bytes, mode);
+    match svc.install(os, &home, &System, &write) {
         Ok(p) => {
             out.info(&format!(
                 "installed {}; builderd now starts at boot",
@@ -303,14 +293,31 @@ pub async fn install(cfg: &Config, config_path: &Path, print: bool, user: bool, 
     }
 }
 
-/// Removes what [`install_copies`] put in `dir`; with `purge` the logs too, and `dir` itself.
-pub fn remove_copies(dir: &Path, purge: bool) {
-    for name in ["builderd", "config.toml"] {
-        let _ = std::fs::remove_file(dir.join(name));
+/// The copy step alone, into the system directory below `prefix`. Only a test build honours
+/// it: a release's `sudo builderctl install` writes nowhere but the system directory.
+fn copies_only(prefix: &Path, config_path: &Path, out: &Out) -> u8 {
+    if !cfg!(debug_assertions) {
+        out.error("--prefix is honoured by test builds only");
+        return exit::USAGE;
     }
-    if purge {
-        let _ = std::fs::remove_dir_all(dir.join("logs"));
-        let _ = std::fs::remove_dir(dir);
+    if current_euid() != 0 {
+        out.error("the copies are root's: run it as root");
+        return exit::FAILURE;
+    }
+    let dir = system_dir_under(Some(prefix));
+    let ours = crate::daemon_path_next_to_us().unwrap_or_default();
+    match crate::copies::install_copies(&dir, &ours, config_path) {
+        Ok(()) => {
+            out.info(&format!(
+                "copied builderd and the config into {}",
+                dir.display()
+            ));
+            exit::OK
+        }
+        Err(e) => {
+            out.error(&e);
+            exit::FAILURE
+        }
     }
 }
 
@@ -319,17 +326,17 @@ pub fn remove_copies(dir: &Path, purge: bool) {
 /// being restarted in a loop. The builder itself stays as it is; the service adopts it. A root
 /// daemon answering is the service already installed: `bootout` replaces it.
 async fn hand_over(cfg: &Config) -> Result<(), String> {
-    let Ok(stream) = builderd::client::connect(&cfg.socket).await else {
+    let Ok(stream) = builderd_core::client::connect(&cfg.socket).await else {
         return Ok(());
     };
     if stream.peer_cred().is_ok_and(|c| c.uid() == 0) {
         return Ok(());
     }
     drop(stream);
-    let _ = builderd::client::request(&cfg.socket, Request::Shutdown, |_| {}).await;
+    let _ = builderd_core::client::request(&cfg.socket, Request::Shutdown, |_| {}).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while builderd::client::connect(&cfg.socket).await.is_ok()
-        || lock_is_held(&cfg.state_dir.join("builderd.pid"))
+    while builderd_core::client::connect(&cfg.socket).await.is_ok()
+        || lock_is_held(&cfg.state_dir.join(config::PID_FILE))
     {
         if std::time::Instant::now() > deadline {
             return Err(format!(
@@ -359,18 +366,18 @@ pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool
             return exit::FAILURE;
         }
     };
-    let home = builderd::config::home_dir();
+    let home = config::home_dir();
     if let Err(e) = svc.uninstall(Os::current(), &home, &System) {
         out.error(&e.to_string());
         return exit::FAILURE;
     }
-    if !user && builderd::fsutil::current_euid() == 0 {
-        remove_copies(&builderd::config::system_dir(), purge);
+    if !user && current_euid() == 0 {
+        crate::copies::remove_copies(&system_dir_under(None), purge);
     }
     out.info("the service is removed");
     if purge {
         // Take it down through a daemon, so that nothing brings it back, then stop that daemon.
-        let start = builderd::client::connect_or_start(
+        let start = builderd_core::client::connect_or_start(
             cfg,
             config_path,
             &crate::daemon_binary(),
@@ -378,20 +385,24 @@ pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool
         )
         .await;
         if let Ok(s) = start {
-            if let Err(e) = builderd::client::exchange(s, Request::Down, |_| {}).await {
+            if let Err(e) = builderd_core::client::exchange(s, Request::Down, |_| {}).await {
                 out.error(&e.to_string());
                 return exit::FAILURE;
             }
-            let _ = builderd::client::request(&cfg.socket, Request::Shutdown, |_| {}).await;
+            let _ = builderd_core::client::request(&cfg.socket, Request::Shutdown, |_| {}).await;
         }
-        match builderd::docker::purge_image(cfg).await {
-            Ok(Some(tag)) => out.info(&format!("removed the image {tag}")),
-            Ok(None) => {}
-            Err(e) => out.error(&format!("could not remove the image: {e}")),
+        // The image is the engine's: `builderd purge-image` removes it and says so.
+        let mut purge = std::process::Command::new(crate::daemon_binary());
+        purge.arg("purge-image").stdin(std::process::Stdio::null());
+        if config_path.exists() {
+            purge.arg("--config").arg(config_path);
+        }
+        if let Err(e) = purge.status() {
+            out.error(&format!("could not remove the image: {e}"));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         // The volume a root service kept for this state dir (Linux), when there is one.
-        let root_vol = builderd::config::root_volume_dir(&cfg.state_dir);
+        let root_vol = config::root_volume_dir(&cfg.state_dir);
         if root_vol.exists() {
             match std::fs::remove_dir_all(&root_vol) {
                 Ok(()) => out.info(&format!("removed {}", root_vol.display())),
@@ -411,55 +422,4 @@ pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool
         }
     }
     exit::OK
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-
-    #[test]
-    fn install_copies_are_roots_and_refuse_a_directory_someone_else_controls() {
-        if builderd::fsutil::current_euid() != 0 {
-            eprintln!("not root: the copies cannot be given to root");
-            return;
-        }
-        let d = tempfile::tempdir().unwrap();
-        let program = d.path().join("builderd-src");
-        std::fs::write(&program, b"\x7fELF builderd").unwrap();
-        let config = d.path().join("config.toml");
-        std::fs::write(&config, "port = 2300\n").unwrap();
-        let dir = d.path().join("system");
-        install_copies(&dir, &program, &config).unwrap();
-        let bin = std::fs::metadata(dir.join("builderd")).unwrap();
-        assert_eq!((bin.uid(), bin.mode() & 0o777), (0, 0o755));
-        assert_eq!(
-            std::fs::read(dir.join("builderd")).unwrap(),
-            b"\x7fELF builderd"
-        );
-        let copy = dir.join("config.toml");
-        let m = std::fs::metadata(&copy).unwrap();
-        assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o644));
-        let text = std::fs::read_to_string(&copy).unwrap();
-        assert!(text.ends_with("port = 2300\n"), "{text}");
-        assert_eq!(Config::load(&copy).unwrap().port, 2300);
-        // No config yet: the copy holds the defaults.
-        std::fs::remove_file(&config).unwrap();
-        install_copies(&dir, &program, &config).unwrap();
-        assert_eq!(Config::load(&copy).unwrap().port, 2222);
-        // A directory another user controls is refused.
-        let theirs = d.path().join("theirs");
-        std::fs::create_dir(&theirs).unwrap();
-        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
-        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = install_copies(&theirs.join("builderd"), &program, &config).unwrap_err();
-        assert!(e.contains("uid 65534 controls it"), "{e}");
-        assert!(!theirs.join("builderd").exists(), "nothing made there");
-        // Uninstalling removes the copies, and with --purge the logs and the directory.
-        remove_copies(&dir, false);
-        assert!(!dir.join("builderd").exists() && !copy.exists());
-        assert!(dir.join("logs").is_dir());
-        remove_copies(&dir, true);
-        assert!(!dir.exists());
-    }
 }

@@ -3,8 +3,6 @@
 
 pub use builderd_docker::*;
 
-use bollard::Docker;
-
 use builderd_docker::base::{BaseError, BaseSpec, HostOs};
 
 use crate::config::Config;
@@ -35,7 +33,7 @@ pub fn image_for(cfg: &Config) -> Result<(String, Context), DockerError> {
 
 /// Builds `tag` from `ctx` (from `base`, for the embedded context).
 pub async fn build_image(
-    docker: &Docker,
+    docker: &Engine,
     cfg: &Config,
     tag: &str,
     ctx: &Context,
@@ -47,7 +45,7 @@ pub async fn build_image(
 
 /// Makes the embedded context's base available; returns the image to build from.
 pub async fn ensure_base(
-    docker: &Docker,
+    docker: &Engine,
     cfg: &Config,
     say: &(dyn Fn(String) + Send + Sync),
 ) -> Result<String, BaseError> {
@@ -115,18 +113,6 @@ pub fn spec(cfg: &Config, image: &str, sizing: &Sizing) -> Spec {
         privileges: Privileges::for_builder(b.privileged, b.sandbox),
         env,
     }
-}
-
-/// Starts the container; a port another process holds is named with that process.
-pub async fn start(
-    docker: &Docker,
-    id: &str,
-    port: u16,
-    privileges: &Privileges,
-) -> Result<(), DockerError> {
-    container::start(docker, id, port, privileges)
-        .await
-        .map_err(|e| e.with_port_holder(crate::port::holder))
 }
 
 /// Removes the image built for `cfg`, unless a container still uses it. The base image stays:

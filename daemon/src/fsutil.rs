@@ -12,34 +12,12 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+pub use builderd_core::asuser::{FsError, as_owner_of, as_user};
+pub use builderd_core::ident::{controller_of, current_euid};
 
 const TEMP_MARK: &str = ".builderd-tmp";
-
-#[derive(Debug, thiserror::Error)]
-#[error("{action} {path}: {source}")]
-pub struct FsError {
-    pub action: &'static str,
-    pub path: PathBuf,
-    #[source]
-    pub source: io::Error,
-}
-
-impl FsError {
-    fn new(action: &'static str, path: &Path, source: io::Error) -> FsError {
-        FsError {
-            action,
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-
-    /// The disk or quota is full.
-    pub fn is_disk_full(&self) -> bool {
-        self.source.raw_os_error() == Some(libc::ENOSPC)
-            || self.source.raw_os_error() == Some(libc::EDQUOT)
-    }
-}
 
 /// What an edit found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -380,6 +358,57 @@ pub fn clean_stale_temps(path: &Path) {
     }
 }
 
+/// Reads a small file builderd takes in whole (a key, the volume's host key): opened with
+/// `O_NONBLOCK` (a FIFO never hangs the open) and, with `follow` false, `O_NOFOLLOW`; only a
+/// regular file is read, and at most `limit` bytes of it (a link to `/dev/zero` or a huge file
+/// is an error, not an allocation).
+pub fn read_limited(path: &Path, limit: u64, follow: bool) -> io::Result<Vec<u8>> {
+    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if meta.is_dir() {
+        return Err(io::Error::from_raw_os_error(libc::EISDIR));
+    }
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is not a regular file (a device, a FIFO or a socket)",
+        ));
+    }
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(f, limit + 1), &mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("it is larger than {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The most a text file builderd reads for a comparison (a registration file) may hold.
+pub const TEXT_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// A registration file's text as whoever controls it may read it, at most [`TEXT_LIMIT`]
+/// bytes; `None` when it cannot be read (missing, not text, not a regular file).
+pub fn read_text_as_owner(path: &Path) -> Option<String> {
+    String::from_utf8(read_limited_as_owner(path, TEXT_LIMIT, true).ok()?).ok()
+}
+
+/// [`read_limited`] with the identity of whoever controls `path` ([`as_owner_of`]).
+pub fn read_limited_as_owner(path: &Path, limit: u64, follow: bool) -> io::Result<Vec<u8>> {
+    as_owner_of(path, || {
+        read_limited(path, limit, follow).map_err(|e| FsError::new("cannot read", path, e))
+    })
+    .map_err(|e| e.source)
+}
+
 /// Writes a small file of builderd's own atomically (with the identity of whoever controls its
 /// directory, see [`as_owner_of`]).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError> {
@@ -390,85 +419,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError>
         let tmp = write_temp(path, &dir_fd, bytes, None, mode)?;
         rename_into(&dir_fd, &tmp, path)
     })
-}
-
-/// Who controls `path`: the owner of the first component, from `/` down and never following a
-/// link, that root does not own (that user may rename or replace everything below it), or root
-/// when root owns every existing component. Returns `(uid, gid)` of that component.
-pub fn controller_of(path: &Path) -> (u32, u32) {
-    let mut cur = PathBuf::from("/");
-    for c in path.components().skip(1) {
-        cur.push(c);
-        match fs::symlink_metadata(&cur) {
-            Ok(m) if m.uid() != 0 => return (m.uid(), m.gid()),
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    (0, 0)
-}
-
-/// Runs `f` with the identity of whoever controls `path` ([`controller_of`]) when this process
-/// is root and that is another user: on a thread of its own that has become that user for good,
-/// so that every path `f` opens is checked by the kernel as that user's, links included. Not
-/// root, or a path root controls: `f` runs here.
-pub fn as_owner_of<T: Send>(
-    path: &Path,
-    f: impl FnOnce() -> Result<T, FsError> + Send,
-) -> Result<T, FsError> {
-    if current_euid() != 0 {
-        return f();
-    }
-    let (uid, gid) = controller_of(path);
-    if uid == 0 {
-        return f();
-    }
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            become_user(uid, gid).map_err(|e| {
-                FsError::new(
-                    "cannot take the identity of the owner of",
-                    path,
-                    io::Error::other(format!("uid {uid}: {e}")),
-                )
-            })?;
-            f()
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
-}
-
-/// Makes the calling thread (only it) the user `uid` with group `gid`, for good.
-#[cfg(target_os = "linux")]
-fn become_user(uid: u32, gid: u32) -> io::Result<()> {
-    use rustix::process::{Gid, Uid};
-    use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
-    let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
-    set_thread_groups(&[g])?;
-    set_thread_res_gid(g, g, g)?;
-    set_thread_res_uid(u, u, u)?;
-    Ok(())
-}
-
-/// Makes the calling thread (only it) the user `uid` with group `gid`: macOS's per-thread
-/// credentials, which end with the thread.
-#[cfg(target_os = "macos")]
-#[allow(unsafe_code)]
-fn become_user(uid: u32, gid: u32) -> io::Result<()> {
-    unsafe extern "C" {
-        fn pthread_setugid_np(uid: libc::uid_t, gid: libc::gid_t) -> libc::c_int;
-    }
-    // SAFETY: a plain system call on the calling thread's own credentials.
-    if unsafe { pthread_setugid_np(uid, gid) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-pub fn current_euid() -> u32 {
-    rustix::process::geteuid().as_raw()
 }
 
 fn current_egid() -> u32 {

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use russh::client;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 
+pub use builderd_core::config::is_system;
+
 use crate::keys::fingerprint;
 
 /// The stage a check failed at.
@@ -121,24 +123,14 @@ pub fn parse_facts(out: &str) -> Option<Facts> {
     (f.nix_version.contains("Nix") && !f.arch.is_empty() && !f.platforms.is_empty()).then_some(f)
 }
 
-/// A Nix system name such as `x86_64-linux`: what may go into the machines line.
-pub fn is_system(s: &str) -> bool {
-    let mut parts = s.splitn(2, '-');
-    let (Some(arch), Some(os)) = (parts.next(), parts.next()) else {
-        return false;
-    };
-    !arch.is_empty()
-        && !os.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+/// Trusts the host only when it presents `pinned` (never, without one), and remembers any other
+/// key it presented.
+struct HostKeyCheck {
+    pinned: Option<PublicKey>,
+    seen: Arc<Mutex<Option<PublicKey>>>,
 }
 
-struct Pinned {
-    key: PublicKey,
-    seen: Arc<Mutex<Option<String>>>,
-}
-
-impl client::Handler for Pinned {
+impl client::Handler for HostKeyCheck {
     type Error = russh::Error;
 
     async fn check_server_key(
@@ -148,12 +140,44 @@ impl client::Handler for Pinned {
         let PublicKeyOrCertificate::PublicKey { key, .. } = server else {
             return Ok(false);
         };
-        if key.key_data() == self.key.key_data() {
+        if self
+            .pinned
+            .as_ref()
+            .is_some_and(|p| key.key_data() == p.key_data())
+        {
             return Ok(true);
         }
-        *self.seen.lock().expect("not poisoned") = Some(fingerprint(key));
+        *self.seen.lock().expect("not poisoned") = Some(key.clone());
         Ok(false)
     }
+}
+
+type Handshake =
+    Result<Result<client::Handle<HostKeyCheck>, russh::Error>, tokio::time::error::Elapsed>;
+
+/// Connects to `target` and runs the SSH handshake until `deadline`, trusting only `pinned`.
+/// Returns the handshake and the key the host presented when it was not the pinned one.
+async fn handshake(
+    target: Target<'_>,
+    pinned: Option<&PublicKey>,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<(Handshake, Option<PublicKey>), (Stage, String)> {
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let stream = connect(target, left()).await?;
+    let config = Arc::new(client::Config {
+        inactivity_timeout: Some(timeout),
+        ..Default::default()
+    });
+    let seen = Arc::new(Mutex::new(None));
+    let handler = HostKeyCheck {
+        pinned: pinned.cloned(),
+        seen: seen.clone(),
+    };
+    let result =
+        tokio::time::timeout(left(), client::connect_stream(config, stream, handler)).await;
+    let other = seen.lock().expect("not poisoned").take();
+    Ok((result, other))
 }
 
 /// Where a check connects, and as whom.
@@ -227,31 +251,19 @@ pub async fn run_at(
 ) -> Result<String, (Stage, String)> {
     let deadline = Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(Instant::now());
-    let stream = connect(target, left()).await?;
-    let config = Arc::new(client::Config {
-        inactivity_timeout: Some(timeout),
-        ..Default::default()
-    });
-    let seen = Arc::new(Mutex::new(None));
-    let handler = Pinned {
-        key: host_key.clone(),
-        seen: seen.clone(),
-    };
-    let mut session = tokio::time::timeout(left(), client::connect_stream(config, stream, handler))
-        .await
+    let (result, other) = handshake(target, Some(host_key), timeout, deadline).await?;
+    let mut session = result
         .map_err(|_| (Stage::Handshake, "SSH handshake timed out".to_string()))?
-        .map_err(|e| {
-            let mismatch = seen.lock().expect("not poisoned").take();
-            match mismatch {
-                Some(fp) => (
-                    Stage::HostKey,
-                    format!(
-                        "the builder presented host key {fp}, not the pinned {}",
-                        fingerprint(host_key)
-                    ),
+        .map_err(|e| match other {
+            Some(k) => (
+                Stage::HostKey,
+                format!(
+                    "the builder presented host key {}, not the pinned {}",
+                    fingerprint(&k),
+                    fingerprint(host_key)
                 ),
-                None => (Stage::Handshake, format!("SSH handshake failed: {e}")),
-            }
+            ),
+            None => (Stage::Handshake, format!("SSH handshake failed: {e}")),
         })?;
     let auth = tokio::time::timeout(
         left(),
@@ -336,43 +348,15 @@ pub async fn check_at(
     }
 }
 
-struct Capture {
-    seen: Arc<Mutex<Option<PublicKey>>>,
-}
-
-impl client::Handler for Capture {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        server: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        if let PublicKeyOrCertificate::PublicKey { key, .. } = server {
-            *self.seen.lock().expect("not poisoned") = Some(key.clone());
-        }
-        // Never trusted here: the handshake stops before anything is sent to the host.
-        Ok(false)
-    }
-}
-
 /// The host key `target` presents, read from a handshake that is then refused: nothing is
 /// authenticated or run on a host whose key nobody confirmed yet.
 pub async fn scan_host_key(
     target: Target<'_>,
     timeout: Duration,
 ) -> Result<PublicKey, (Stage, String)> {
-    let deadline = Instant::now() + timeout;
-    let left = || deadline.saturating_duration_since(Instant::now());
-    let stream = connect(target, left()).await?;
-    let config = Arc::new(client::Config {
-        inactivity_timeout: Some(timeout),
-        ..Default::default()
-    });
-    let seen = Arc::new(Mutex::new(None));
-    let handler = Capture { seen: seen.clone() };
-    let result =
-        tokio::time::timeout(left(), client::connect_stream(config, stream, handler)).await;
-    if let Some(k) = seen.lock().expect("not poisoned").take() {
+    // Never trusted here: the handshake stops before anything is sent to the host.
+    let (result, seen) = handshake(target, None, timeout, Instant::now() + timeout).await?;
+    if let Some(k) = seen {
         return Ok(k);
     }
     Err(match result {

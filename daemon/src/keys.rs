@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub use builderd_core::hostkey::{key_line, parse_host_key_line};
 pub use russh::keys::ssh_key::PublicKey;
 use russh::keys::ssh_key::{self, HashAlg};
 use russh::keys::{Algorithm, PrivateKey};
@@ -90,30 +91,6 @@ pub fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
-/// `ssh-ed25519 AAAA…`, without a comment.
-pub fn key_line(key: &PublicKey) -> String {
-    let mut k = key.clone();
-    k.set_comment("");
-    k.to_openssh()
-        .expect("a parsed key encodes")
-        .trim()
-        .to_string()
-}
-
-/// Parses a host key given as one line, `TYPE BASE64 [COMMENT]`, of any algorithm OpenSSH
-/// offers: what a config pins for a remote builder.
-pub fn parse_host_key_line(line: &str) -> Result<PublicKey, String> {
-    let line = line.trim();
-    if line.contains(['\n', '\r']) || line.is_empty() {
-        return Err(
-            "is not one key line: give `ssh-ed25519 AAAA…` as `ssh-keyscan` prints it".into(),
-        );
-    }
-    PublicKey::from_openssh(line).map_err(|e| {
-        format!("is not an SSH public key line ({e}): give `ssh-ed25519 AAAA…` as `ssh-keyscan` prints it")
-    })
-}
-
 /// Parses the contents of a public key file: exactly one ssh-ed25519 key.
 pub fn parse_public(path: &Path, bytes: &[u8]) -> Result<PublicKey, KeyError> {
     let p = || path.to_path_buf();
@@ -156,32 +133,30 @@ pub fn parse_public(path: &Path, bytes: &[u8]) -> Result<PublicKey, KeyError> {
     Ok(key)
 }
 
+/// The most a key file may hold: an ed25519 key is well under 1 KiB.
+const KEY_FILE_LIMIT: u64 = 64 * 1024;
+
 /// Reads a key file with the identity of whoever controls its path (see
 /// [`crate::fsutil::as_owner_of`]): a root builderd reads only the key files its user could
-/// read, wherever their links lead.
-fn read_as_owner(path: &Path) -> std::io::Result<(std::fs::Metadata, Option<Vec<u8>>)> {
-    crate::fsutil::as_owner_of(path, || {
-        let err = |e| crate::fsutil::FsError {
-            action: "cannot read",
-            path: path.to_path_buf(),
-            source: e,
-        };
-        let meta = std::fs::metadata(path).map_err(err)?;
-        if meta.is_dir() || meta.len() > 64 * 1024 {
-            return Ok((meta, None));
-        }
-        let bytes = std::fs::read(path).map_err(err)?;
-        Ok((meta, Some(bytes)))
-    })
-    .map_err(|e| e.source)
+/// read, wherever their links lead (so a link is followed, as the user), only a regular file,
+/// and at most [`KEY_FILE_LIMIT`] bytes. Blocking: callers on the async workers use
+/// `spawn_blocking`.
+fn read_as_owner(path: &Path) -> std::io::Result<Vec<u8>> {
+    crate::fsutil::read_limited_as_owner(path, KEY_FILE_LIMIT, true)
 }
 
 /// Reads and checks the public key file.
 pub fn read_public(path: &Path) -> Result<PublicKey, KeyError> {
-    let (meta, bytes) = match read_as_owner(path) {
-        Ok(m) => m,
+    let bytes = match read_as_owner(path) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(KeyError::Missing(path.to_path_buf()));
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+            return Err(KeyError::IsDirectory(path.to_path_buf()));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(KeyError::Garbled(path.to_path_buf()));
         }
         Err(e) => {
             return Err(KeyError::Unreadable {
@@ -190,24 +165,27 @@ pub fn read_public(path: &Path) -> Result<PublicKey, KeyError> {
             });
         }
     };
-    if meta.is_dir() {
-        return Err(KeyError::IsDirectory(path.to_path_buf()));
-    }
-    let Some(bytes) = bytes else {
-        return Err(KeyError::Garbled(path.to_path_buf()));
-    };
     parse_public(path, &bytes)
 }
 
-/// Reads an unencrypted OpenSSH private key, such as a remote builder's `identity`.
-pub fn load_private(path: &Path) -> Result<std::sync::Arc<PrivateKey>, KeyError> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+/// Reads the private key file `path` as [`read_as_owner`] does.
+fn read_private(path: &Path) -> Result<Vec<u8>, KeyError> {
+    read_as_owner(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => KeyError::PrivateMissing(path.to_path_buf()),
+        _ if e.raw_os_error() == Some(libc::EISDIR) => KeyError::PrivateUnreadable {
+            path: path.to_path_buf(),
+            reason: "it is a directory".into(),
+        },
         _ => KeyError::PrivateUnreadable {
             path: path.to_path_buf(),
             reason: e.to_string(),
         },
-    })?;
+    })
+}
+
+/// Reads an unencrypted OpenSSH private key, such as a remote builder's `identity`.
+pub fn load_private(path: &Path) -> Result<std::sync::Arc<PrivateKey>, KeyError> {
+    let bytes = read_private(path)?;
     let key = PrivateKey::from_openssh(&bytes).map_err(|e| KeyError::PrivateUnreadable {
         path: path.to_path_buf(),
         reason: format!("not an OpenSSH private key ({e})"),
@@ -221,24 +199,7 @@ pub fn load_private(path: &Path) -> Result<std::sync::Arc<PrivateKey>, KeyError>
 /// Reads and checks both halves of the client key pair.
 pub fn load_client_keys(public: &Path, private: &Path) -> Result<ClientKeys, KeyError> {
     let pubkey = read_public(public)?;
-    let bytes = match read_as_owner(private) {
-        Ok((_, Some(b))) => b,
-        Ok((_, None)) => {
-            return Err(KeyError::PrivateUnreadable {
-                path: private.to_path_buf(),
-                reason: "it is a directory or larger than 64 KiB".into(),
-            });
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(KeyError::PrivateMissing(private.to_path_buf()));
-        }
-        Err(e) => {
-            return Err(KeyError::PrivateUnreadable {
-                path: private.to_path_buf(),
-                reason: e.to_string(),
-            });
-        }
-    };
+    let bytes = read_private(private)?;
     let privkey =
         ssh_key::PrivateKey::from_openssh(&bytes).map_err(|e| KeyError::PrivateUnreadable {
             path: private.to_path_buf(),

@@ -36,17 +36,11 @@ impl Owner {
     }
 }
 
-/// Holds the instance lock for the daemon's lifetime.
-pub struct InstanceLock {
-    _file: File,
-    path: PathBuf,
-}
-
 /// Takes the state dir's instance lock, or says which daemon holds it. The pid file is opened
 /// never through a link (one planted there is removed), with the identity of whoever controls
 /// the state dir.
 pub fn lock_instance(state_dir: &Path) -> anyhow::Result<InstanceLock> {
-    let path = state_dir.join("builderd.pid");
+    let path = state_dir.join(crate::config::PID_FILE);
     let open = || -> Result<File, crate::fsutil::FsError> {
         let err = |action, e| crate::fsutil::FsError {
             action,
@@ -82,10 +76,9 @@ pub fn lock_instance(state_dir: &Path) -> anyhow::Result<InstanceLock> {
     match f.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            let pid = std::fs::read_to_string(&path).unwrap_or_default();
             bail!(
-                "another builderd (pid {}) already runs for the state dir {}: use `builderctl shutdown` to stop it",
-                pid.trim(),
+                "another builderd ({}) already runs for the state dir {}: use `builderctl shutdown` to stop it",
+                holder_pid(&mut f),
                 state_dir.display()
             );
         }
@@ -97,12 +90,92 @@ pub fn lock_instance(state_dir: &Path) -> anyhow::Result<InstanceLock> {
     f.set_len(0)?;
     f.seek(std::io::SeekFrom::Start(0))?;
     writeln!(f, "{}", std::process::id())?;
-    Ok(InstanceLock { _file: f, path })
+    let entry = DirEntry::open(&path)?;
+    Ok(InstanceLock { _file: f, entry })
+}
+
+/// The pid the lock holder wrote, read from the file that was opened and locked (never by its
+/// name again, which the user may have swapped for a link since) and never echoed: only a pid
+/// is shown.
+fn holder_pid(f: &mut File) -> String {
+    use std::io::{Read, Seek};
+    let mut buf = Vec::new();
+    let read = f
+        .seek(std::io::SeekFrom::Start(0))
+        .and_then(|_| f.take(32).read_to_end(&mut buf));
+    match read.ok().and_then(|_| std::str::from_utf8(&buf).ok()) {
+        Some(t) if t.trim().parse::<u32>().is_ok() => format!("pid {}", t.trim()),
+        _ => "its pid file does not hold a pid".to_string(),
+    }
+}
+
+/// A name in a directory opened once, at start: removed at shutdown under that directory's
+/// descriptor, so that a directory swapped for a link since never makes root remove a file of
+/// the same name elsewhere.
+struct DirEntry {
+    dir: std::os::fd::OwnedFd,
+    name: std::ffi::OsString,
+    /// Whoever controlled the directory: the removal runs as them, so that a directory that
+    /// was a link to one of root's when it was opened still gets nothing done as root.
+    owner: (u32, u32),
+}
+
+impl DirEntry {
+    /// Opens `path`'s directory (as whoever controls it, never through a link).
+    fn open(path: &Path) -> anyhow::Result<DirEntry> {
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let name = path
+            .file_name()
+            .with_context(|| format!("{} names no file", path.display()))?
+            .to_os_string();
+        let owner = crate::fsutil::controller_of(dir);
+        let fd = crate::fsutil::as_user(owner.0, owner.1, dir, || {
+            rustix::fs::open(
+                dir,
+                rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::NOFOLLOW
+                    | rustix::fs::OFlags::CLOEXEC
+                    | rustix::fs::OFlags::RDONLY,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| crate::fsutil::FsError {
+                action: "cannot open the directory",
+                path: dir.to_path_buf(),
+                source: e.into(),
+            })
+        })?;
+        Ok(DirEntry {
+            dir: fd,
+            name,
+            owner,
+        })
+    }
+
+    fn unlink(&self) {
+        let _ = crate::fsutil::as_user(self.owner.0, self.owner.1, Path::new(&self.name), || {
+            rustix::fs::unlinkat(
+                &self.dir,
+                self.name.as_os_str(),
+                rustix::fs::AtFlags::empty(),
+            )
+            .map_err(|e| crate::fsutil::FsError {
+                action: "cannot remove",
+                path: PathBuf::from(&self.name),
+                source: e.into(),
+            })
+        });
+    }
+}
+
+/// Holds the instance lock for the daemon's lifetime.
+pub struct InstanceLock {
+    _file: File,
+    entry: DirEntry,
 }
 
 impl Drop for InstanceLock {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        self.entry.unlink();
     }
 }
 
@@ -157,6 +230,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _lock = lock_instance(&cfg.state_dir)?;
     let owner = Owner::from_env();
     let listener = bind(&cfg.socket, owner).await?;
+    let socket_entry = DirEntry::open(&cfg.socket)?;
     tracing::info!(
         socket = %cfg.socket.display(),
         pid = std::process::id(),
@@ -186,8 +260,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 Ok((stream, _)) => {
                     let handle = handle.clone();
                     let stop = shutdown_req_tx.clone();
+                    let cfg = cfg.clone();
                     conns.spawn(async move {
-                        if let Err(e) = serve_conn(stream, owner, handle, stop).await {
+                        if let Err(e) = serve_conn(stream, owner, handle, stop, cfg).await {
                             tracing::debug!(error = %e, "connection ended");
                         }
                     });
@@ -222,7 +297,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     }
     let _ = stop_tx.send(true);
-    let _ = std::fs::remove_file(&cfg.socket);
+    socket_entry.unlink();
     let drain = async {
         while tasks.join_next().await.is_some() {}
         while conns.join_next().await.is_some() {}
@@ -275,6 +350,7 @@ async fn serve_conn(
     owner: Owner,
     handle: Handle,
     stop: mpsc::Sender<()>,
+    cfg: Config,
 ) -> anyhow::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (r, mut w) = stream.into_split();
@@ -340,6 +416,11 @@ async fn serve_conn(
             let st = handle.status.borrow().clone();
             write(&mut w, &Reply::Status(Box::new(st))).await?;
         }
+        Request::Doctor => {
+            let st = handle.status.borrow().clone();
+            let report = crate::doctor::report(&cfg, Some(st)).await;
+            write(&mut w, &Reply::Doctor(Box::new(report))).await?;
+        }
         Request::Shutdown => {
             write(
                 &mut w,
@@ -381,9 +462,14 @@ async fn serve_conn(
             let cmd = match request.clone() {
                 Request::Down => Command::Down { reply: rtx },
                 Request::Check => Command::Check { reply: rtx },
-                Request::Trust { name, fingerprint } => Command::Trust {
+                Request::Trust {
                     name,
                     fingerprint,
+                    forget,
+                } => Command::Trust {
+                    name,
+                    fingerprint,
+                    forget,
                     reply: rtx,
                 },
                 _ => Command::Gc { reply: rtx },

@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 
-use bollard::Docker;
 use std::io::Write;
 
 use bollard::image::{CreateImageOptions, ImportImageOptions};
@@ -15,10 +14,9 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::engine::DockerError;
+use crate::engine::{DockerError, Engine};
 
-/// The base the embedded context builds from unless configured otherwise: pinned by suite.
-pub const DEFAULT_BASE: &str = "debian:trixie-slim";
+pub use builderd_core::config::DEFAULT_BASE;
 
 /// The repository of the local stand-in for [`DEFAULT_BASE`], tagged by suite.
 pub const OFFLINE_REPOSITORY: &str = "builderd-base";
@@ -133,7 +131,7 @@ pub struct BaseSpec<'a> {
 /// configured base when it is there or can be pulled, else (Linux, default base) the local
 /// stand-in, made once with debootstrap.
 pub async fn ensure(
-    docker: &Docker,
+    docker: &Engine,
     spec: &BaseSpec<'_>,
     os: HostOs,
     say: &(dyn Fn(String) + Send + Sync),
@@ -216,8 +214,8 @@ pub async fn ensure(
     Ok(local)
 }
 
-async fn pull(docker: &Docker, image: &str, platform: &str) -> Result<(), String> {
-    let mut s = docker.create_image(
+async fn pull(docker: &Engine, image: &str, platform: &str) -> Result<(), String> {
+    let mut s = docker.api.create_image(
         Some(CreateImageOptions {
             from_image: image,
             platform,
@@ -418,7 +416,7 @@ fn write_image_archive(
 /// (hashed as it is written), and the engine reads an image archive built around it chunk by
 /// chunk, so the rootfs is never held in memory. All file work runs off the async workers.
 async fn import_rootfs(
-    docker: &Docker,
+    docker: &Engine,
     repo: &str,
     tag: &str,
     dir: &Path,
@@ -438,7 +436,9 @@ async fn import_rootfs(
             write_image_archive(ChunkWriter(tx), &from, &diff_id, &reference, &arch)
         });
         let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        let mut s = docker.import_image_stream(ImportImageOptions { quiet: true }, body, None);
+        let mut s = docker
+            .api
+            .import_image_stream(ImportImageOptions { quiet: true }, body, None);
         let mut engine_error = None;
         while let Some(item) = s.next().await {
             match item {

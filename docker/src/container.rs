@@ -2,9 +2,8 @@
 //! lifecycle (find, create, start, remove), exec and logs.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use bollard::Docker;
 use bollard::container::{
     Config as ContainerConfig, CreateContainerOptions, InspectContainerOptions,
     ListContainersOptions, LogsOptions, RemoveContainerOptions, StartContainerOptions,
@@ -13,7 +12,7 @@ use bollard::models::{HostConfig, PortBinding};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::engine::{DockerError, hex};
+use crate::engine::{DockerError, Engine, hex};
 
 /// The label every container of builderd carries; its value is the instance name.
 pub const LABEL_INSTANCE: &str = "io.builderd.instance";
@@ -25,11 +24,7 @@ pub const LABEL_OWNER: &str = "io.builderd.owner";
 /// The state dir of the builderd that made the container, for the message to the other one.
 pub const LABEL_STATE_DIR: &str = "io.builderd.state-dir";
 
-/// The owner label's value for the builderd whose state dir is `state_dir`.
-pub fn owner_id(state_dir: &Path) -> String {
-    let dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
-    hex(&Sha256::digest(dir.as_os_str().as_encoded_bytes()))[..16].to_string()
-}
+pub use builderd_core::ident::owner_id;
 
 /// What the container is created from. Its [`Spec::hash`] labels the container: a container
 /// whose label differs was made from another spec (an edited config, an older release) and is
@@ -160,13 +155,14 @@ pub struct Found {
 
 /// Every container, running or not, that matches one engine filter.
 async fn list_containers(
-    docker: &Docker,
+    docker: &Engine,
     filter: &str,
     value: &str,
 ) -> Result<Vec<bollard::models::ContainerSummary>, DockerError> {
     let mut filters = HashMap::new();
     filters.insert(filter.to_string(), vec![value.to_string()]);
     docker
+        .api
         .list_containers(Some(ListContainersOptions {
             all: true,
             filters,
@@ -179,7 +175,7 @@ async fn list_containers(
 /// Finds the container named `name` that carries builderd's label for this instance and was
 /// made by the builderd of `owner` ([`owner_id`]); one made by another is an error, so that
 /// nothing of it is touched. A container without an owner label (an older release's) is ours.
-pub async fn find(docker: &Docker, name: &str, owner: &str) -> Result<Option<Found>, DockerError> {
+pub async fn find(docker: &Engine, name: &str, owner: &str) -> Result<Option<Found>, DockerError> {
     let list = list_containers(docker, "label", &format!("{LABEL_INSTANCE}={name}")).await?;
     let Some(c) = list.into_iter().find(|c| {
         c.names
@@ -213,29 +209,74 @@ pub async fn find(docker: &Docker, name: &str, owner: &str) -> Result<Option<Fou
     }))
 }
 
-/// A container with this name that builderd does not own blocks us.
-pub async fn name_taken_by_other(docker: &Docker, name: &str) -> Result<bool, DockerError> {
-    match docker
-        .inspect_container(name, None::<InspectContainerOptions>)
+/// A container as the engine's inspect tells it: what builderd asks of one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inspected {
+    /// The engine's word on its state (`running`, `paused`, `exited`, …).
+    pub state: Option<String>,
+    pub running: bool,
+    /// The code its main process exited with, once it has.
+    pub exit_code: Option<i64>,
+    /// Its [`LABEL_INSTANCE`] label.
+    pub instance: Option<String>,
+    /// The address and host port its sshd (22/tcp) is published on, while it runs.
+    pub published: Option<(String, u16)>,
+    /// Its own address on the engine's network, while it runs.
+    pub address: Option<std::net::IpAddr>,
+}
+
+/// Inspects the container `id` (or name); [`DockerError::NotFound`] when there is none.
+pub async fn inspect(docker: &Engine, id: &str) -> Result<Inspected, DockerError> {
+    let c = docker
+        .api
+        .inspect_container(id, None::<InspectContainerOptions>)
         .await
-    {
-        Ok(c) => {
-            let ours = c
-                .config
-                .and_then(|c| c.labels)
-                .is_some_and(|l| l.get(LABEL_INSTANCE).map(String::as_str) == Some(name));
-            Ok(!ours)
-        }
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(false),
-        Err(e) => Err(DockerError::api("inspecting containers")(e)),
+        .map_err(DockerError::api(format!("inspecting container {id}")))?;
+    let st = c.state.unwrap_or_default();
+    let address = c.network_settings.as_ref().and_then(|n| {
+        n.networks.as_ref()?.values().find_map(|e| {
+            e.ip_address
+                .as_deref()
+                .filter(|a| !a.is_empty())?
+                .parse()
+                .ok()
+        })
+    });
+    Ok(Inspected {
+        address,
+        state: st.status.map(|s| s.to_string()),
+        running: st.running == Some(true),
+        exit_code: st.exit_code,
+        instance: c
+            .config
+            .and_then(|c| c.labels)
+            .and_then(|mut l| l.remove(LABEL_INSTANCE)),
+        published: c
+            .network_settings
+            .and_then(|n| n.ports)
+            .and_then(|p| p.get("22/tcp").cloned().flatten())
+            .and_then(|b| {
+                b.into_iter().find_map(|b| {
+                    let port = b.host_port?.parse().ok()?;
+                    Some((b.host_ip.unwrap_or_default(), port))
+                })
+            }),
+    })
+}
+
+/// A container with this name that builderd does not own blocks us.
+pub async fn name_taken_by_other(docker: &Engine, name: &str) -> Result<bool, DockerError> {
+    match inspect(docker, name).await {
+        Ok(c) => Ok(c.instance.as_deref() != Some(name)),
+        Err(DockerError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
-pub async fn create(docker: &Docker, spec: &Spec) -> Result<String, DockerError> {
+pub async fn create(docker: &Engine, spec: &Spec) -> Result<String, DockerError> {
     let config = spec.container_config();
     let r = docker
+        .api
         .create_container(
             Some(CreateContainerOptions {
                 name: spec.name.clone(),
@@ -253,12 +294,13 @@ pub async fn create(docker: &Docker, spec: &Spec) -> Result<String, DockerError>
 
 /// Starts the container, turning the engine's refusals into errors that say what to do.
 pub async fn start(
-    docker: &Docker,
+    docker: &Engine,
     id: &str,
     port: u16,
     privileges: &Privileges,
 ) -> Result<(), DockerError> {
     match docker
+        .api
         .start_container(id, None::<StartContainerOptions<String>>)
         .await
     {
@@ -293,43 +335,28 @@ pub async fn start(
 
 /// The host port the container's sshd is published on (the engine's pick, for a spec with
 /// port 0), while it runs.
-pub async fn published_port(docker: &Docker, id: &str) -> Result<Option<u16>, DockerError> {
-    let c = docker
-        .inspect_container(id, None::<InspectContainerOptions>)
-        .await
-        .map_err(DockerError::api("inspecting the container"))?;
-    Ok(c.network_settings
-        .and_then(|n| n.ports)
-        .and_then(|p| p.get("22/tcp").cloned().flatten())
-        .and_then(|b| b.into_iter().find_map(|b| b.host_port?.parse().ok())))
+pub async fn published_port(docker: &Engine, id: &str) -> Result<Option<u16>, DockerError> {
+    Ok(inspect(docker, id).await?.published.map(|(_, port)| port))
 }
 
 /// The container's own address on the engine's bridge network, while it runs. On a Linux
 /// engine it is routable from the host, so a connection can reach sshd without Docker's
 /// userland port proxy; in a VM (Docker Desktop) it is not.
 pub async fn bridge_address(
-    docker: &Docker,
+    docker: &Engine,
     id: &str,
 ) -> Result<Option<std::net::IpAddr>, DockerError> {
-    let c = docker
-        .inspect_container(id, None::<InspectContainerOptions>)
-        .await
-        .map_err(DockerError::api("inspecting the container"))?;
-    Ok(c.network_settings
-        .and_then(|n| n.networks)
-        .and_then(|n| {
-            n.into_values()
-                .find_map(|e| e.ip_address.filter(|a| !a.is_empty())?.parse().ok())
-        }))
+    Ok(inspect(docker, id).await?.address)
 }
 
 /// Stops the container (SIGTERM, then SIGKILL after `grace`), keeping it and its store.
 pub async fn stop(
-    docker: &Docker,
+    docker: &Engine,
     id: &str,
     grace: std::time::Duration,
 ) -> Result<(), DockerError> {
     match docker
+        .api
         .stop_container(
             id,
             Some(bollard::container::StopContainerOptions {
@@ -346,8 +373,18 @@ pub async fn stop(
     }
 }
 
-pub async fn remove(docker: &Docker, id: &str) -> Result<(), DockerError> {
+/// Restarts the container (SIGTERM, then SIGKILL after the engine's default grace).
+pub async fn restart(docker: &Engine, id: &str) -> Result<(), DockerError> {
+    docker
+        .api
+        .restart_container(id, None)
+        .await
+        .map_err(DockerError::api("restarting the container"))
+}
+
+pub async fn remove(docker: &Engine, id: &str) -> Result<(), DockerError> {
     match docker
+        .api
         .remove_container(
             id,
             Some(RemoveContainerOptions {
@@ -368,8 +405,8 @@ pub async fn remove(docker: &Docker, id: &str) -> Result<(), DockerError> {
 }
 
 /// The last `n` lines the container printed.
-pub async fn last_logs(docker: &Docker, id: &str, n: usize) -> String {
-    let mut s = docker.logs(
+pub async fn last_logs(docker: &Engine, id: &str, n: usize) -> String {
+    let mut s = docker.api.logs(
         id,
         Some(LogsOptions::<String> {
             stdout: true,
@@ -386,9 +423,10 @@ pub async fn last_logs(docker: &Docker, id: &str, n: usize) -> String {
 }
 
 /// Runs `cmd` in the container; returns its exit code and output.
-pub async fn exec(docker: &Docker, id: &str, cmd: &[&str]) -> Result<(i64, String), DockerError> {
+pub async fn exec(docker: &Engine, id: &str, cmd: &[&str]) -> Result<(i64, String), DockerError> {
     use bollard::exec::{CreateExecOptions, StartExecResults};
     let created = docker
+        .api
         .create_exec(
             id,
             CreateExecOptions {
@@ -402,6 +440,7 @@ pub async fn exec(docker: &Docker, id: &str, cmd: &[&str]) -> Result<(i64, Strin
         .map_err(DockerError::api("running a command in the container"))?;
     let mut text = String::new();
     if let StartExecResults::Attached { mut output, .. } = docker
+        .api
         .start_exec(&created.id, None)
         .await
         .map_err(DockerError::api("running a command in the container"))?
@@ -411,6 +450,7 @@ pub async fn exec(docker: &Docker, id: &str, cmd: &[&str]) -> Result<(i64, Strin
         }
     }
     let code = docker
+        .api
         .inspect_exec(&created.id)
         .await
         .map_err(DockerError::api("reading a command's exit code"))?
@@ -421,12 +461,13 @@ pub async fn exec(docker: &Docker, id: &str, cmd: &[&str]) -> Result<(i64, Strin
 
 /// The container's log as a stream of text chunks.
 pub fn logs_stream<'a>(
-    docker: &'a Docker,
+    docker: &'a Engine,
     name: &str,
     follow: bool,
     tail: usize,
-) -> impl futures_util::Stream<Item = Result<String, bollard::errors::Error>> + 'a {
+) -> impl futures_util::Stream<Item = Result<String, DockerError>> + 'a {
     docker
+        .api
         .logs(
             name,
             Some(LogsOptions::<String> {
@@ -437,16 +478,30 @@ pub fn logs_stream<'a>(
                 ..Default::default()
             }),
         )
-        .map(|r| r.map(|c| c.to_string()))
+        .map({
+            let what = format!("the container {name}");
+            move |r| {
+                r.map(|c| c.to_string())
+                    .map_err(DockerError::api(what.clone()))
+            }
+        })
+}
+
+/// One event of the engine's about the container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// `die`, `kill`, `stop`, `destroy`, `oom`, `start`, …
+    pub action: String,
+    /// When the engine saw it, in nanoseconds since the epoch.
+    pub time_nano: Option<i64>,
 }
 
 /// The engine's events about the container `name` of builderd's (by its name and instance
 /// label; the label alone also matches the image build's intermediate containers).
 pub fn events<'a>(
-    docker: &'a Docker,
+    docker: &'a Engine,
     name: &str,
-) -> impl futures_util::Stream<Item = Result<bollard::models::EventMessage, bollard::errors::Error>> + 'a
-{
+) -> impl futures_util::Stream<Item = Result<Event, DockerError>> + 'a {
     let mut filters = HashMap::new();
     filters.insert("type".to_string(), vec!["container".to_string()]);
     filters.insert("container".to_string(), vec![name.to_string()]);
@@ -454,14 +509,23 @@ pub fn events<'a>(
         "label".to_string(),
         vec![format!("{LABEL_INSTANCE}={name}")],
     );
-    docker.events(Some(bollard::system::EventsOptions::<String> {
-        filters,
-        ..Default::default()
-    }))
+    docker
+        .api
+        .events(Some(bollard::system::EventsOptions::<String> {
+            filters,
+            ..Default::default()
+        }))
+        .map(|r| {
+            r.map(|e| Event {
+                action: e.action.unwrap_or_default(),
+                time_nano: e.time_nano,
+            })
+            .map_err(DockerError::api("following the engine's events"))
+        })
 }
 
 /// Removes the image `tag`, unless a container still uses it. Returns whether it was removed.
-pub async fn purge_image(docker: &Docker, tag: &str) -> Result<bool, DockerError> {
+pub async fn purge_image(docker: &Engine, tag: &str) -> Result<bool, DockerError> {
     if !crate::image::image_exists(docker, tag).await? {
         return Ok(false);
     }
@@ -470,6 +534,7 @@ pub async fn purge_image(docker: &Docker, tag: &str) -> Result<bool, DockerError
         return Ok(false);
     }
     docker
+        .api
         .remove_image(tag, None, None)
         .await
         .map_err(DockerError::api(format!("removing {tag}")))?;

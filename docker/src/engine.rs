@@ -6,15 +6,31 @@ use std::path::{Path, PathBuf};
 use bollard::Docker;
 use sha2::{Digest, Sha256};
 
+/// A connection to the engine: the one door to it. Everything builderd does to the engine goes
+/// through this crate's functions on an `Engine`; nothing outside the crate names the API client.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub(crate) api: Docker,
+}
+
+impl Engine {
+    /// Whether the engine still answers on this connection.
+    pub async fn answers(&self) -> bool {
+        self.api.ping().await.is_ok()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
     #[error(
-        "cannot reach the Docker engine at {host} ({source_hint}): {reason}. Start Docker Desktop (or Colima/OrbStack) and try again, or set `docker_host` in the config"
+        "cannot reach the Docker engine at {host} (from {source_hint}): {reason}. To fix: {how}"
     )]
     Unreachable {
         host: String,
         source_hint: String,
         reason: String,
+        /// How to start that engine.
+        how: String,
     },
     #[error("the image build failed: {message}\n{log}")]
     Build { message: String, log: String },
@@ -36,6 +52,9 @@ pub enum DockerError {
         "the container {name} belongs to another builderd, whose state dir is {state_dir}: builderd leaves it alone. Give this config another `container_name` (and `port`), or stop that one (`builderctl --config ITS_CONFIG down`)"
     )]
     OwnedByOther { name: String, state_dir: String },
+    /// What was asked about (a container, an image) is not there.
+    #[error("{action}: not found")]
+    NotFound { action: String },
     #[error("{action}: {source}")]
     Api {
         action: String,
@@ -49,7 +68,12 @@ impl DockerError {
         action: impl Into<String>,
     ) -> impl FnOnce(bollard::errors::Error) -> DockerError {
         let action = action.into();
-        move |source| DockerError::Api { action, source }
+        move |source| match source {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            } => DockerError::NotFound { action },
+            source => DockerError::Api { action, source },
+        }
     }
 
     /// Names who holds the port of a [`DockerError::PortTaken`], as `find` tells it.
@@ -75,7 +99,7 @@ impl DockerError {
     }
 }
 
-pub fn is_connection_error(e: &bollard::errors::Error) -> bool {
+pub(crate) fn is_connection_error(e: &bollard::errors::Error) -> bool {
     use bollard::errors::Error as E;
     match e {
         E::DockerResponseServerError { .. } | E::JsonDataError { .. } => false,
@@ -156,16 +180,15 @@ pub fn resolve_endpoint_in(
     ep("unix:///var/run/docker.sock".into(), "default socket")
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use builderd_core::ident::hex;
 
 /// Connects to the engine and checks that it answers.
-pub async fn connect(ep: &Endpoint) -> Result<Docker, DockerError> {
+pub async fn connect(ep: &Endpoint) -> Result<Engine, DockerError> {
     let unreachable = |reason: String| DockerError::Unreachable {
         host: ep.host.clone(),
         source_hint: ep.source.clone(),
         reason,
+        how: crate::desktop::how_to_start(ep, cfg!(target_os = "macos")),
     };
     let docker = if let Some(path) = ep.host.strip_prefix("unix://") {
         Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
@@ -184,7 +207,7 @@ pub async fn connect(ep: &Endpoint) -> Result<Docker, DockerError> {
     .await
     .map_err(|_| unreachable("no answer within 10 s".into()))?
     .map_err(|e| unreachable(e.to_string()))?;
-    Ok(docker)
+    Ok(Engine { api: docker })
 }
 
 /// What the engine gives its containers: the CPUs and memory of its VM (Docker Desktop,
@@ -197,8 +220,10 @@ pub struct Resources {
 
 /// The engine's [`Resources`], as its `info` reports them now (a VM resized in Docker
 /// Desktop's settings reports its new size after the engine restarts).
-pub async fn resources(docker: &Docker) -> Result<Resources, DockerError> {
-    let info = docker.info().await.map_err(DockerError::api("engine info"))?;
+pub async fn resources(docker: &Engine) -> Result<Resources, DockerError> {
+    let info = docker
+        .api
+        .info().await.map_err(DockerError::api("engine info"))?;
     Ok(Resources {
         cpus: info.ncpu.unwrap_or(1).clamp(1, i64::from(u32::MAX)) as u32,
         memory_bytes: info.mem_total.unwrap_or(0).max(0) as u64,

@@ -4,12 +4,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use bollard::Docker;
 use bollard::image::BuildImageOptions;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::engine::{DockerError, hex, is_connection_error};
+use crate::engine::{DockerError, Engine, hex, is_connection_error};
 
 /// The embedded build context.
 pub const EMBEDDED_CONTEXT: &[(&str, &[u8], u32)] = &[
@@ -175,31 +174,25 @@ pub fn image_is_emulated(platform: &str, host_arch: &str) -> bool {
 
 /// The architecture of a local image as the engine names it (`amd64`, `arm64`), or `None` when
 /// there is no such image.
-pub async fn image_arch(docker: &Docker, tag: &str) -> Result<Option<String>, DockerError> {
-    match docker.inspect_image(tag).await {
+pub async fn image_arch(docker: &Engine, tag: &str) -> Result<Option<String>, DockerError> {
+    match docker.api.inspect_image(tag).await {
         Ok(i) => Ok(Some(i.architecture.unwrap_or_default())),
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(None),
-        Err(e) => Err(DockerError::api(format!("inspecting image {tag}"))(e)),
+        Err(e) => match DockerError::api(format!("inspecting image {tag}"))(e) {
+            DockerError::NotFound { .. } => Ok(None),
+            e => Err(e),
+        },
     }
 }
 
-pub async fn image_exists(docker: &Docker, tag: &str) -> Result<bool, DockerError> {
-    match docker.inspect_image(tag).await {
-        Ok(_) => Ok(true),
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(false),
-        Err(e) => Err(DockerError::api(format!("inspecting image {tag}"))(e)),
-    }
+pub async fn image_exists(docker: &Engine, tag: &str) -> Result<bool, DockerError> {
+    Ok(image_arch(docker, tag).await?.is_some())
 }
 
 /// Builds `tag` from `ctx`, reporting each build step through `step`. `base` is the embedded
 /// context's `BASE_IMAGE`: the configured base, or the local stand-in made when it could not be
 /// pulled.
 pub async fn build_image(
-    docker: &Docker,
+    docker: &Engine,
     tag: &str,
     ctx: &Context,
     base: Option<&str>,
@@ -219,7 +212,7 @@ pub async fn build_image(
         platform: platform.to_string(),
         ..Default::default()
     };
-    let mut stream = docker.build_image(opts, None, Some(ctx.tar().into()));
+    let mut stream = docker.api.build_image(opts, None, Some(ctx.tar().into()));
     let mut log = Vec::<String>::new();
     while let Some(item) = stream.next().await {
         match item {

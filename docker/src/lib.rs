@@ -9,21 +9,24 @@
 //! - [`base`]: the base image: pulled (`debian:trixie-slim`), or on Linux made with debootstrap
 //!   when no registry answers.
 //! - [`container`]: the container's spec and privileges, its labels, its lifecycle, exec, logs.
+//! - [`desktop`]: how to start the engine builderd looked for; Docker Desktop's settings that
+//!   matter (Rosetta, CPUs, memory, disk, the default socket).
 //! - [`probe`]: tiny static programs per architecture, to learn which systems really run.
 
 pub mod base;
 pub mod container;
+pub mod desktop;
 pub mod engine;
 pub mod image;
-pub mod probe;
+pub use builderd_core::probe;
 
 pub use container::{
-    Found, LABEL_INSTANCE, LABEL_OWNER, LABEL_SPEC, LABEL_STATE_DIR, Privileges, Spec, create,
-    exec, find, last_logs, logs_stream, name_taken_by_other, owner_id, remove, start,
+    Event, Found, Inspected, LABEL_INSTANCE, LABEL_OWNER, LABEL_SPEC, LABEL_STATE_DIR, Privileges,
+    Spec, create, exec, find, inspect, last_logs, logs_stream, name_taken_by_other, owner_id,
+    remove, restart, start,
 };
 pub use engine::{
-    DockerError, Endpoint, Resources, connect, hex, is_connection_error, resolve_endpoint_in,
-    resources,
+    DockerError, Endpoint, Engine, Resources, connect, hex, resolve_endpoint_in, resources,
 };
 pub use image::{
     Context, EMBEDDED_CONTEXT, ImageSpec, image_arch, image_exists, image_is_emulated,

@@ -277,50 +277,26 @@ impl Service {
         }
     }
 
-    /// Writes the definition (mode 0644; a system one owned by root:wheel, as launchd requires)
-    /// and the log directory, then loads it. `bootout` of a job that is not loaded fails; that
-    /// one failure is expected and ignored. `bootout` returns before the old job is gone, and a
-    /// `bootstrap` meanwhile fails: it is tried again for a few seconds.
+    /// Writes the definition through `write` (mode 0644; a system one in root's directory, so
+    /// root's, as launchd requires) after making the log directory, then loads it. `bootout` of
+    /// a job that is not loaded fails; that one failure is expected and ignored. `bootout`
+    /// returns before the old job is gone, and a `bootstrap` meanwhile fails: it is tried again
+    /// for a few seconds.
     pub fn install(
         &self,
         os: Os,
         home: &Path,
         runner: &dyn Runner,
+        write: WriteFile<'_>,
     ) -> Result<PathBuf, InstallError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let path = self.path(os, home);
         let bytes = match os {
             Os::MacOs => self.plist(),
             Os::Linux => self.unit().into_bytes(),
         };
-        let werr =
-            |p: &Path, e: std::io::Error| InstallError::Write(p.to_path_buf(), e.to_string());
-        std::fs::create_dir_all(&self.log_dir).map_err(|e| werr(&self.log_dir, e))?;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| werr(&path, e))?;
-        }
-        let tmp = path.with_extension("tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)
-            .and_then(|mut f| {
-                f.write_all(&bytes)?;
-                // The mode itself, whatever the umask (sudo may carry a tight one).
-                f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-                if self.system && rustix::process::geteuid().is_root() {
-                    std::os::unix::fs::fchown(&f, Some(0), Some(0))?;
-                }
-                f.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(werr(&path, e));
-        }
+        std::fs::create_dir_all(&self.log_dir)
+            .map_err(|e| InstallError::Write(self.log_dir.clone(), e.to_string()))?;
+        write(&path, &bytes, 0o644).map_err(|e| InstallError::Write(path.clone(), e))?;
         for (i, cmd) in self.install_commands(os, &path).iter().enumerate() {
             let retries = if os == Os::MacOs && cmd[1] == "bootstrap" {
                 20
@@ -361,6 +337,10 @@ impl Service {
         }
     }
 }
+
+/// Writes a file atomically with exactly the mode given, owned as its directory is: the
+/// caller's atomic writer (builderd's `fsutil::write_atomic`), so that there is one.
+pub type WriteFile<'a> = &'a (dyn Fn(&Path, &[u8], u32) -> Result<(), String> + Sync);
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum InstallError {
@@ -498,12 +478,21 @@ mod tests {
         );
     }
 
+    /// Writes as the caller's atomic writer would, and records the mode asked for.
+    fn plain_write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(path.parent().unwrap()).map_err(|e| e.to_string())?;
+        std::fs::write(path, bytes).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| e.to_string())
+    }
+
     #[test]
     fn systemctl_command_lines_and_install_through_the_seam() {
         let d = tempfile::tempdir().unwrap();
         let s = service(false);
         let rec = Recorder::default();
-        let path = s.install(Os::Linux, d.path(), &rec).unwrap();
+        let path = s.install(Os::Linux, d.path(), &rec, &plain_write).unwrap();
         assert!(
             std::fs::read_to_string(&path)
                 .unwrap()
@@ -591,7 +580,7 @@ mod tests {
             busy: Mutex::new(3),
             lines: Recorder::default(),
         };
-        let path = s.install(Os::MacOs, d.path(), &fake).unwrap();
+        let path = s.install(Os::MacOs, d.path(), &fake, &plain_write).unwrap();
         assert!(s.log_dir.is_dir());
         let m = std::fs::metadata(&path).unwrap();
         assert_eq!(m.permissions().mode() & 0o777, 0o644);

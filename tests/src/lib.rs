@@ -62,6 +62,15 @@ pub fn keygen(path: &Path, kind: &str) {
     assert!(st.success(), "ssh-keygen -t {kind} failed");
 }
 
+/// A fresh ed25519 public key line (`ssh-ed25519 AAAA…`), for a host key nobody presents.
+pub fn fresh_key_line() -> String {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("k");
+    keygen(&p, "ed25519");
+    let t = std::fs::read_to_string(p.with_extension("pub")).unwrap();
+    t.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub port: u16,
@@ -441,7 +450,7 @@ impl Drop for Env {
     fn drop(&mut self) {
         // Collect what goes wrong instead of panicking halfway through the clean-up.
         let mut problems = Vec::new();
-        let pidfile = self.path("state/builderd.pid");
+        let pidfile = self.path("state").join(builderd::config::PID_FILE);
         if let Ok(pid) = std::fs::read_to_string(&pidfile)
             && let Ok(pid) = pid.trim().parse::<i32>()
         {
@@ -459,6 +468,19 @@ impl Drop for Env {
             && !String::from_utf8_lossy(&o.stderr).contains("No such container")
         {
             problems.push(String::from_utf8_lossy(&o.stderr).into_owned());
+        }
+        // The image of a test's own (its own context or repository): the engine of whoever
+        // runs the tests would collect one per run. One still used by another container stays
+        // for that container's test to remove.
+        if let Ok(cfg) = builderd::config::Config::load(&self.config)
+            && (cfg.image.context.is_some() || cfg.image.repository.starts_with("bdt-"))
+            && let Ok((tag, _)) = builderd::docker::image_for(&cfg)
+        {
+            let _ = Command::new("docker")
+                .args(["rmi", &tag])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
         // The volume a root daemon serving a user kept for this state dir.
         let _ = std::fs::remove_dir_all(builderd::config::root_volume_dir(&self.path("state")));
@@ -489,16 +511,9 @@ pub fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-/// root's home directory, from the password database.
+/// root's home directory, from the user database, as builderd finds it.
 pub fn root_home() -> PathBuf {
-    std::fs::read_to_string("/etc/passwd")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 7 && f[2] == "0").then(|| PathBuf::from(f[5]))
-        })
-        .unwrap_or_else(|| PathBuf::from("/root"))
+    builderd::config::root_home()
 }
 
 /// Serializes `up` across test processes while the image for a config is not built yet.
@@ -565,7 +580,8 @@ impl Env {
 
     /// SIGKILLs the daemon and waits until its socket no longer answers.
     pub fn kill_daemon(&self) {
-        let pid = std::fs::read_to_string(self.path("state/builderd.pid")).unwrap();
+        let pid =
+            std::fs::read_to_string(self.path("state").join(builderd::config::PID_FILE)).unwrap();
         let _ = Command::new("kill").args(["-9", pid.trim()]).status();
         let sock = self.path("state/builderd.sock");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -714,12 +730,48 @@ pub fn image_exists(tag: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The label on every image built from a test's own context ([`context_with`],
+/// [`context_from_base`]); its value is the run's id ([`run_id`]), so that a run counts only
+/// the images it made, whatever other runs on the same engine make meanwhile.
+pub const RUN_LABEL: &str = "io.builderd.test-run";
+
+/// This run's id: `BUILDERD_TEST_RUN` (tests/run sets one for the whole suite), else one of
+/// this test process's own.
+pub fn run_id() -> String {
+    std::env::var("BUILDERD_TEST_RUN")
+        .ok()
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| format!("pid-{}", std::process::id()))
+}
+
+/// The images, intermediate ones included, that this run's test contexts made and that are
+/// still there.
+pub fn run_images() -> Vec<String> {
+    let o = Command::new("docker")
+        .args(["images", "--all", "--quiet", "--no-trunc", "--filter"])
+        .arg(format!("label={RUN_LABEL}={}", run_id()))
+        .output()
+        .expect("docker runs");
+    assert!(o.status.success(), "{o:?}");
+    let mut ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 /// A build context of one Dockerfile: `FROM` [`local_base`], then `rest`.
 pub fn context_from_base(rest: &str) -> tempfile::TempDir {
     let ctx = tempfile::tempdir().unwrap();
     std::fs::write(
         ctx.path().join("Dockerfile"),
-        format!("FROM {}\n{rest}\n", local_base()),
+        format!(
+            "FROM {}\n{rest}\nLABEL {RUN_LABEL}=\"{}\"\n",
+            local_base(),
+            run_id()
+        ),
     )
     .unwrap();
     ctx
@@ -761,7 +813,7 @@ pub fn context_with(extra: &str) -> tempfile::TempDir {
         &format!("ARG BASE_IMAGE={base}"),
     );
     df.push_str(extra);
-    df.push('\n');
+    df.push_str(&format!("\nLABEL {RUN_LABEL}=\"{}\"\n", run_id()));
     std::fs::write(p, df).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(

@@ -45,12 +45,29 @@ fn an_unreachable_cache_is_left_out_and_reported() {
     .unwrap();
     let o = Command::new("nix-build")
         .arg(&drv)
-        .args(["--argstr", "nonce", &env.name, "--max-jobs", "0", "--no-out-link"])
+        .args([
+            "--argstr",
+            "nonce",
+            &env.name,
+            "--max-jobs",
+            "0",
+            "--no-out-link",
+        ])
         .arg("--builders")
         .arg(format!("@{}", env.path("etc/nix/machines").display()))
-        .args(["--option", "substituters", "", "--option", "build-users-group", ""])
+        .args([
+            "--option",
+            "substituters",
+            "",
+            "--option",
+            "build-users-group",
+            "",
+        ])
         .args(["--option", "builders-use-substitutes", "true", "-v"])
-        .env("NIX_SSHOPTS", unshared_sshopts(&env.path("root/.ssh/config")))
+        .env(
+            "NIX_SSHOPTS",
+            unshared_sshopts(&env.path("root/.ssh/config")),
+        )
         .stdin(Stdio::null())
         .output()
         .unwrap();

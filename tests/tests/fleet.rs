@@ -151,12 +151,16 @@ impl Drop for Host {
     }
 }
 
-/// Writes the config with `remotes` and the given unlisting time.
+/// Writes the config with `remotes`, each with the given unlisting time of its own. The local
+/// builder's (`unlist_unhealthy_after`) is left at a day: a remote is unlisted by its own.
 fn configure(env: &mut Env, remotes: &str, unlist_after: u64) {
-    env.extra = remotes.to_string();
+    env.extra = remotes.replace(
+        "[[remote]]\n",
+        &format!("[[remote]]\nunlist_after = {unlist_after}\n"),
+    );
     let text = env.config_text().replace(
         "[registration]\n",
-        &format!("[registration]\nunlist_unhealthy_after = {unlist_after}\n"),
+        "[registration]\nunlist_unhealthy_after = 86400\n",
     );
     std::fs::write(&env.config, text).unwrap();
 }
@@ -469,6 +473,39 @@ fn an_unconfirmed_host_key_is_listed_only_after_trust_and_down_removes_every_ent
         remote(s, &host.container)["repairs"].as_u64() >= Some(1)
     });
     assert!(machines(&env).contains(" 2 2 big-parallel "), "{st}");
+
+    // Forgetting the key takes its alias, known_hosts entries and machines line away, and
+    // the host waits for `trust` again; a name that is no remote is a usage error.
+    let o = env.ctl(&["trust", "no-such-remote", "--forget"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("no remote is named \"no-such-remote\": nothing to forget"),
+        "{o:?}"
+    );
+    let o = env.ctl(&["trust", &host.container, "--forget"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("forgot {}'s host key {fp}", host.container)),
+        "{said}"
+    );
+    for f in &files {
+        let t = std::fs::read_to_string(f).unwrap();
+        assert!(!t.contains(&host.container), "{}: {t}", f.display());
+    }
+    let st = env.wait_status(Duration::from_secs(60), "pending trust again", |s| {
+        remote(s, &host.container)["state"] == "pending-trust"
+    });
+    let r = remote(&st, &host.container);
+    assert!(r["host_key_fingerprint"].is_null(), "{r}");
+    assert_eq!(r["pending_host_key"], fp.as_str(), "{r}");
+    let saved = std::fs::read_to_string(env.path("state/fleet.json")).unwrap();
+    assert!(!saved.contains(&host.container), "{saved}");
 
     // down: every entry goes, and every other byte is as it was.
     env.ctl_ok(&["down"]);

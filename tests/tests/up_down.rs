@@ -113,7 +113,14 @@ fn up_gives_a_working_builder_and_down_restores_every_file() {
     assert!(alias.contains("\ncompression no\n"), "{alias}");
     let p = env.path("home/.ssh/config");
     let o = env.ssh(
-        &["-v", "-F", p.to_str().unwrap(), "-o", "ControlPath=none", &env.name],
+        &[
+            "-v",
+            "-F",
+            p.to_str().unwrap(),
+            "-o",
+            "ControlPath=none",
+            &env.name,
+        ],
         "true",
     );
     let err = String::from_utf8_lossy(&o.stderr);

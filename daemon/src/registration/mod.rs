@@ -163,7 +163,7 @@ impl Wanted {
 /// Whether `DIR/builderd-%C` fits a Unix socket path once expanded: `%C` is 40 hex digits, and
 /// ssh binds the master first under a name 17 bytes longer (`.XXXXXXXXXXXXXXXX`).
 fn control_path_fits(dir: &str) -> bool {
-    let max = if cfg!(target_os = "macos") { 103 } else { 107 };
+    let max = crate::config::socket_path_max(cfg!(target_os = "macos"));
     dir.len() + "/builderd-".len() + 40 + 17 <= max
 }
 
@@ -537,18 +537,29 @@ pub fn sync(cfg: &Config, wanted: Option<&Wanted>, created: &mut Created) -> Syn
         } else {
             None
         };
+    let limited = |p: &Path| limited_to(cfg, p);
+    let machines_limit = limited(&reg.machines_file);
     sync_block(
         "machines",
         &reg.machines_file,
         instance,
-        machines_fn,
+        machines_fn.filter(|_| machines_limit.is_none()),
         &manual,
         created,
         &mut out,
     );
+    mark_limited(&mut out, machines_limit);
 
     // nix.conf
-    sync_nix_conf(cfg, wanted, created, &manual, &mut out);
+    let conf_limit = limited(&reg.nix_conf);
+    sync_nix_conf(
+        cfg,
+        wanted.filter(|_| conf_limit.is_none()),
+        created,
+        &manual,
+        &mut out,
+    );
+    mark_limited(&mut out, conf_limit);
 
     // known_hosts and ssh_config
     if let Some(w) = wanted {
@@ -593,6 +604,32 @@ pub fn sync(cfg: &Config, wanted: Option<&Wanted>, created: &mut Created) -> Syn
     out
 }
 
+/// The state of a machines file or nix.conf that builderd leaves alone because every user's
+/// builds read it and the builder is one user's ([`Config::registration_only_for`]).
+pub const SERVED_USER_ONLY: &str = "served-user-only";
+
+/// Why `path` may not carry the builder, when the registration is limited to one user and that
+/// user does not control `path`.
+fn limited_to(cfg: &Config, path: &Path) -> Option<String> {
+    let uid = cfg.registration_only_for()?;
+    if fsutil::controller_of(path).0 == uid {
+        return None;
+    }
+    Some(format!(
+        "{} is read by every user's builds, and the builder is uid {uid}'s (root in it, so it can hand back any output): builderd lists it there only with `all_users = true` under [registration], if every user of this host trusts uid {uid}. For uid {uid}'s builds only, point `machines_file` into their home and build with `--builders @FILE` as a trusted user, or with `--store ssh-ng://{}` (see README, \"Who may build there\")",
+        path.display(),
+        cfg.alias()
+    ))
+}
+
+/// Marks the last status as [`SERVED_USER_ONLY`] with `why`, when there is a why.
+fn mark_limited(out: &mut Synced, why: Option<String>) {
+    if let (Some(why), Some(st)) = (why, out.statuses.last_mut()) {
+        st.state = SERVED_USER_ONLY.into();
+        st.detail = Some(why);
+    }
+}
+
 fn sync_nix_conf(
     cfg: &Config,
     wanted: Option<&Wanted>,
@@ -602,10 +639,10 @@ fn sync_nix_conf(
 ) {
     let instance = cfg.container_name.as_str();
     let conf = &cfg.registration.nix_conf;
-    let text = std::fs::read_to_string(conf).unwrap_or_default();
+    let text = fsutil::read_text_as_owner(conf).unwrap_or_default();
     // Determinate Nix owns nix.conf; user settings go to nix.custom.conf.
     let target = nix_conf::determinate_custom_conf(conf, &text).unwrap_or_else(|| conf.clone());
-    let read = |p: &Path| std::fs::read_to_string(p).ok();
+    let read = |p: &Path| fsutil::read_text_as_owner(p);
     let user_setting = nix_conf::effective(conf, KEY, &read);
     let line = format!("{KEY} = true");
     let apply = |t: &str| block::apply(t, instance, std::slice::from_ref(&line));
@@ -680,7 +717,11 @@ mod tests {
         assert_eq!(ciphers(false)[0], "chacha20-poly1305@openssh.com");
         for aes in [true, false] {
             // Both AEADs and the CTR modes every server since OpenSSH 6.5 offers.
-            for c in ["chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com", "aes128-ctr"] {
+            for c in [
+                "chacha20-poly1305@openssh.com",
+                "aes128-gcm@openssh.com",
+                "aes128-ctr",
+            ] {
                 assert!(ciphers(aes).contains(&c), "{c}");
             }
         }
@@ -704,7 +745,10 @@ mod tests {
             None,
             Path::new("/tmp"),
         );
-        assert!(!lines.iter().any(|l| l.contains("Compression")), "{lines:?}");
+        assert!(
+            !lines.iter().any(|l| l.contains("Compression")),
+            "{lines:?}"
+        );
         assert!(is_loopback("::1") && is_loopback("localhost") && !is_loopback("example.org"));
     }
 

@@ -72,8 +72,17 @@ impl RemoteWanted {
     }
 }
 
+/// The key of a remote's blocks: this instance's container name and the remote's name. The
+/// list of remotes with blocks lives in the state dir, which the user writes: keyed by this
+/// instance, no name in it can make builderd remove a block another instance (or another
+/// builder) wrote.
+pub fn block_name(cfg: &Config, remote: &str) -> String {
+    format!("{}/{remote}", cfg.container_name)
+}
+
 /// Brings every file to what `wanted` says for each remote, and removes the blocks of the
-/// remotes named in `gone`.
+/// remotes named in `gone`. A block an older release wrote under a configured remote's bare
+/// name (root's config names it) is taken over: removed, as the keyed one is written.
 pub fn sync(
     cfg: &Config,
     wanted: &[RemoteWanted],
@@ -83,7 +92,8 @@ pub fn sync(
     let mut out = Synced::default();
     let reg = &cfg.registration;
     for w in wanted {
-        let name = w.name.as_str();
+        remove_one(cfg, &w.name, created, &mut Synced::default());
+        let name = &block_name(cfg, &w.name);
         let line = [w.machines_line()];
         let apply = |t: &str| block::apply(t, name, &line);
         let f: Option<&(dyn Fn(&str) -> String + Sync)> =
@@ -112,7 +122,7 @@ pub fn sync(
         }
     }
     for name in gone {
-        remove_one(cfg, name, created, &mut out);
+        remove_one(cfg, &block_name(cfg, name), created, &mut out);
     }
     out
 }
@@ -223,5 +233,40 @@ mod tests {
             format!("127.0.0.2 {KEY}\n")
         );
         assert!(!d.path().join("cfg").exists());
+    }
+
+    #[test]
+    fn only_this_instances_keyed_blocks_are_ever_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = cfg_in(d.path());
+        // Another instance's block, and one an older release wrote under the bare name "a".
+        let other = format!(
+            "{}\nssh-ng://other x86_64-linux - 4 1 - - -\n{}\n",
+            block::begin("other"),
+            block::end("other")
+        );
+        let legacy = format!(
+            "{}\nssh-ng://a x86_64-linux - 4 1 - - -\n{}\n",
+            block::begin("a"),
+            block::end("a")
+        );
+        std::fs::write(d.path().join("machines"), format!("{legacy}{other}")).unwrap();
+        let mut created = Created::new();
+        let a = wanted("a");
+        sync(&cfg, std::slice::from_ref(&a), &[], &mut created);
+        let m = std::fs::read_to_string(d.path().join("machines")).unwrap();
+        assert!(m.contains(&block::begin(&block_name(&cfg, "a"))), "{m}");
+        assert!(
+            !m.contains(&block::begin("a")),
+            "the old block was taken over: {m}"
+        );
+        assert!(m.ends_with(&other), "{m}");
+        // Names that are not this instance's remotes (another instance's, listed by whoever
+        // wrote fleet.json) reach only keys of this instance, which do not exist.
+        sync(&cfg, &[], &["other".into(), "a".into()], &mut created);
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("machines")).unwrap(),
+            other
+        );
     }
 }

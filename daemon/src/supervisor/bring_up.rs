@@ -17,7 +17,7 @@ impl Supervisor {
         }
 
         say(step("keys", "checking the key pair"));
-        let keys = self.client_keys()?;
+        let keys = self.client_keys().await?;
 
         let docker = self.docker().await?;
         let (tag, ctx) = docker::image_for(&cfg)?;
@@ -108,6 +108,13 @@ impl Supervisor {
 
         // The volume: the client's public key as host.pub.
         let vol = cfg.volume_dir();
+        if vol.starts_with(crate::config::ROOT_VOLUMES) {
+            let dir = Path::new(crate::config::ROOT_VOLUMES).to_path_buf();
+            tokio::task::spawn_blocking(move || seal_root_volumes(&dir))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+                .map_err(|e| Failure::new(ErrorKind::Failed, e))?;
+        }
         crate::fsutil::as_owner_of(&vol, || {
             std::fs::create_dir_all(&vol).map_err(|e| crate::fsutil::FsError {
                 action: "cannot create",
@@ -118,7 +125,7 @@ impl Supervisor {
         .map_err(|e| Failure::new(ErrorKind::Failed, e))?;
         let host_pub = vol.join("host.pub");
         let line = format!("{}\n", keys.public_line);
-        let key_changed = std::fs::read_to_string(&host_pub).ok().as_deref() != Some(line.as_str());
+        let key_changed = read_volume_file(&host_pub).await.as_deref() != Some(line.as_bytes());
         if key_changed {
             crate::fsutil::write_atomic(&host_pub, line.as_bytes(), 0o644)
                 .map_err(|e| Failure::new(ErrorKind::Failed, e))?;
@@ -224,14 +231,12 @@ impl Supervisor {
         };
         // The container itself, not the engine's list: the engine announces a pause before its
         // list shows it.
-        let state = match d.inspect_container(&id, None).await {
-            Ok(c) => match c.state.and_then(|s| s.status) {
-                Some(s) => s.to_string(),
+        let state = match docker::inspect(&d, &id).await {
+            Ok(c) => match c.state {
+                Some(s) => s,
                 None => return,
             },
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => "removed".to_string(),
+            Err(DockerError::NotFound { .. }) => "removed".to_string(),
             Err(_) => return,
         };
         self.set(|s| {
@@ -245,7 +250,7 @@ impl Supervisor {
 
     pub(super) async fn finish_up(
         &mut self,
-        docker: &Docker,
+        docker: &Engine,
         id: &str,
         keys: ClientKeys,
         say: Say<'_>,
@@ -254,6 +259,7 @@ impl Supervisor {
         say(step("host-key", "waiting for the builder's host key"));
         let host_key = self.wait_host_key(docker, id).await?;
         let fp = keys::fingerprint(&host_key);
+        self.hand_over_host_key(&host_key).await?;
         if let Some(old) = &self.persisted.host_key_fingerprint
             && *old != fp
         {
@@ -296,16 +302,43 @@ impl Supervisor {
         Ok(changed)
     }
 
+    /// A volume only root may reach (a root service on Linux) leaves the user's own tools
+    /// (`builderctl ssh`, doctor) without the builder's public host key: root hands a copy of
+    /// it to the state dir, written as the user. The copy only ever serves the user's own ssh;
+    /// root pins the key it read from the volume itself.
+    async fn hand_over_host_key(&self, host_key: &PublicKey) -> Result<(), Failure> {
+        if !self
+            .cfg
+            .volume_dir()
+            .starts_with(crate::config::ROOT_VOLUMES)
+        {
+            return Ok(());
+        }
+        let path = crate::config::host_key_copy(&self.cfg.state_dir);
+        let line = format!("{}\n", keys::key_line(host_key));
+        tokio::task::spawn_blocking(move || {
+            if crate::fsutil::read_limited_as_owner(&path, 64 * 1024, false).ok()
+                == Some(line.clone().into_bytes())
+            {
+                return Ok(());
+            }
+            crate::fsutil::write_atomic(&path, line.as_bytes(), 0o644)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        .map_err(|e| Failure::new(ErrorKind::Failed, e))
+    }
+
     pub(super) async fn wait_host_key(
         &self,
-        docker: &Docker,
+        docker: &Engine,
         id: &str,
     ) -> Result<PublicKey, Failure> {
         let path = self.cfg.volume_dir().join("id_ed25519.pub");
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut n = 0u32;
         loop {
-            if let Ok(bytes) = std::fs::read(&path)
+            if let Some(bytes) = read_volume_file(&path).await
                 && let Ok(k) = keys::parse_public(&path, &bytes)
             {
                 return Ok(k);
@@ -326,7 +359,7 @@ impl Supervisor {
     /// past `deadline` the wait fails with `why` and the container's log.
     pub(super) async fn keep_waiting(
         &self,
-        docker: &Docker,
+        docker: &Engine,
         id: &str,
         round: u32,
         deadline: Instant,
@@ -348,19 +381,16 @@ impl Supervisor {
         Ok(())
     }
 
-    pub(super) async fn ensure_running(&self, docker: &Docker, id: &str) -> Result<(), Failure> {
-        let c = docker.inspect_container(id, None).await.map_err(|e| {
-            Failure::new(ErrorKind::Failed, format!("inspecting the container: {e}"))
-        })?;
-        let st = c.state.unwrap_or_default();
-        if st.running == Some(true) {
+    pub(super) async fn ensure_running(&self, docker: &Engine, id: &str) -> Result<(), Failure> {
+        let c = docker::inspect(docker, id).await?;
+        if c.running {
             return Ok(());
         }
         Err(Failure::new(
             ErrorKind::Failed,
             format!(
                 "the container exited (code {}); its last lines:\n{}",
-                st.exit_code.unwrap_or(-1),
+                c.exit_code.unwrap_or(-1),
                 docker::last_logs(docker, id, 20).await
             ),
         ))
@@ -368,7 +398,7 @@ impl Supervisor {
 
     pub(super) async fn wait_healthy(
         &mut self,
-        docker: &Docker,
+        docker: &Engine,
         id: &str,
         host_key: &PublicKey,
         keys: &ClientKeys,
@@ -409,7 +439,7 @@ fn short(id: &str) -> &str {
 }
 
 /// Puts the volume's host.pub into root's authorized_keys in the running container.
-async fn install_client_key(docker: &Docker, id: &str) -> Result<(), Failure> {
+async fn install_client_key(docker: &Engine, id: &str) -> Result<(), Failure> {
     let (code, out) = docker::exec(
         docker,
         id,
@@ -430,6 +460,53 @@ async fn install_client_key(docker: &Docker, id: &str) -> Result<(), Failure> {
                 out.trim()
             ),
         ));
+    }
+    Ok(())
+}
+
+/// A small file in the volume, which the builder's root (the user) writes: never through a
+/// link, a regular file only, at most 64 KiB, off the async workers. `None` when it is not such
+/// a file (yet).
+async fn read_volume_file(path: &Path) -> Option<Vec<u8>> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        crate::fsutil::read_limited_as_owner(&path, 64 * 1024, false).ok()
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// The directory of the root service's volumes is root's alone (0700): the builder's root,
+/// who is the user, may put set-user-ID programs and device nodes in a volume, and none of
+/// them may be reachable from the host by anyone but root. An older release made it 0755:
+/// it is closed again at every start.
+fn seal_root_volumes(dir: &Path) -> Result<(), crate::fsutil::FsError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let err = |action, e| crate::fsutil::FsError {
+        action,
+        path: dir.to_path_buf(),
+        source: e,
+    };
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) => return Err(err("cannot create", e)),
+    }
+    let m = std::fs::symlink_metadata(dir).map_err(|e| err("cannot inspect", e))?;
+    if !m.is_dir() || m.uid() != 0 {
+        return Err(err(
+            "refusing to keep volumes in",
+            std::io::Error::other("it is not a directory of root's: remove it"),
+        ));
+    }
+    if m.mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| err("cannot close", e))?;
+        tracing::info!(dir = %dir.display(), "closed the volumes' directory to everyone but root");
     }
     Ok(())
 }

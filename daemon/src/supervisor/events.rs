@@ -4,9 +4,10 @@ use super::*;
 
 /// Follows the engine's events for builderd's container and pokes the supervisor on each death.
 /// When the stream ends (the engine restarted or went away) it reconnects with backoff and pokes
-/// the supervisor, which then reconciles.
+/// the supervisor, which then reconciles. The engine is found again at each connect, as the
+/// supervisor does.
 pub async fn watch_events(
-    endpoint: Endpoint,
+    cfg: Config,
     name: String,
     tx: mpsc::Sender<Command>,
     mut shutdown: watch::Receiver<bool>,
@@ -16,6 +17,7 @@ pub async fn watch_events(
     let mut failures = 0u32;
     let mut connected_before = false;
     loop {
+        let endpoint = docker::resolve_endpoint(&cfg);
         let docker = tokio::select! {
             _ = shutdown.changed() => return,
             d = docker::connect(&endpoint) => d,
@@ -52,7 +54,7 @@ pub async fn watch_events(
             };
             match ev {
                 Some(Ok(ev)) => {
-                    let action = ev.action.unwrap_or_default();
+                    let action = ev.action;
                     if let Some(nanos) = ev.time_nano {
                         let now = SystemTime::now()
                             .duration_since(UNIX_EPOCH)

@@ -4,7 +4,7 @@
 //! one `JoinSet` that the supervisor's loop drains (dropping it aborts them), and every result
 //! is applied by the supervisor itself, one at a time, before the files are brought to what is
 //! wanted. A remote is listed in the machines file only once its pinned host key answered a
-//! healthy check; it is taken out after `unlist_unhealthy_after` seconds of failing checks (at
+//! healthy check; it is taken out after its `unlist_after` seconds of failing checks (at
 //! once when it presents another host key), and listed again at the first healthy check.
 //!
 //! A host key is pinned either by the config (`host_key`) or by `builderctl trust`, which
@@ -97,9 +97,13 @@ impl Supervisor {
                 continue;
             }
             let pin = pinned(&r, &self.fleet.saved).map(|p| p.0);
-            let key = keys::load_private(self.cfg.remote_identity(&r));
+            let identity = self.cfg.remote_identity(&r).to_path_buf();
             self.fleet.in_flight.insert(r.name.clone());
             self.fleet.checks.spawn(async move {
+                // Read off the async workers: the identity is a file the user may point anywhere.
+                let key = tokio::task::spawn_blocking(move || keys::load_private(&identity))
+                    .await
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
                 let target = health::Target {
                     host: &r.address,
                     port: r.port,
@@ -138,7 +142,7 @@ impl Supervisor {
         let Some(cfg) = self.cfg.remote.iter().find(|r| r.name == name).cloned() else {
             return;
         };
-        let unlist_after = Duration::from_secs(self.cfg.registration.unlist_unhealthy_after);
+        let unlist_after = Duration::from_secs(cfg.unlist_after);
         let unlist = self.cfg.registration.unlist_unhealthy;
         let r = self.fleet.remotes.entry(name.clone()).or_default();
         match found {
@@ -364,6 +368,75 @@ impl Supervisor {
         self.publish_fleet(&[]);
     }
 
+    /// `builderctl trust NAME --forget`: unpins the key `trust` confirmed and removes the
+    /// alias, known_hosts entries and machines line kept for it. A remote still in the config
+    /// is scanned again and waits for `trust`, as at first contact.
+    pub(super) async fn forget(&mut self, name: &str) -> Result<String, Failure> {
+        let _ = self.reload_config();
+        let configured = self.cfg.remote.iter().find(|r| r.name == name).cloned();
+        if configured.as_ref().is_some_and(|r| r.host_key.is_some()) {
+            return Err(Failure::new(
+                ErrorKind::Invalid,
+                format!(
+                    "{name}'s host key is pinned by `host_key` in the config; remove it there, then `builderctl up`"
+                ),
+            ));
+        }
+        let trusted = self.fleet.saved.trusted.remove(name);
+        let registered = self.fleet.saved.registered.remove(name);
+        if trusted.is_none() && !registered && configured.is_none() {
+            let mut names: Vec<&str> = self.cfg.remote.iter().map(|r| r.name.as_str()).collect();
+            names.extend(self.fleet.saved.trusted.keys().map(String::as_str));
+            names.sort_unstable();
+            names.dedup();
+            return Err(Failure::new(
+                ErrorKind::UnknownName,
+                format!(
+                    "no remote is named {name:?}: nothing to forget (remotes: {})",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            ));
+        }
+        let cfg = self.cfg.clone();
+        let mut created = self.persisted.created.clone();
+        let gone = vec![name.to_string()];
+        self.persisted.created = tokio::task::spawn_blocking(move || {
+            let _ = remote::sync(&cfg, &[], &gone, &mut created);
+            created
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let _ = self.save();
+        self.save_fleet();
+        self.fleet.remotes.remove(name);
+        let fp = trusted
+            .as_deref()
+            .and_then(|l| keys::parse_host_key_line(l).ok())
+            .map(|k| keys::fingerprint(&k));
+        tracing::info!(remote = %name, fingerprint = ?fp, "host key forgotten");
+        self.publish_fleet(&[]);
+        if configured.is_some() && self.persisted.desired == Desired::Up {
+            self.fleet_round().await;
+        }
+        Ok(match fp {
+            Some(fp) => format!(
+                "forgot {name}'s host key {fp}; its alias, known_hosts entries and machines line are removed{}",
+                if configured.is_some() {
+                    " (it waits for `builderctl trust` again)"
+                } else {
+                    ""
+                }
+            ),
+            None => format!(
+                "{name} had no confirmed host key; its alias, known_hosts entries and machines line are removed"
+            ),
+        })
+    }
+
     /// `builderctl trust NAME [FINGERPRINT]`: pins the key the remote presented.
     pub(super) async fn trust(
         &mut self,
@@ -446,14 +519,14 @@ fn fleet_bodies(cfg: &Config, wanted: &[RemoteWanted]) -> Vec<Vec<Option<Vec<Str
     let texts: Vec<String> = std::iter::once(&reg.machines_file)
         .chain(&reg.known_hosts)
         .chain(&reg.ssh_config)
-        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .map(|p| fsutil::read_text_as_owner(p).unwrap_or_default())
         .collect();
     wanted
         .iter()
         .map(|w| {
             texts
                 .iter()
-                .map(|t| registration::block::body(t, &w.name))
+                .map(|t| registration::block::body(t, &remote::block_name(cfg, &w.name)))
                 .collect()
         })
         .collect()

@@ -129,7 +129,7 @@ impl Supervisor {
                 if n >= self.cfg.health_failures_before_restart {
                     tracing::warn!("restarting the container after {n} failed health checks");
                     if let Ok(Some((d, f))) = self.our_container().await {
-                        let _ = d.restart_container(&f.id, None).await;
+                        let _ = docker::restart(&d, &f.id).await;
                     }
                     let _ = self.reconcile(&|_| {}).await;
                 }

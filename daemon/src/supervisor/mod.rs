@@ -11,12 +11,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bollard::Docker;
 use russh::keys::PublicKey;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
-use crate::docker::{self, DockerError, Endpoint};
+use crate::docker::{self, DockerError, Endpoint, Engine};
 use crate::health;
 use crate::keys::{self, ClientKeys};
 use crate::protocol::{
@@ -57,11 +56,10 @@ impl Failure {
 
 impl From<DockerError> for Failure {
     fn from(e: DockerError) -> Failure {
+        // A port another process holds is named with that process.
+        let e = e.with_port_holder(crate::port::holder);
         let kind = match &e {
-            DockerError::Unreachable { .. } => ErrorKind::Docker,
-            DockerError::Api { source, .. } if docker::is_connection_error(source) => {
-                ErrorKind::Docker
-            }
+            e if e.is_unreachable() => ErrorKind::Docker,
             DockerError::PortTaken { .. }
             | DockerError::PrivilegedRefused { .. }
             | DockerError::SandboxRefused { .. }
@@ -118,10 +116,11 @@ pub enum Command {
     Gc {
         reply: Reply,
     },
-    /// Pin the host key a remote presented.
+    /// Pin the host key a remote presented (or, with `forget`, unpin it).
     Trust {
         name: String,
         fingerprint: Option<String>,
+        forget: bool,
         reply: Reply,
     },
     /// Something outside changed: a container event, the engine. Reconcile.
@@ -161,7 +160,7 @@ fn step(stage: &str, message: impl Into<String>) -> Progress {
 pub struct Supervisor {
     cfg: Config,
     endpoint: Endpoint,
-    docker: Option<Docker>,
+    docker: Option<Engine>,
     persisted: Persisted,
     status: watch::Sender<Status>,
     keys: Option<ClientKeys>,
@@ -390,9 +389,14 @@ impl Supervisor {
             Command::Trust {
                 name,
                 fingerprint,
+                forget,
                 reply,
             } => {
-                let r = self.trust(&name, fingerprint.as_deref()).await;
+                let r = if forget {
+                    self.forget(&name).await
+                } else {
+                    self.trust(&name, fingerprint.as_deref()).await
+                };
                 let _ = reply.send(r);
             }
             Command::Seen { action, lag_ms } => {
@@ -468,8 +472,8 @@ impl Supervisor {
     }
 
     /// The client key pair; an error names the config file, the line and the key too.
-    fn client_keys(&self) -> Result<ClientKeys, Failure> {
-        keys::load_client_keys(&self.cfg.public_key, &self.cfg.private_key).map_err(|e| {
+    async fn client_keys(&self) -> Result<ClientKeys, Failure> {
+        load_client_keys(&self.cfg).await.map_err(|e| {
             let key = e.config_key();
             let problem = e.to_string();
             Failure::new(
@@ -487,7 +491,7 @@ impl Supervisor {
         self.retry.forget_deaths();
         self.reload_config()?;
         // Bad input is refused before anything is recorded or started.
-        self.client_keys()?;
+        self.client_keys().await?;
         self.fleet_round().await;
         let was_up = self.status.borrow().state == State::Up;
         let before = self.persisted.desired;
@@ -550,17 +554,31 @@ impl Supervisor {
         })
     }
 
-    async fn docker(&mut self) -> Result<Docker, DockerError> {
+    async fn docker(&mut self) -> Result<Engine, DockerError> {
         if let Some(d) = &self.docker {
             // A cheap ping tells whether the cached connection still reaches the engine.
-            if d.ping().await.is_ok() {
+            if d.answers().await {
                 return Ok(d.clone());
             }
             self.docker = None;
         }
+        self.follow_endpoint();
         let d = docker::connect(&self.endpoint).await?;
         self.docker = Some(d.clone());
         Ok(d)
+    }
+
+    /// Finds the engine again before each new connection: at boot a launchd service starts
+    /// before Docker Desktop made `~/.docker/run/docker.sock` (or the user switched contexts), so
+    /// the address found at start may not be the one that comes up.
+    fn follow_endpoint(&mut self) {
+        let now = docker::resolve_endpoint(&self.cfg);
+        if now != self.endpoint {
+            tracing::info!(host = %now.host, source = %now.source, "the Docker engine is now found here");
+            let shown = format!("{} ({})", now.host, now.source);
+            self.set(|s| s.docker_host = shown);
+            self.endpoint = now;
+        }
     }
 
     /// Brings the builder to the desired state `up`. Returns whether anything changed.
@@ -606,7 +624,7 @@ impl Supervisor {
     }
 
     /// This builderd's container, if there is one, with the engine connection that found it.
-    async fn our_container(&mut self) -> Result<Option<(Docker, docker::Found)>, DockerError> {
+    async fn our_container(&mut self) -> Result<Option<(Engine, docker::Found)>, DockerError> {
         let d = self.docker().await?;
         let owner = docker::owner_id(&self.cfg.state_dir);
         Ok(docker::find(&d, &self.cfg.container_name, &owner)
@@ -768,10 +786,9 @@ pub fn spawn(
 ) -> Handle {
     let (sup, status) = Supervisor::new(cfg.clone());
     let (tx, rx) = mpsc::channel(64);
-    let endpoint = sup.endpoint.clone();
     tasks.spawn(sup.run(rx, shutdown.clone()));
     tasks.spawn(watch_events(
-        endpoint,
+        cfg.clone(),
         cfg.container_name.clone(),
         tx.clone(),
         shutdown,
@@ -780,6 +797,15 @@ pub fn spawn(
         commands: tx,
         status,
     }
+}
+
+/// The client key pair, read off the async workers: a key file the user points at a FIFO or a
+/// slow disk holds up a blocking thread, never the supervisor's loop.
+pub(crate) async fn load_client_keys(cfg: &Config) -> Result<ClientKeys, keys::KeyError> {
+    let (public, private) = (cfg.public_key.clone(), cfg.private_key.clone());
+    tokio::task::spawn_blocking(move || keys::load_client_keys(&public, &private))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 #[cfg(test)]

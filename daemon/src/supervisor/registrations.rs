@@ -143,7 +143,7 @@ impl Supervisor {
         }
         let failed: Vec<String> = statuses
             .iter()
-            .filter(|s| s.state != "ok")
+            .filter(|s| s.state != "ok" && s.state != crate::registration::SERVED_USER_ONLY)
             .map(|s| format!("{} {}: {}", s.kind, s.path, s.state))
             .collect();
         let healthy = self.status.borrow().healthy;
@@ -170,7 +170,7 @@ impl Supervisor {
     /// The user's public key file changed: a new key goes to the container's authorized_keys
     /// in place; a key that does not match the private key is refused and the old one kept.
     pub(super) async fn client_key_changed(&mut self) {
-        let keys = match keys::load_client_keys(&self.cfg.public_key, &self.cfg.private_key) {
+        let keys = match super::load_client_keys(&self.cfg).await {
             Ok(k) => k,
             Err(e) => {
                 tracing::warn!(error = %e, "the public key changed, but it cannot be used; keeping the old one");

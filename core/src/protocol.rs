@@ -42,7 +42,14 @@ pub enum Request {
         name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fingerprint: Option<String>,
+        /// Forget the pinned key instead, with the alias, known_hosts entries and machines
+        /// line that went with it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        forget: bool,
     },
+    /// Run the checks that need the daemon's knowledge (the engine, the port, the files it
+    /// keeps, the host's Nix); answered with [`Reply::Doctor`].
+    Doctor,
 }
 
 /// What the daemon sends back.
@@ -55,6 +62,8 @@ pub enum Reply {
     Done { message: String },
     /// The daemon's status.
     Status(Box<Status>),
+    /// The daemon's doctor findings.
+    Doctor(Box<crate::doctor::Report>),
     /// The request failed.
     Error {
         kind: ErrorKind,
@@ -94,6 +103,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// Invalid input: config, key files, port.
     Invalid,
+    /// The request names something (a remote) that does not exist.
+    UnknownName,
     /// The Docker engine could not be reached.
     Docker,
     /// Anything else that failed.
@@ -302,7 +313,8 @@ pub struct RegistrationStatus {
     /// `machines`, `nix.conf`, `known_hosts`, `ssh_config`.
     pub kind: String,
     pub path: String,
-    /// `ok`, `removed`, `owned-by-nix-darwin`, `manual`, `failed`.
+    /// `ok`, `removed`, `owned-by-nix-darwin`, `manual`, `failed`, `served-user-only` (left
+    /// alone: every user's builds read it, and the builder is the served user's; see `detail`).
     pub state: String,
     /// Times builderd put its entries back after an outside edit.
     pub repairs: u32,
@@ -367,6 +379,12 @@ mod tests {
             Request::Trust {
                 name: "big-box".into(),
                 fingerprint: Some("SHA256:x".into()),
+                forget: false,
+            },
+            Request::Trust {
+                name: "big-box".into(),
+                fingerprint: None,
+                forget: true,
             },
         ] {
             let env = Envelope {

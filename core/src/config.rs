@@ -28,7 +28,13 @@ fn app_dirs() -> (PathBuf, PathBuf) {
 
 /// The platform's config and data directories of builderd under `home`.
 fn app_dirs_in(home: &Path) -> (PathBuf, PathBuf) {
-    if cfg!(target_os = "macos") {
+    app_dirs_for(home, cfg!(target_os = "macos"))
+}
+
+/// builderd's config and data directories under `home`, on macOS or on Linux: also what the
+/// Homebrew formula and the nix-darwin module must name.
+pub fn app_dirs_for(home: &Path, macos: bool) -> (PathBuf, PathBuf) {
+    if macos {
         let d = home.join("Library/Application Support/builderd");
         (d.clone(), d)
     } else {
@@ -68,7 +74,12 @@ pub fn config_source(flag: Option<&Path>) -> (PathBuf, Option<&'static str>) {
 /// Where `sudo builderctl install` puts the root service's own copy of the config, binary and
 /// logs: a directory only root can change.
 pub fn system_dir() -> PathBuf {
-    if cfg!(target_os = "macos") {
+    system_dir_for(cfg!(target_os = "macos"))
+}
+
+/// [`system_dir`] on macOS or on Linux.
+pub fn system_dir_for(macos: bool) -> PathBuf {
+    if macos {
         PathBuf::from("/Library/Application Support/org.builderd")
     } else {
         PathBuf::from("/usr/local/lib/builderd")
@@ -80,12 +91,25 @@ pub fn system_dir() -> PathBuf {
 /// whoever started it.
 pub const ROOT_PATH: &str = "/usr/bin:/bin:/usr/sbin:/sbin:/nix/var/nix/profiles/default/bin";
 
+/// The base the embedded context builds from unless configured otherwise: pinned by suite.
+pub const DEFAULT_BASE: &str = "debian:trixie-slim";
+
+/// The daemon's pid file in the state dir, which it holds locked for its lifetime: one daemon
+/// per state dir.
+pub const PID_FILE: &str = "builderd.pid";
+
 /// Where a root builderd serving another user keeps builder volumes on Linux.
 pub const ROOT_VOLUMES: &str = "/var/lib/builderd/volumes";
 
 /// The volume a root builderd serving another user keeps for the state dir `state_dir`.
 pub fn root_volume_dir(state_dir: &Path) -> PathBuf {
-    Path::new(ROOT_VOLUMES).join(crate::docker::owner_id(state_dir))
+    Path::new(ROOT_VOLUMES).join(crate::ident::owner_id(state_dir))
+}
+
+/// The copy of the builder's public host key a root service keeps in the state dir for the
+/// user's own tools, when the volume is out of the user's reach ([`ROOT_VOLUMES`]).
+pub fn host_key_copy(state_dir: &Path) -> PathBuf {
+    state_dir.join("builder_host_key.pub")
 }
 
 /// The root service's copy of the config.
@@ -124,7 +148,7 @@ pub fn check_trusted(path: &Path) -> Result<(), ConfigError> {
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let owner = [path, real.as_path()]
         .into_iter()
-        .map(|p| crate::fsutil::controller_of(p).0)
+        .map(|p| crate::ident::controller_of(p).0)
         .find(|&o| o != 0)
         .unwrap_or(0);
     if owner != 0 {
@@ -216,7 +240,7 @@ impl Default for ImageConfig {
         Self {
             context: None,
             repository: "nix-builder".into(),
-            base_image: crate::docker::base::DEFAULT_BASE.into(),
+            base_image: DEFAULT_BASE.into(),
             platform: None,
             debian_mirror: "http://deb.debian.org/debian".into(),
             debian_suite: "trixie".into(),
@@ -287,16 +311,16 @@ pub struct RegistrationConfig {
     /// `unlist_unhealthy_after` seconds, so that Nix fails fast instead of hanging on SSH.
     pub unlist_unhealthy: bool,
     pub unlist_unhealthy_after: u64,
+    /// Every user of this host trusts the served user's builder: a root service on Linux
+    /// serving another user lists it in a machines file and nix.conf that every user's builds
+    /// read (the system-wide ones) only when this is set.
+    pub all_users: bool,
 }
 
 impl Default for RegistrationConfig {
     fn default() -> Self {
         let home = home_dir();
-        let root_home = if cfg!(target_os = "macos") {
-            PathBuf::from("/var/root")
-        } else {
-            PathBuf::from("/root")
-        };
+        let root_home = root_home();
         let mut known_hosts = vec![home.join(".ssh/known_hosts")];
         let mut ssh_config = vec![home.join(".ssh/config")];
         if home != root_home {
@@ -313,6 +337,7 @@ impl Default for RegistrationConfig {
             restart_nix_daemon: true,
             unlist_unhealthy: true,
             unlist_unhealthy_after: 120,
+            all_users: false,
         }
     }
 }
@@ -345,7 +370,20 @@ pub struct RemoteConfig {
     pub speed_factor: u32,
     #[serde(default)]
     pub supported_features: Vec<String>,
+    /// Seconds of failed checks after which its machines line is taken out (with
+    /// `unlist_unhealthy` on), so that Nix stops picking a host that is gone.
+    #[serde(default = "default_remote_unlist_after")]
+    pub unlist_after: u64,
 }
+
+/// A remote that stopped answering is taken out sooner than the local builder: Nix hands it
+/// builds until then, and each one waits for the connection to fail.
+fn default_remote_unlist_after() -> u64 {
+    60
+}
+
+/// The longest `unlist_after` builderd takes: a day.
+const MAX_UNLIST_AFTER: u64 = 86_400;
 
 fn default_ssh_port() -> u16 {
     22
@@ -467,6 +505,28 @@ pub fn home_dir() -> PathBuf {
     directories::BaseDirs::new()
         .map(|b| b.home_dir().to_path_buf())
         .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// The longest Unix socket path, in bytes: sockaddr_un's path is 104 bytes on macOS and 108 on
+/// Linux, the final NUL included.
+pub fn socket_path_max(macos: bool) -> usize {
+    if macos { 103 } else { 107 }
+}
+
+/// Root's home, from the user database (Directory Services on macOS), like [`home_dir`].
+pub fn root_home() -> PathBuf {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(0))
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| {
+            PathBuf::from(if cfg!(target_os = "macos") {
+                "/var/root"
+            } else {
+                "/root"
+            })
+        })
 }
 
 impl Config {
@@ -621,8 +681,7 @@ impl Config {
             }
         }
         self.validate_remotes(path, text)?;
-        // sockaddr_un's path: 104 bytes on macOS, 108 on Linux, the final NUL included.
-        let max = if cfg!(target_os = "macos") { 103 } else { 107 };
+        let max = socket_path_max(cfg!(target_os = "macos"));
         let len = self.socket.as_os_str().len();
         if len > max {
             return Err(bad(
@@ -690,6 +749,15 @@ impl Config {
             if r.port == 0 {
                 return Err(bad("port", format!("{who} is 0: give the host's SSH port")));
             }
+            if !(1..=MAX_UNLIST_AFTER).contains(&r.unlist_after) {
+                return Err(bad(
+                    "unlist_after",
+                    format!(
+                        "{who} is {}: give seconds from 1 to {MAX_UNLIST_AFTER} (`unlist_unhealthy = false` keeps every builder listed)",
+                        r.unlist_after
+                    ),
+                ));
+            }
             if !is_plain_name(&r.user) {
                 return Err(bad(
                     "user",
@@ -708,12 +776,12 @@ impl Config {
                 ));
             }
             if let Some(k) = &r.host_key
-                && let Err(e) = crate::keys::parse_host_key_line(k)
+                && let Err(e) = crate::hostkey::parse_host_key_line(k)
             {
                 return Err(bad("host_key", format!("{who} {e}")));
             }
             if let Some(s) = &r.systems
-                && (s.is_empty() || s.iter().any(|s| !crate::health::is_system(s)))
+                && (s.is_empty() || s.iter().any(|s| !is_system(s)))
             {
                 return Err(bad(
                     "systems",
@@ -878,6 +946,19 @@ impl Config {
         }
     }
 
+    /// The user the builder's registration is limited to, when it is: a root builderd on Linux
+    /// serving another user (who is root in the builder) without `all_users = true`. Its
+    /// machines line and nix.conf setting then go only into files that user controls, never
+    /// into files every user's builds read. (On a Mac the served user is the machine's admin,
+    /// and a root service serving root serves the one who may change `/nix/store` anyway.)
+    pub fn registration_only_for(&self) -> Option<u32> {
+        if cfg!(target_os = "linux") && !self.registration.all_users {
+            served_user()
+        } else {
+            None
+        }
+    }
+
     /// The ssh_config alias for the builder.
     pub fn alias(&self) -> &str {
         self.registration
@@ -901,13 +982,18 @@ impl Config {
 
     /// The builder's public host key file, as a client sees it: the volume's, or, when this
     /// process keeps no volume of its own there, the one a root service keeps for this state
-    /// dir in [`ROOT_VOLUMES`].
+    /// dir in [`ROOT_VOLUMES`] (root can reach it), or else the copy that service hands to the
+    /// user ([`host_key_copy`]).
     pub fn host_key_file(&self) -> PathBuf {
         let own = self.volume_dir().join("id_ed25519.pub");
         if cfg!(target_os = "linux") && !own.exists() {
             let root = root_volume_dir(&self.state_dir).join("id_ed25519.pub");
             if root.exists() {
                 return root;
+            }
+            let copy = host_key_copy(&self.state_dir);
+            if copy.exists() {
+                return copy;
             }
         }
         own
@@ -931,6 +1017,18 @@ impl Config {
                 _ => "linux/amd64".into(),
             })
     }
+}
+
+/// A Nix system name such as `x86_64-linux`: what may go into the machines line.
+pub fn is_system(s: &str) -> bool {
+    let mut parts = s.splitn(2, '-');
+    let (Some(arch), Some(os)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    !arch.is_empty()
+        && !os.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// One word of a machines line or an ssh_config host name: letters, digits, `-`, `_`, `.`, `+`,
@@ -1040,17 +1138,36 @@ mod tests {
     }
 
     #[test]
+    fn socket_paths_fit_sockaddr_un() {
+        assert_eq!(socket_path_max(true), 104 - 1);
+        assert_eq!(socket_path_max(false), 108 - 1);
+    }
+
+    #[test]
     fn app_dirs_under_a_home() {
-        let (c, d) = app_dirs_in(Path::new("/home/me"));
-        if cfg!(target_os = "macos") {
-            assert_eq!(
-                c,
-                PathBuf::from("/home/me/Library/Application Support/builderd")
-            );
-        } else {
-            assert_eq!(c, PathBuf::from("/home/me/.config/builderd"));
-            assert_eq!(d, PathBuf::from("/home/me/.local/share/builderd"));
-        }
+        let home = Path::new("/home/me");
+        let mac = PathBuf::from("/home/me/Library/Application Support/builderd");
+        assert_eq!(app_dirs_for(home, true), (mac.clone(), mac));
+        assert_eq!(
+            app_dirs_for(home, false),
+            (
+                PathBuf::from("/home/me/.config/builderd"),
+                PathBuf::from("/home/me/.local/share/builderd")
+            )
+        );
+        assert_eq!(
+            app_dirs_in(home),
+            app_dirs_for(home, cfg!(target_os = "macos"))
+        );
+        assert_eq!(
+            system_dir_for(true),
+            PathBuf::from("/Library/Application Support/org.builderd")
+        );
+        assert_eq!(
+            system_dir_for(false),
+            PathBuf::from("/usr/local/lib/builderd")
+        );
+        assert_eq!(system_dir(), system_dir_for(cfg!(target_os = "macos")));
     }
 
     #[test]
@@ -1090,6 +1207,11 @@ mod tests {
             (a.port, a.user.as_str(), a.max_jobs, a.speed_factor),
             (22, "root", 4, 1)
         );
+        // A remote's own unlisting time, apart from the local builder's.
+        assert_eq!(
+            (a.unlist_after, c.registration.unlist_unhealthy_after),
+            (60, 120)
+        );
         assert_eq!(c.remote_identity(a), home_dir().join(".ssh/other"));
         assert_eq!(c.remote_identity(b), c.private_key);
         assert_eq!(
@@ -1109,6 +1231,9 @@ mod tests {
             ("host_key = \"ssh-ed25519 not-base64\"\n", "`host_key`"),
             ("identity = \"/k\\\"x\"\n", "`identity`"),
             ("max_jobs = 0\n", "`max_jobs`"),
+            ("unlist_after = 0\n", "line 4: `unlist_after`"),
+            ("unlist_after = 86401\n", "`unlist_after`"),
+            ("unlist_after = 5\n", ""),
         ] {
             let r = load(&format!("{base}{extra}"));
             if key.is_empty() {
