@@ -221,6 +221,8 @@ pub struct Inspected {
     pub instance: Option<String>,
     /// The address and host port its sshd (22/tcp) is published on, while it runs.
     pub published: Option<(String, u16)>,
+    /// Its own address on the engine's network, while it runs.
+    pub address: Option<std::net::IpAddr>,
 }
 
 /// Inspects the container `id` (or name); [`DockerError::NotFound`] when there is none.
@@ -231,7 +233,17 @@ pub async fn inspect(docker: &Engine, id: &str) -> Result<Inspected, DockerError
         .await
         .map_err(DockerError::api(format!("inspecting container {id}")))?;
     let st = c.state.unwrap_or_default();
+    let address = c.network_settings.as_ref().and_then(|n| {
+        n.networks.as_ref()?.values().find_map(|e| {
+            e.ip_address
+                .as_deref()
+                .filter(|a| !a.is_empty())?
+                .parse()
+                .ok()
+        })
+    });
     Ok(Inspected {
+        address,
         state: st.status.map(|s| s.to_string()),
         running: st.running == Some(true),
         exit_code: st.exit_code,
@@ -334,15 +346,7 @@ pub async fn bridge_address(
     docker: &Engine,
     id: &str,
 ) -> Result<Option<std::net::IpAddr>, DockerError> {
-    let c = docker
-        .api
-        .inspect_container(id, None::<InspectContainerOptions>)
-        .await
-        .map_err(DockerError::api("inspecting the container"))?;
-    Ok(c.network_settings.and_then(|n| n.networks).and_then(|n| {
-        n.into_values()
-            .find_map(|e| e.ip_address.filter(|a| !a.is_empty())?.parse().ok())
-    }))
+    Ok(inspect(docker, id).await?.address)
 }
 
 /// Stops the container (SIGTERM, then SIGKILL after `grace`), keeping it and its store.

@@ -175,7 +175,7 @@ impl Supervisor {
     /// connection of its own. Docker Desktop gives a Mac no route to it: there, and wherever
     /// the address does not answer, connections keep to the published loopback port. sshd
     /// stays unpublished beyond loopback either way: the bridge is internal to the host.
-    pub(super) async fn find_direct(&mut self, docker: &crate::docker::Engine, id: &str) {
+    pub(super) async fn find_direct(&mut self, docker: &docker::Engine, id: &str) {
         self.on_demand.direct = None;
         if docker::base::HostOs::current() != docker::base::HostOs::Linux {
             return;
