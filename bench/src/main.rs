@@ -4,7 +4,9 @@
 //!
 //! Usage: `bench/run [--quick] [--only NAME]` (`--quick` takes fewer samples, for a smoke run;
 //! `--only` runs the figures whose group is NAME: up, recovery, repair, status, builds, idle,
-//! on-demand).
+//! on-demand, client, copy, caches).
+
+mod copy;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -345,6 +347,59 @@ fn status_in_process(env: &Env, n: usize) -> Figure {
     })
 }
 
+/// 4c. The client's own cost: `builderctl --version` (process start alone) against `/bin/true`,
+///     and `builderctl status --json` (start, config, one round trip) against the same
+///     `/bin/true`; and the client's size, a plain figure (it links builderd-core, not the
+///     daemon's library, the engine client or an SSH client).
+fn client_start(env: &Env, n: usize) -> Vec<Figure> {
+    env.up();
+    let ctl = bin_dir().join("builderctl");
+    let time = |cmd: &mut Command| {
+        let t = Instant::now();
+        let o = run(cmd);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        ms(t.elapsed())
+    };
+    let (mut version, mut status, mut truth) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        truth.push(time(&mut Command::new("/bin/true")));
+        version.push(time(Command::new(&ctl).arg("--version")));
+        status.push(time(
+            Command::new(&ctl)
+                .arg("--config")
+                .arg(&env.config)
+                .args(["status", "--json"]),
+        ));
+    }
+    let size = std::fs::metadata(&ctl).map_or(f64::NAN, |m| m.len() as f64 / (1 << 20) as f64);
+    vec![
+        Figure {
+            name: "builderctl --version (process start)",
+            unit: "ms",
+            runs: version,
+            baseline_name: "/bin/true",
+            baseline: truth.clone(),
+            target: Target::RatioAtMost(3.0),
+        },
+        Figure {
+            name: "builderctl status --json (start + round trip)",
+            unit: "ms",
+            runs: status,
+            baseline_name: "/bin/true",
+            baseline: truth,
+            target: Target::RatioAtMost(6.0),
+        },
+        Figure {
+            name: "builderctl size (release, stripped)",
+            unit: "MiB",
+            runs: vec![size],
+            baseline_name: "",
+            baseline: vec![],
+            target: Target::P50AtMost(4.0),
+        },
+    ]
+}
+
 fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .unwrap_or_default()
@@ -680,9 +735,40 @@ fn main() {
             figures.push(status_round_trip(&env, n(200)));
             figures.push(status_in_process(&env, n(200)));
         }
+        if want("client") {
+            eprintln!("bench: the client's start and size …");
+            figures.extend(client_start(&env, n(200)));
+        }
         if want("builds") {
             eprintln!("bench: remote builds …");
             figures.push(nix_builds(&env, n(20)));
+        }
+    }
+    if want("copy") || want("caches") {
+        eprintln!("bench: closure copies and the builder's caches …");
+        let cache = copy::LocalCache::start();
+        // The quick start's default cache, which nothing here can reach, and a local one.
+        let offline = copy::Side::new("https://cache.nixos.org/");
+        let online = copy::Side::new(&cache.url);
+        if want("copy") {
+            figures.extend(copy::rows(&offline, "its cache unreachable", n(5), true));
+            figures.extend(copy::rows(&online, "its cache reachable", n(5), false));
+            figures.push(copy::small_paths(&offline, n(5)));
+        }
+        if want("caches") {
+            let none = copy::Side::new("");
+            figures.push(copy::build_rows(
+                &offline,
+                &none,
+                "the builder's cache unreachable",
+                n(10),
+            ));
+            figures.push(copy::build_rows(
+                &online,
+                &none,
+                "the builder's cache reachable",
+                n(10),
+            ));
         }
     }
     if want("idle") {

@@ -12,7 +12,9 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use builderd::fsutil::FsError;
+use builderd_core::asuser::{FsError, as_owner_of};
+use builderd_core::config;
+use builderd_core::ident::controller_of;
 
 /// Larger than any builderd binary (a debug build is about 150 MiB).
 const BINARY_LIMIT: u64 = 512 << 20;
@@ -22,7 +24,7 @@ const CONFIG_LIMIT: u64 = 1 << 20;
 /// `config::system_dir()`, or the same path below `prefix` (the copy step alone, in test
 /// builds; see [`crate::service::install`]).
 pub fn system_dir_under(prefix: Option<&Path>) -> PathBuf {
-    let dir = builderd::config::system_dir();
+    let dir = config::system_dir();
     match prefix {
         Some(p) => p.join(dir.strip_prefix("/").unwrap_or(&dir)),
         None => dir,
@@ -34,7 +36,7 @@ pub fn system_dir_under(prefix: Option<&Path>) -> PathBuf {
 /// the config 0644. Refuses a `dir` that someone else controls, and a source that is not a
 /// regular file, too large, or changing.
 pub fn install_copies(dir: &Path, program: &Path, config: &Path) -> Result<(), String> {
-    let roots_alone = || match builderd::fsutil::controller_of(&dir.join("logs")).0 {
+    let roots_alone = || match controller_of(&dir.join("logs")).0 {
         0 => Ok(()),
         owner => Err(format!(
             "{} is not root's alone (uid {owner} controls it): the service's binary and config must be files only root can change",
@@ -60,7 +62,7 @@ pub fn install_copies(dir: &Path, program: &Path, config: &Path) -> Result<(), S
     copy.extend_from_slice(&text);
     for (name, bytes, mode) in [("builderd", &binary, 0o755), ("config.toml", &copy, 0o644)] {
         let p = dir.join(name);
-        builderd::fsutil::write_atomic(&p, bytes, mode).map_err(|e| e.to_string())?;
+        crate::service::write_replacing(&p, bytes, mode)?;
         verify(&p, bytes, mode)?;
     }
     Ok(())
@@ -114,7 +116,7 @@ fn read_source(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, String> {
         }
         Ok(Some(bytes))
     };
-    builderd::fsutil::as_owner_of(path, read).map_err(|e| fail(e.source.to_string()))
+    as_owner_of(path, read).map_err(|e| fail(e.source.to_string()))
 }
 
 /// Checks that `p` is root's regular file with exactly `mode` and `bytes`.
@@ -148,11 +150,12 @@ fn verify(p: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use builderd::config::Config;
+    use builderd_core::config::Config;
+    use builderd_core::ident::current_euid;
 
     #[test]
     fn install_copies_are_roots_and_refuse_a_directory_someone_else_controls() {
-        if builderd::fsutil::current_euid() != 0 {
+        if current_euid() != 0 {
             eprintln!("not root: the copies cannot be given to root");
             return;
         }
@@ -199,14 +202,11 @@ mod tests {
     fn a_source_that_is_not_a_regular_file_is_refused_without_waiting() {
         let d = tempfile::tempdir().unwrap();
         let fifo = d.path().join("fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
         for p in [fifo.as_path(), Path::new("/dev/zero"), d.path()] {
             let e = read_source(p, CONFIG_LIMIT).unwrap_err();
             assert!(e.contains("not a regular file"), "{}: {e}", p.display());

@@ -9,9 +9,9 @@ mod up;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use builderd::client::{self, ClientError};
-use builderd::config::Config;
-use builderd::protocol::{ErrorKind, Reply, Request};
+use builderd_core::client::{self, ClientError};
+use builderd_core::config::Config;
+use builderd_core::protocol::{ErrorKind, Reply, Request};
 use clap::{CommandFactory, Parser, Subcommand};
 
 /// Exit codes, as documented in the README.
@@ -174,7 +174,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let config_path = builderd::config::resolve_config_path(cli.config.as_deref());
+    let config_path = builderd_core::config::resolve_config_path(cli.config.as_deref());
     let cfg = match Config::load_from(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -280,9 +280,11 @@ async fn run(cmd: Cmd, cfg: &Config, config_path: &Path, out: &output::Out) -> u
             }
             Err(e) => report(&e, out),
         },
-        Cmd::Doctor { build_test } => doctor::run(cfg, build_test, out).await,
+        Cmd::Doctor { build_test } => doctor::run(cfg, config_path, build_test, out).await,
         Cmd::Ssh { command } => service::ssh(cfg, &command),
-        Cmd::Logs { follow, container } => service::logs(cfg, follow, container, out).await,
+        Cmd::Logs { follow, container } => {
+            service::logs(cfg, config_path, follow, container, out).await
+        }
         Cmd::Install {
             print,
             user,

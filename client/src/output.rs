@@ -4,9 +4,9 @@
 use std::io::IsTerminal;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use builderd::client;
-use builderd::config::Config;
-use builderd::protocol::{Progress, Reply, Request, State, Status};
+use builderd_core::client;
+use builderd_core::config::Config;
+use builderd_core::protocol::{Progress, Reply, Request, State, Status};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::exit;
@@ -134,20 +134,7 @@ pub fn human_duration(secs: u64) -> String {
     }
 }
 
-pub fn human_bytes(b: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
-}
+pub use builderd_core::human::human_bytes;
 
 /// `s` in the terminal colour `code`, when colour is on.
 pub fn paint(s: &str, code: &str, color: bool) -> String {
@@ -231,6 +218,13 @@ pub fn render_status(st: &Status, color: bool) -> String {
             paint(&format!("changed from {} to {}", c.from, c.to), "33", color),
         ));
     }
+    if let Some(z) = &st.sizing {
+        let mut j = format!("{} at once, {} cores each", z.max_jobs, z.cores);
+        if let (Some(c), Some(m)) = (z.engine_cpus, z.engine_memory_bytes) {
+            j.push_str(&format!(" (engine: {c} CPUs, {})", human_bytes(m)));
+        }
+        rows.push(("jobs".into(), j));
+    }
     if let Some(b) = &st.builder {
         let how = |sys: &str| {
             b.platforms
@@ -274,6 +268,11 @@ pub fn render_status(st: &Status, color: bool) -> String {
             "ok" if r.repairs > 0 => paint(&format!("repaired {}×", r.repairs), "33", color),
             "ok" => paint("ok", "32", color),
             "owned-by-nix-darwin" => paint("owned by nix-darwin (see doctor)", "33", color),
+            "served-user-only" => paint(
+                "not listed: the builder is for the served user only (see doctor)",
+                "33",
+                color,
+            ),
             "removed" => "removed".to_string(),
             other => paint(
                 &format!(

@@ -3,11 +3,13 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, Write};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use builderd::config::Config;
-use builderd::protocol::Request;
+use builderd_core::config::{self, Config};
+use builderd_core::hostkey;
+use builderd_core::ident::{controller_of, current_euid};
+use builderd_core::protocol::Request;
 use builderd_launchd::{Os, Service, System};
 
 use crate::copies::system_dir_under;
@@ -49,32 +51,54 @@ pub fn ssh_argv(cfg: &Config, known_hosts: &Path, command: &[String]) -> Vec<Str
     v
 }
 
-/// A known_hosts file of builderd's own (in the state dir) that pins `key` under the alias:
-/// what `builderctl ssh` and doctor's probes trust, and nothing else.
-pub fn pinned_known_hosts(
-    cfg: &Config,
-    key: &builderd::keys::PublicKey,
-) -> Result<std::path::PathBuf, builderd::fsutil::FsError> {
+/// A known_hosts file of builderd's own (in the state dir) that pins the builder's host key
+/// (read from `host_pub`) under the alias: what `builderctl ssh` and doctor's probes trust, and
+/// nothing else.
+pub fn pinned_known_hosts(cfg: &Config, host_pub: &Path) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(host_pub)
+        .map_err(|e| format!("cannot read {}: {e}", host_pub.display()))?;
+    let key =
+        hostkey::parse_host_key_line(&text).map_err(|e| format!("{} {e}", host_pub.display()))?;
     let kh = cfg.state_dir.join("ssh_known_hosts");
-    let line = format!("{} {}\n", cfg.alias(), builderd::keys::key_line(key));
-    builderd::fsutil::write_atomic(&kh, line.as_bytes(), 0o600)?;
+    let line = format!("{} {}\n", cfg.alias(), hostkey::key_line(&key));
+    write_replacing(&kh, line.as_bytes(), 0o600)?;
     Ok(kh)
+}
+
+/// Writes `bytes` to `path` with `mode` through a temporary file beside it and a rename: a
+/// reader sees the old file or the new one, never half of one, and a link at `path` is replaced,
+/// never followed.
+pub(crate) fn write_replacing(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(fail)?;
+    tmp.write_all(bytes).map_err(fail)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(fail)?;
+    // Root writing into a directory a user controls (`sudo builderctl install --user`, the
+    // user's state dir) leaves the file to that user, as if they had written it.
+    let (uid, gid) = controller_of(dir);
+    if current_euid() == 0 && uid != 0 {
+        std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid)).map_err(fail)?;
+    }
+    tmp.persist(path).map_err(|e| fail(e.error))?;
+    Ok(())
 }
 
 /// `builderctl ssh [-- CMD…]`: replaces this process with ssh.
 pub fn ssh(cfg: &Config, command: &[String]) -> u8 {
     let host_pub = cfg.host_key_file();
-    let key = match builderd::keys::read_public(&host_pub) {
-        Ok(k) => k,
-        Err(_) => {
-            eprintln!(
-                "builderctl: the builder has no host key yet ({} is missing): run `builderctl up` first",
-                host_pub.display()
-            );
-            return exit::FAILURE;
-        }
-    };
-    let kh = match pinned_known_hosts(cfg, &key) {
+    if !host_pub.exists() {
+        eprintln!(
+            "builderctl: the builder has no host key yet ({} is missing): run `builderctl up` first",
+            host_pub.display()
+        );
+        return exit::FAILURE;
+    }
+    let kh = match pinned_known_hosts(cfg, &host_pub) {
         Ok(kh) => kh,
         Err(e) => {
             eprintln!("builderctl: {e}");
@@ -88,11 +112,17 @@ pub fn ssh(cfg: &Config, command: &[String]) -> u8 {
 }
 
 /// `builderctl logs [-f] [--container]`.
-pub async fn logs(cfg: &Config, follow: bool, container: bool, out: &Out) -> u8 {
+pub async fn logs(
+    cfg: &Config,
+    config_path: &Path,
+    follow: bool,
+    container: bool,
+    out: &Out,
+) -> u8 {
     if container {
-        return container_logs(cfg, follow, out).await;
+        return container_logs(config_path, follow);
     }
-    let system_logs = builderd::config::system_dir().join("logs");
+    let system_logs = config::system_dir().join("logs");
     let candidates = [
         cfg.daemon_log(),
         cfg.log_dir().join("builderd.err.log"),
@@ -133,32 +163,23 @@ pub async fn logs(cfg: &Config, follow: bool, container: bool, out: &Out) -> u8 
     }
 }
 
-async fn container_logs(cfg: &Config, follow: bool, out: &Out) -> u8 {
-    use futures_util::StreamExt;
-    let ep = builderd::docker::resolve_endpoint(cfg);
-    let docker = match builderd::docker::connect(&ep).await {
-        Ok(d) => d,
-        Err(e) => {
-            out.error(&e.to_string());
-            return exit::FAILURE;
-        }
-    };
-    let mut s = builderd::docker::logs_stream(&docker, &cfg.container_name, follow, 200);
-    while let Some(item) = s.next().await {
-        match item {
-            Ok(chunk) => {
-                print!("{chunk}");
-                let _ = std::io::stdout().flush();
-            }
-            Err(e) => {
-                out.error(&format!(
-                    "cannot read the container's log: {e} (is the builder up?)"
-                ));
-                return exit::FAILURE;
-            }
-        }
+/// The container's log comes from the engine, which `builderd` talks to: this replaces itself
+/// with `builderd container-logs`.
+fn container_logs(config_path: &Path, follow: bool) -> u8 {
+    let mut cmd = std::process::Command::new(crate::daemon_binary());
+    cmd.arg("container-logs");
+    if follow {
+        cmd.arg("--follow");
     }
-    exit::OK
+    if config_path.exists() {
+        cmd.arg("--config").arg(config_path);
+    }
+    let err = cmd.exec();
+    eprintln!(
+        "builderctl: cannot run {}: {err}",
+        crate::daemon_binary().display()
+    );
+    exit::FAILURE
 }
 
 /// What the administrator grants the served user at `sudo builderctl install`: recorded in the
@@ -171,7 +192,7 @@ pub struct Grants {
 
 impl Grants {
     fn record(self, env: &mut BTreeMap<String, String>) {
-        use builderd::served::{ALL_USERS, TRUST_USER_WITH_ROOT};
+        use builderd_core::served::{ALL_USERS, TRUST_USER_WITH_ROOT};
         for (on, var) in [
             (self.trust_user_with_root, TRUST_USER_WITH_ROOT),
             (self.all_users, ALL_USERS),
@@ -187,7 +208,7 @@ impl Grants {
         if uid == 0 || !cfg!(target_os = "linux") {
             return Vec::new();
         }
-        let user = builderd::served::user_name(uid);
+        let user = builderd_core::served::user_name(uid);
         vec![
             if self.trust_user_with_root {
                 format!(
@@ -228,20 +249,17 @@ fn service_for(
         std::env::var("PATH")
             .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into())
     } else {
-        builderd::config::ROOT_PATH.to_string()
+        config::ROOT_PATH.to_string()
     };
     env.insert("PATH".to_string(), path);
-    env.insert(
-        "HOME".to_string(),
-        builderd::config::home_dir().display().to_string(),
-    );
+    env.insert("HOME".to_string(), config::home_dir().display().to_string());
     if let Ok(h) = std::env::var("DOCKER_HOST") {
         env.insert("DOCKER_HOST".to_string(), h);
     }
     let uid = std::env::var("SUDO_UID")
         .ok()
         .and_then(|u| u.parse().ok())
-        .unwrap_or_else(builderd::fsutil::current_euid);
+        .unwrap_or_else(current_euid);
     if user {
         return Ok(Service {
             program,
@@ -254,10 +272,10 @@ fn service_for(
     }
     env.insert("BUILDERD_OWNER_UID".to_string(), uid.to_string());
     grants.record(&mut env);
-    let dir = builderd::config::system_dir();
+    let dir = config::system_dir();
     Ok(Service {
         program: dir.join("builderd"),
-        config: builderd::config::system_config_path(),
+        config: config::system_config_path(),
         log_dir: dir.join("logs"),
         env,
         system: true,
@@ -288,7 +306,7 @@ pub async fn install(
         }
     };
     let os = Os::current();
-    let home = builderd::config::home_dir();
+    let home = config::home_dir();
     let path = svc.path(os, &home);
     if print {
         let def = match os {
@@ -306,7 +324,7 @@ pub async fn install(
         }
         return exit::OK;
     }
-    if !user && builderd::fsutil::current_euid() != 0 {
+    if !user && current_euid() != 0 {
         out.error("a system service is installed as root: run `sudo builderctl install`, or `builderctl install --user` for a per-user service");
         return exit::FAILURE;
     }
@@ -321,9 +339,7 @@ pub async fn install(
         out.error(&e);
         return exit::FAILURE;
     }
-    let write = |p: &Path, bytes: &[u8], mode: u32| {
-        builderd::fsutil::write_atomic(p, bytes, mode).map_err(|e| e.to_string())
-    };
+    let write = |p: &Path, bytes: &[u8], mode: u32| write_replacing(p, bytes, mode);
     match svc.install(os, &home, &System, &write) {
         Ok(p) => {
             out.info(&format!(
@@ -351,7 +367,7 @@ fn copies_only(prefix: &Path, config_path: &Path, out: &Out) -> u8 {
         out.error("--prefix is honoured by test builds only");
         return exit::USAGE;
     }
-    if builderd::fsutil::current_euid() != 0 {
+    if current_euid() != 0 {
         out.error("the copies are root's: run it as root");
         return exit::FAILURE;
     }
@@ -377,17 +393,17 @@ fn copies_only(prefix: &Path, config_path: &Path, out: &Out) -> u8 {
 /// being restarted in a loop. The builder itself stays as it is; the service adopts it. A root
 /// daemon answering is the service already installed: `bootout` replaces it.
 async fn hand_over(cfg: &Config) -> Result<(), String> {
-    let Ok(stream) = builderd::client::connect(&cfg.socket).await else {
+    let Ok(stream) = builderd_core::client::connect(&cfg.socket).await else {
         return Ok(());
     };
     if stream.peer_cred().is_ok_and(|c| c.uid() == 0) {
         return Ok(());
     }
     drop(stream);
-    let _ = builderd::client::request(&cfg.socket, Request::Shutdown, |_| {}).await;
+    let _ = builderd_core::client::request(&cfg.socket, Request::Shutdown, |_| {}).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while builderd::client::connect(&cfg.socket).await.is_ok()
-        || lock_is_held(&cfg.state_dir.join(builderd::config::PID_FILE))
+    while builderd_core::client::connect(&cfg.socket).await.is_ok()
+        || lock_is_held(&cfg.state_dir.join(config::PID_FILE))
     {
         if std::time::Instant::now() > deadline {
             return Err(format!(
@@ -417,18 +433,18 @@ pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool
             return exit::FAILURE;
         }
     };
-    let home = builderd::config::home_dir();
+    let home = config::home_dir();
     if let Err(e) = svc.uninstall(Os::current(), &home, &System) {
         out.error(&e.to_string());
         return exit::FAILURE;
     }
-    if !user && builderd::fsutil::current_euid() == 0 {
+    if !user && current_euid() == 0 {
         crate::copies::remove_copies(&system_dir_under(None), purge);
     }
     out.info("the service is removed");
     if purge {
         // Take it down through a daemon, so that nothing brings it back, then stop that daemon.
-        let start = builderd::client::connect_or_start(
+        let start = builderd_core::client::connect_or_start(
             cfg,
             config_path,
             &crate::daemon_binary(),
@@ -436,20 +452,24 @@ pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool
         )
         .await;
         if let Ok(s) = start {
-            if let Err(e) = builderd::client::exchange(s, Request::Down, |_| {}).await {
+            if let Err(e) = builderd_core::client::exchange(s, Request::Down, |_| {}).await {
                 out.error(&e.to_string());
                 return exit::FAILURE;
             }
-            let _ = builderd::client::request(&cfg.socket, Request::Shutdown, |_| {}).await;
+            let _ = builderd_core::client::request(&cfg.socket, Request::Shutdown, |_| {}).await;
         }
-        match builderd::docker::purge_image(cfg).await {
-            Ok(Some(tag)) => out.info(&format!("removed the image {tag}")),
-            Ok(None) => {}
-            Err(e) => out.error(&format!("could not remove the image: {e}")),
+        // The image is the engine's: `builderd purge-image` removes it and says so.
+        let mut purge = std::process::Command::new(crate::daemon_binary());
+        purge.arg("purge-image").stdin(std::process::Stdio::null());
+        if config_path.exists() {
+            purge.arg("--config").arg(config_path);
+        }
+        if let Err(e) = purge.status() {
+            out.error(&format!("could not remove the image: {e}"));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         // The volume a root service kept for this state dir (Linux), when there is one.
-        let root_vol = builderd::config::root_volume_dir(&cfg.state_dir);
+        let root_vol = config::root_volume_dir(&cfg.state_dir);
         if root_vol.exists() {
             match std::fs::remove_dir_all(&root_vol) {
                 Ok(()) => out.info(&format!("removed {}", root_vol.display())),

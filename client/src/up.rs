@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use builderd::client::{self, ClientError};
-use builderd::config::Config;
-use builderd::protocol::{ErrorKind, Progress, Request};
+use builderd_core::client::{self, ClientError};
+use builderd_core::config::Config;
+use builderd_core::protocol::{ErrorKind, Progress, Request};
 
 use crate::output::{self, Out};
 

@@ -264,8 +264,11 @@ pub struct BuilderConfig {
     /// Garbage collection thresholds of the builder's store, in bytes.
     pub min_free: u64,
     pub max_free: u64,
-    /// Machines file fields.
-    pub max_jobs: u32,
+    /// Builds at once (the machines line's max-jobs and the builder's `max-jobs`); unset, one
+    /// per CPU the engine gives the builder (at most one per GiB of its memory).
+    pub max_jobs: Option<u32>,
+    /// The builder's `cores` (each build's parallelism); unset, the engine's CPUs.
+    pub cores: Option<u32>,
     pub speed_factor: u32,
     pub supported_features: Vec<String>,
     /// Systems to register; derived from the builder's architecture when unset.
@@ -281,7 +284,8 @@ impl Default for BuilderConfig {
             trusted_public_keys: None,
             min_free: 1 << 30,
             max_free: 4 << 30,
-            max_jobs: 4,
+            max_jobs: None,
+            cores: None,
             speed_factor: 1,
             supported_features: vec!["benchmark".into(), "big-parallel".into()],
             systems: None,
@@ -503,6 +507,12 @@ pub fn home_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
+/// The longest Unix socket path, in bytes: sockaddr_un's path is 104 bytes on macOS and 108 on
+/// Linux, the final NUL included.
+pub fn socket_path_max(macos: bool) -> usize {
+    if macos { 103 } else { 107 }
+}
+
 /// Root's home, from the user database (Directory Services on macOS), like [`home_dir`].
 pub fn root_home() -> PathBuf {
     nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(0))
@@ -671,8 +681,7 @@ impl Config {
             }
         }
         self.validate_remotes(path, text)?;
-        // sockaddr_un's path: 104 bytes on macOS, 108 on Linux, the final NUL included.
-        let max = if cfg!(target_os = "macos") { 103 } else { 107 };
+        let max = socket_path_max(cfg!(target_os = "macos"));
         let len = self.socket.as_os_str().len();
         if len > max {
             return Err(bad(
@@ -829,6 +838,17 @@ impl Config {
                     format!(
                         "holds {v:?}: each entry is one word of letters, digits, '-', '_', '.' or '+'"
                     ),
+                ));
+            }
+        }
+        for (key, v) in [
+            ("max_jobs", self.builder.max_jobs),
+            ("cores", self.builder.cores),
+        ] {
+            if v == Some(0) {
+                return Err(bad(
+                    key,
+                    "is 0: set at least 1, or remove the key to follow the engine's CPUs".into(),
                 ));
             }
         }
@@ -1115,6 +1135,12 @@ mod tests {
     fn relative_path_is_refused() {
         let e = load("state_dir = \"state\"\n").unwrap_err().to_string();
         assert!(e.contains("`state_dir` is the relative path state"), "{e}");
+    }
+
+    #[test]
+    fn socket_paths_fit_sockaddr_un() {
+        assert_eq!(socket_path_max(true), 104 - 1);
+        assert_eq!(socket_path_max(false), 108 - 1);
     }
 
     #[test]

@@ -15,3 +15,13 @@ pub fn parse_host_key_line(line: &str) -> Result<PublicKey, String> {
         format!("is not an SSH public key line ({e}): give `ssh-ed25519 AAAA…` as `ssh-keyscan` prints it")
     })
 }
+
+/// `ssh-ed25519 AAAA…`, without a comment.
+pub fn key_line(key: &PublicKey) -> String {
+    let mut k = key.clone();
+    k.set_comment("");
+    k.to_openssh()
+        .expect("a parsed key encodes")
+        .trim()
+        .to_string()
+}

@@ -47,6 +47,9 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         forget: bool,
     },
+    /// Run the checks that need the daemon's knowledge (the engine, the port, the files it
+    /// keeps, the host's Nix); answered with [`Reply::Doctor`].
+    Doctor,
 }
 
 /// What the daemon sends back.
@@ -59,6 +62,8 @@ pub enum Reply {
     Done { message: String },
     /// The daemon's status.
     Status(Box<Status>),
+    /// The daemon's doctor findings.
+    Doctor(Box<crate::doctor::Report>),
     /// The request failed.
     Error {
         kind: ErrorKind,
@@ -194,6 +199,19 @@ pub struct Status {
     /// The remote builders of the config, in its order.
     #[serde(default)]
     pub remotes: Vec<RemoteStatus>,
+    /// The builder's jobs and cores, and the engine's size they follow.
+    #[serde(default)]
+    pub sizing: Option<SizingInfo>,
+}
+
+/// How many builds the builder runs at once, with how many cores each, and what the engine
+/// reported giving it (absent when it could not be asked).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SizingInfo {
+    pub max_jobs: u32,
+    pub cores: u32,
+    pub engine_cpus: Option<u32>,
+    pub engine_memory_bytes: Option<u64>,
 }
 
 /// A remote builder as builderd sees it.

@@ -58,10 +58,39 @@ pub async fn ensure_base(
     base::ensure(docker, &spec, HostOs::current(), say).await
 }
 
+/// How many builds the builder runs at once and with how many cores each: what the config
+/// says, else what the engine gives the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizing {
+    pub max_jobs: u32,
+    pub cores: u32,
+    /// What the engine reported; `None` when it could not be asked.
+    pub engine: Option<Resources>,
+}
+
+impl Sizing {
+    pub fn new(b: &crate::config::BuilderConfig, engine: Option<Resources>) -> Sizing {
+        // One build per CPU, but no more than one per GiB, so that parallel builds do not run
+        // a small VM out of memory. Without the engine's word, Nix's usual 4.
+        let auto = engine.map_or(4, |r| {
+            let gib = u32::try_from(r.memory_bytes >> 30).unwrap_or(u32::MAX);
+            r.cpus.min(gib).max(1)
+        });
+        Sizing {
+            max_jobs: b.max_jobs.unwrap_or(auto),
+            // Each build may use every CPU (Nix's `cores = 0`), told by number.
+            cores: b.cores.unwrap_or(engine.map_or(0, |r| r.cpus)),
+            engine,
+        }
+    }
+}
+
 /// What the builder's container is created from.
-pub fn spec(cfg: &Config, image: &str) -> Spec {
+pub fn spec(cfg: &Config, image: &str, sizing: &Sizing) -> Spec {
     let b = &cfg.builder;
     let mut env = vec![
+        format!("NIX_BUILDER_MAX_JOBS={}", sizing.max_jobs),
+        format!("NIX_BUILDER_CORES={}", sizing.cores),
         format!("NIX_BUILDER_SANDBOX={}", b.sandbox),
         format!("NIX_BUILDER_SUBSTITUTERS={}", b.substituters),
         format!("NIX_BUILDER_MIN_FREE={}", b.min_free),
@@ -92,4 +121,36 @@ pub async fn purge_image(cfg: &Config) -> Result<Option<String>, DockerError> {
     let docker = connect(&resolve_endpoint(cfg)).await?;
     let (tag, _) = image_for(cfg)?;
     Ok(container::purge_image(&docker, &tag).await?.then_some(tag))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BuilderConfig;
+
+    #[test]
+    fn sizing_follows_the_engine_unless_the_config_says() {
+        let vm = |cpus, gib: u64| {
+            Some(Resources {
+                cpus,
+                memory_bytes: gib << 30,
+            })
+        };
+        let auto = BuilderConfig::default();
+        let s = Sizing::new(&auto, vm(8, 16));
+        assert_eq!((s.max_jobs, s.cores), (8, 8));
+        // A VM short of memory runs fewer builds at once, never none.
+        assert_eq!(Sizing::new(&auto, vm(8, 3)).max_jobs, 3);
+        assert_eq!(Sizing::new(&auto, vm(2, 0)).max_jobs, 1);
+        // The engine could not be asked: Nix's usual numbers.
+        let s = Sizing::new(&auto, None);
+        assert_eq!((s.max_jobs, s.cores), (4, 0));
+        let set = BuilderConfig {
+            max_jobs: Some(3),
+            cores: Some(2),
+            ..BuilderConfig::default()
+        };
+        let s = Sizing::new(&set, vm(8, 16));
+        assert_eq!((s.max_jobs, s.cores), (3, 2));
+    }
 }

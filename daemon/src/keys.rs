@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-pub use builderd_core::hostkey::parse_host_key_line;
+pub use builderd_core::hostkey::{key_line, parse_host_key_line};
 pub use russh::keys::ssh_key::PublicKey;
 use russh::keys::ssh_key::{self, HashAlg};
 use russh::keys::{Algorithm, PrivateKey};
@@ -89,16 +89,6 @@ impl std::fmt::Debug for ClientKeys {
 /// `SHA256:…`, as `ssh-keygen -lf` prints it.
 pub fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
-}
-
-/// `ssh-ed25519 AAAA…`, without a comment.
-pub fn key_line(key: &PublicKey) -> String {
-    let mut k = key.clone();
-    k.set_comment("");
-    k.to_openssh()
-        .expect("a parsed key encodes")
-        .trim()
-        .to_string()
 }
 
 /// Parses the contents of a public key file: exactly one ssh-ed25519 key.

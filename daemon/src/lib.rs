@@ -11,7 +11,10 @@
 //!   [`registration::Registrar`] that applies or removes builderd's entries.
 //! - [`docker`]: the `builderd-docker` crate (engine, image and its base, container, probes),
 //!   and what turns the config into the values it takes.
+//! - [`doctor`]: the checks of `builderctl doctor` that need the daemon's knowledge.
 //! - [`health`]: the SSH health check (russh, host key pinned).
+//! - [`oneshot`]: what `builderctl` runs the `builderd` binary for: doctor's checks without a
+//!   daemon, the container's log, removing the image.
 //! - [`port`]: whether the host port is free, and which process holds it.
 //! - [`hostnix`]: the host's Nix version and the store URI form it understands.
 //! - [`state`]: what survives the daemon: the desired state and the files builderd created.
@@ -25,11 +28,13 @@
 pub use builderd_core::{client, config, protocol, served};
 
 pub mod docker;
+pub mod doctor;
 pub mod fault;
 pub mod fsutil;
 pub mod health;
 pub mod hostnix;
 pub mod keys;
+pub mod oneshot;
 pub mod port;
 pub mod registration;
 pub mod relay;

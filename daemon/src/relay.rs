@@ -4,6 +4,7 @@
 //! The relay counts open connections; the supervisor stops the builder after it has had none for
 //! the idle time.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -15,8 +16,9 @@ use tokio::task::JoinSet;
 /// Where connections go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
-    /// sshd answers on 127.0.0.1 at this port.
-    Awake(u16),
+    /// sshd answers on 127.0.0.1 at this port (published by the engine) and, where the host
+    /// can route to it, at the container's own address (no userland proxy in between).
+    Awake(u16, Option<SocketAddr>),
     /// The builder sleeps, or is being woken: connections wait.
     Asleep,
 }
@@ -159,8 +161,12 @@ async fn connect(
                     _ => return Err(timed_out()),
                 }
             }
-            Backend::Awake(port) => {
-                match TcpStream::connect(("127.0.0.1", port)).await {
+            Backend::Awake(port, direct) => {
+                let to = match direct {
+                    Some(d) => d,
+                    None => SocketAddr::from(([127, 0, 0, 1], port)),
+                };
+                match TcpStream::connect(to).await {
                     Ok(s) if answers(&s).await => {
                         tracing::debug!(port, "sshd answers");
                         return Ok(s);
@@ -239,7 +245,7 @@ mod tests {
     #[tokio::test]
     async fn an_awake_backend_is_relayed_both_ways_and_counted() {
         let (echo, _h) = echo_server().await;
-        let mut r = relay(Backend::Awake(echo)).await;
+        let mut r = relay(Backend::Awake(echo, None)).await;
         let mut c = TcpStream::connect(("127.0.0.1", r.port)).await.unwrap();
         assert_eq!(greeting(&mut c).await, "SSH-2.0-echo\r\n");
         c.write_all(b"ping").await.unwrap();
@@ -267,7 +273,7 @@ mod tests {
                 .is_err(),
             "nothing is read before the builder is awake"
         );
-        r.backend.send_replace(Backend::Awake(echo));
+        r.backend.send_replace(Backend::Awake(echo, None));
         assert_eq!(greeting(&mut c).await, "SSH-2.0-echo\r\n");
     }
 
@@ -278,7 +284,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let r = relay(Backend::Awake(port)).await;
+        let r = relay(Backend::Awake(port, None)).await;
         let mut c = TcpStream::connect(("127.0.0.1", r.port)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let l = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
@@ -302,7 +308,7 @@ mod tests {
             let mut buf = [0u8; 4];
             let _ = s.read(&mut buf).await;
         });
-        let r = relay(Backend::Awake(port)).await;
+        let r = relay(Backend::Awake(port, None)).await;
         let mut c = TcpStream::connect(("127.0.0.1", r.port)).await.unwrap();
         let mut buf = [0u8; 15];
         c.read_exact(&mut buf).await.unwrap();

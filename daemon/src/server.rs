@@ -260,8 +260,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 Ok((stream, _)) => {
                     let handle = handle.clone();
                     let stop = shutdown_req_tx.clone();
+                    let cfg = cfg.clone();
                     conns.spawn(async move {
-                        if let Err(e) = serve_conn(stream, owner, handle, stop).await {
+                        if let Err(e) = serve_conn(stream, owner, handle, stop, cfg).await {
                             tracing::debug!(error = %e, "connection ended");
                         }
                     });
@@ -349,6 +350,7 @@ async fn serve_conn(
     owner: Owner,
     handle: Handle,
     stop: mpsc::Sender<()>,
+    cfg: Config,
 ) -> anyhow::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (r, mut w) = stream.into_split();
@@ -413,6 +415,11 @@ async fn serve_conn(
         Request::Status => {
             let st = handle.status.borrow().clone();
             write(&mut w, &Reply::Status(Box::new(st))).await?;
+        }
+        Request::Doctor => {
+            let st = handle.status.borrow().clone();
+            let report = crate::doctor::report(&cfg, Some(st)).await;
+            write(&mut w, &Reply::Doctor(Box::new(report))).await?;
         }
         Request::Shutdown => {
             write(

@@ -85,7 +85,9 @@ sandbox=${NIX_BUILDER_SANDBOX:-true}
   [ -n "${NIX_BUILDER_TRUSTED_PUBLIC_KEYS:-}" ] && echo "trusted-public-keys = $NIX_BUILDER_TRUSTED_PUBLIC_KEYS"
   echo "min-free = ${NIX_BUILDER_MIN_FREE:-1073741824}"
   echo "max-free = ${NIX_BUILDER_MAX_FREE:-4294967296}"
-  echo "max-jobs = auto"
+  # Sized by builderd from what the engine gives the container (or the config).
+  echo "max-jobs = ${NIX_BUILDER_MAX_JOBS:-auto}"
+  echo "cores = ${NIX_BUILDER_CORES:-0}"
 } > /etc/nix/nix.conf
 
 # Substituters that cannot be reached. Nix retries a cache that does not answer about five times

@@ -327,6 +327,24 @@ pub async fn published_port(docker: &Engine, id: &str) -> Result<Option<u16>, Do
     Ok(inspect(docker, id).await?.published.map(|(_, port)| port))
 }
 
+/// The container's own address on the engine's bridge network, while it runs. On a Linux
+/// engine it is routable from the host, so a connection can reach sshd without Docker's
+/// userland port proxy; in a VM (Docker Desktop) it is not.
+pub async fn bridge_address(
+    docker: &Engine,
+    id: &str,
+) -> Result<Option<std::net::IpAddr>, DockerError> {
+    let c = docker
+        .api
+        .inspect_container(id, None::<InspectContainerOptions>)
+        .await
+        .map_err(DockerError::api("inspecting the container"))?;
+    Ok(c.network_settings.and_then(|n| n.networks).and_then(|n| {
+        n.into_values()
+            .find_map(|e| e.ip_address.filter(|a| !a.is_empty())?.parse().ok())
+    }))
+}
+
 /// Stops the container (SIGTERM, then SIGKILL after `grace`), keeping it and its store.
 pub async fn stop(
     docker: &Engine,
@@ -456,9 +474,12 @@ pub fn logs_stream<'a>(
                 ..Default::default()
             }),
         )
-        .map(|r| {
-            r.map(|c| c.to_string())
-                .map_err(DockerError::api("reading the container's log"))
+        .map({
+            let what = format!("the container {name}");
+            move |r| {
+                r.map(|c| c.to_string())
+                    .map_err(DockerError::api(what.clone()))
+            }
         })
 }
 

@@ -210,6 +210,28 @@ pub async fn connect(ep: &Endpoint) -> Result<Engine, DockerError> {
     Ok(Engine { api: docker })
 }
 
+/// What the engine gives its containers: the CPUs and memory of its VM (Docker Desktop,
+/// Colima, OrbStack) or of the machine it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resources {
+    pub cpus: u32,
+    pub memory_bytes: u64,
+}
+
+/// The engine's [`Resources`], as its `info` reports them now (a VM resized in Docker
+/// Desktop's settings reports its new size after the engine restarts).
+pub async fn resources(docker: &Engine) -> Result<Resources, DockerError> {
+    let info = docker
+        .api
+        .info()
+        .await
+        .map_err(DockerError::api("engine info"))?;
+    Ok(Resources {
+        cpus: info.ncpu.unwrap_or(1).clamp(1, i64::from(u32::MAX)) as u32,
+        memory_bytes: info.mem_total.unwrap_or(0).max(0) as u64,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,9 @@ pub use container::{
     Spec, create, exec, find, inspect, last_logs, logs_stream, name_taken_by_other, owner_id,
     remove, restart, start,
 };
-pub use engine::{DockerError, Endpoint, Engine, connect, hex, resolve_endpoint_in};
+pub use engine::{
+    DockerError, Endpoint, Engine, Resources, connect, hex, resolve_endpoint_in, resources,
+};
 pub use image::{
     Context, EMBEDDED_CONTEXT, ImageSpec, image_arch, image_exists, image_is_emulated,
 };

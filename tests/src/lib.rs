@@ -450,7 +450,7 @@ impl Drop for Env {
     fn drop(&mut self) {
         // Collect what goes wrong instead of panicking halfway through the clean-up.
         let mut problems = Vec::new();
-        let pidfile = self.path("state/builderd.pid");
+        let pidfile = self.path("state").join(builderd::config::PID_FILE);
         if let Ok(pid) = std::fs::read_to_string(&pidfile)
             && let Ok(pid) = pid.trim().parse::<i32>()
         {
@@ -511,16 +511,9 @@ pub fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-/// root's home directory, from the password database.
+/// root's home directory, from the user database, as builderd finds it.
 pub fn root_home() -> PathBuf {
-    std::fs::read_to_string("/etc/passwd")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 7 && f[2] == "0").then(|| PathBuf::from(f[5]))
-        })
-        .unwrap_or_else(|| PathBuf::from("/root"))
+    builderd::config::root_home()
 }
 
 /// Serializes `up` across test processes while the image for a config is not built yet.
@@ -587,7 +580,8 @@ impl Env {
 
     /// SIGKILLs the daemon and waits until its socket no longer answers.
     pub fn kill_daemon(&self) {
-        let pid = std::fs::read_to_string(self.path("state/builderd.pid")).unwrap();
+        let pid =
+            std::fs::read_to_string(self.path("state").join(builderd::config::PID_FILE)).unwrap();
         let _ = Command::new("kill").args(["-9", pid.trim()]).status();
         let sock = self.path("state/builderd.sock");
         let deadline = Instant::now() + Duration::from_secs(10);

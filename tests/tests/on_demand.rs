@@ -109,3 +109,54 @@ fn an_idle_builder_sleeps_and_a_build_wakes_it() {
     assert!(builderd::port::is_free(env.port), "down released the port");
     assert_eq!(env.container_state(), None);
 }
+
+/// On Linux the host routes to the container's own address: the relay connects there, not
+/// through Docker's userland proxy on the published port (a copy of every byte the less).
+#[test]
+fn the_relay_goes_straight_to_the_container_on_linux() {
+    if skip_docker() {
+        return;
+    }
+    let env = Env::new("on_demand = true\nidle_stop = 60\n");
+    env.up();
+    let o = env.docker(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &env.name,
+    ]);
+    let ip = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(!ip.is_empty(), "the container has no bridge address");
+    // A session held open through the relay, while the host's sockets are listed.
+    let mut held = std::process::Command::new("ssh")
+        .arg("-F")
+        .arg(env.path("home/.ssh/config"))
+        .args(["-o", "ControlPath=none", &env.name, "sleep 30"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let to_sshd = format!("{ip}:22");
+    let mut seen = String::new();
+    for _ in 0..200 {
+        let o = std::process::Command::new("ss")
+            .args(["-Htnp", "state", "established"])
+            .output()
+            .unwrap();
+        seen = String::from_utf8_lossy(&o.stdout).into_owned();
+        if seen
+            .lines()
+            .any(|l| l.contains(&to_sshd) && l.contains("builderd"))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = held.kill();
+    let _ = held.wait();
+    assert!(
+        seen.lines()
+            .any(|l| l.contains(&to_sshd) && l.contains("\"builderd\"")),
+        "builderd holds no connection to {to_sshd}:\n{seen}"
+    );
+    env.ctl_ok(&["down"]);
+}

@@ -415,6 +415,12 @@ fn one_users_builder_takes_every_users_builds_only_when_root_says_so() {
     }
     // Root's ssh still knows the builder under its own names (for a trusted user's --builders).
     assert!(has_block(&env.path("root/.ssh/known_hosts")));
+    let o = env.ctl_as(&user, &["status"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("not listed: the builder is for the served user only"),
+        "{out}"
+    );
     let o = env.ctl_as(&user, &["doctor"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// Keeps a Linux Nix remote builder running in Docker and registered with Nix and OpenSSH.
 #[derive(Parser)]
@@ -14,17 +14,34 @@ use clap::Parser;
 )]
 struct Args {
     /// The config file [default: $BUILDERD_CONFIG, else the platform config dir]
-    #[arg(long)]
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Do one thing for `builderctl` and exit, instead of serving
+    #[command(subcommand)]
+    once: Option<Once>,
+}
+
+#[derive(Subcommand)]
+enum Once {
+    /// Print doctor's daemon-side checks as JSON (`builderctl doctor` without a daemon)
+    Doctor,
+    /// Print the container's log (`builderctl logs --container`)
+    ContainerLogs {
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Remove the image built for the config (`builderctl uninstall --purge`)
+    PurgeImage,
 }
 
 #[allow(unsafe_code)]
 fn main() -> ExitCode {
-    if rustix::process::geteuid().is_root() {
-        // SAFETY: no other thread exists yet. Root runs only tools from root's directories.
+    let args = Args::parse();
+    if args.once.is_none() && rustix::process::geteuid().is_root() {
+        // SAFETY: no other thread exists yet. A root daemon runs only tools from root's
+        // directories. (A one-shot runs for `builderctl`, with the PATH of whoever ran it.)
         unsafe { std::env::set_var("PATH", builderd::config::ROOT_PATH) };
     }
-    let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BUILDERD_LOG")
@@ -33,6 +50,9 @@ fn main() -> ExitCode {
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
+    if let Some(once) = args.once {
+        return one_shot(once, args.config);
+    }
     // A daemon started from a terminal (by `builderctl up`) leaves its session, so that closing
     // the terminal does not hang it up. Under launchd or systemd it already leads its own.
     let _ = rustix::process::setsid();
@@ -67,4 +87,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// One thing for `builderctl`, on a runtime of its own.
+fn one_shot(once: Once, config: Option<PathBuf>) -> ExitCode {
+    let cfg = match builderd::config::Config::load_from(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("builderd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime starts");
+    ExitCode::from(rt.block_on(async {
+        match once {
+            Once::Doctor => builderd::oneshot::doctor(&cfg).await,
+            Once::ContainerLogs { follow } => builderd::oneshot::container_logs(&cfg, follow).await,
+            Once::PurgeImage => builderd::oneshot::purge_image(&cfg).await,
+        }
+    }))
 }

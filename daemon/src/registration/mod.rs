@@ -163,7 +163,7 @@ impl Wanted {
 /// Whether `DIR/builderd-%C` fits a Unix socket path once expanded: `%C` is 40 hex digits, and
 /// ssh binds the master first under a name 17 bytes longer (`.XXXXXXXXXXXXXXXX`).
 fn control_path_fits(dir: &str) -> bool {
-    let max = if cfg!(target_os = "macos") { 103 } else { 107 };
+    let max = crate::config::socket_path_max(cfg!(target_os = "macos"));
     dir.len() + "/builderd-".len() + 40 + 17 <= max
 }
 

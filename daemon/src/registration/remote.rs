@@ -234,4 +234,39 @@ mod tests {
         );
         assert!(!d.path().join("cfg").exists());
     }
+
+    #[test]
+    fn only_this_instances_keyed_blocks_are_ever_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = cfg_in(d.path());
+        // Another instance's block, and one an older release wrote under the bare name "a".
+        let other = format!(
+            "{}\nssh-ng://other x86_64-linux - 4 1 - - -\n{}\n",
+            block::begin("other"),
+            block::end("other")
+        );
+        let legacy = format!(
+            "{}\nssh-ng://a x86_64-linux - 4 1 - - -\n{}\n",
+            block::begin("a"),
+            block::end("a")
+        );
+        std::fs::write(d.path().join("machines"), format!("{legacy}{other}")).unwrap();
+        let mut created = Created::new();
+        let a = wanted("a");
+        sync(&cfg, std::slice::from_ref(&a), &[], &mut created);
+        let m = std::fs::read_to_string(d.path().join("machines")).unwrap();
+        assert!(m.contains(&block::begin(&block_name(&cfg, "a"))), "{m}");
+        assert!(
+            !m.contains(&block::begin("a")),
+            "the old block was taken over: {m}"
+        );
+        assert!(m.ends_with(&other), "{m}");
+        // Names that are not this instance's remotes (another instance's, listed by whoever
+        // wrote fleet.json) reach only keys of this instance, which do not exist.
+        sync(&cfg, &[], &["other".into(), "a".into()], &mut created);
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("machines")).unwrap(),
+            other
+        );
+    }
 }

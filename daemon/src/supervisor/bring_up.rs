@@ -29,7 +29,12 @@ impl Supervisor {
 
         let docker = self.docker().await?;
         let (tag, ctx) = docker::image_for(&cfg)?;
-        let spec = docker::spec(&cfg, &tag);
+        // Asked at every bring-up, so that a VM resized since is followed (a new size
+        // re-creates the container, as any other change of its spec).
+        let engine = docker::resources(&docker).await.ok();
+        let sizing = docker::Sizing::new(&cfg.builder, engine);
+        self.set_sizing(sizing);
+        let spec = docker::spec(&cfg, &tag, &sizing);
         if docker::name_taken_by_other(&docker, &cfg.container_name).await? {
             return Err(Failure::new(
                 ErrorKind::Invalid,
@@ -186,6 +191,7 @@ impl Supervisor {
         };
         self.set_container(&id, &tag, started && had_been_up, state);
         self.sshd_port = if cfg.on_demand {
+            self.find_direct(&docker, &id).await;
             docker::container::published_port(&docker, &id)
                 .await?
                 .ok_or_else(|| {

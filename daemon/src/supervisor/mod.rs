@@ -181,6 +181,8 @@ pub struct Supervisor {
     relay_events: Option<mpsc::Receiver<crate::relay::RelayEvent>>,
     /// The remote builders.
     fleet: fleet::Fleet,
+    /// The builder's jobs and cores, from the engine's size as of the last bring-up.
+    sizing: Option<docker::Sizing>,
 }
 
 impl Supervisor {
@@ -220,6 +222,7 @@ impl Supervisor {
             remotes: Vec::new(),
             state_file_problem,
             volume: Some(cfg.volume_dir().display().to_string()),
+            sizing: None,
         };
         let (tx, rx) = watch::channel(status);
         let (relay_tx, relay_rx) = mpsc::channel(64);
@@ -227,6 +230,7 @@ impl Supervisor {
         (
             Supervisor {
                 sshd_port: cfg.port,
+                sizing: None,
                 on_demand: on_demand::OnDemand::new(relay_tx, activity),
                 relay_events: Some(relay_rx),
                 cfg,
@@ -812,6 +816,15 @@ pub fn spawn(
     }
 }
 
+/// The client key pair, read off the async workers: a key file the user points at a FIFO or a
+/// slow disk holds up a blocking thread, never the supervisor's loop.
+pub(crate) async fn load_client_keys(cfg: &Config) -> Result<ClientKeys, keys::KeyError> {
+    let (public, private) = (cfg.public_key.clone(), cfg.private_key.clone());
+    tokio::task::spawn_blocking(move || keys::load_client_keys(&public, &private))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -835,13 +848,4 @@ mod tests {
             None
         );
     }
-}
-
-/// The client key pair, read off the async workers: a key file the user points at a FIFO or a
-/// slow disk holds up a blocking thread, never the supervisor's loop.
-pub(crate) async fn load_client_keys(cfg: &Config) -> Result<ClientKeys, keys::KeyError> {
-    let (public, private) = (cfg.public_key.clone(), cfg.private_key.clone());
-    tokio::task::spawn_blocking(move || keys::load_client_keys(&public, &private))
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }

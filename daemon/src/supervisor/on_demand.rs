@@ -19,6 +19,8 @@ pub(super) struct OnDemand {
     pub slept: Option<(String, docker::Privileges)>,
     /// When the builder goes to sleep unless a connection comes first.
     pub idle_deadline: Option<Instant>,
+    /// The container's sshd at its own address, when the host routes there.
+    pub direct: Option<std::net::SocketAddr>,
 }
 
 impl OnDemand {
@@ -34,6 +36,7 @@ impl OnDemand {
             sleeping: false,
             slept: None,
             idle_deadline: None,
+            direct: None,
         }
     }
 }
@@ -95,7 +98,7 @@ impl Supervisor {
         self.on_demand.sleeping = false;
         self.on_demand
             .backend
-            .send_replace(Backend::Awake(self.sshd_port));
+            .send_replace(Backend::Awake(self.sshd_port, self.on_demand.direct));
         let a = *self.on_demand.activity.borrow();
         self.note_activity(a);
     }
@@ -132,7 +135,10 @@ impl Supervisor {
                 if r.is_ok()
                     && let Ok((tag, _)) = docker::image_for(&self.cfg)
                 {
-                    let spec = docker::spec(&self.cfg, &tag);
+                    let sizing = self
+                        .sizing
+                        .unwrap_or_else(|| docker::Sizing::new(&self.cfg.builder, None));
+                    let spec = docker::spec(&self.cfg, &tag, &sizing);
                     if f.spec_hash.as_deref() == Some(spec.hash().as_str()) {
                         self.on_demand.slept = Some((f.id.clone(), spec.privileges));
                     }
@@ -164,12 +170,38 @@ impl Supervisor {
         );
     }
 
+    /// The container's own sshd address, when the host routes to it (a Linux engine): the
+    /// relay then skips Docker's userland port proxy, which costs a copy of every byte and a
+    /// connection of its own. Docker Desktop gives a Mac no route to it: there, and wherever
+    /// the address does not answer, connections keep to the published loopback port. sshd
+    /// stays unpublished beyond loopback either way: the bridge is internal to the host.
+    pub(super) async fn find_direct(&mut self, docker: &crate::docker::Engine, id: &str) {
+        self.on_demand.direct = None;
+        if docker::base::HostOs::current() != docker::base::HostOs::Linux {
+            return;
+        }
+        let Ok(Some(ip)) = docker::container::bridge_address(docker, id).await else {
+            return;
+        };
+        let addr = std::net::SocketAddr::new(ip, 22);
+        // Routable: it connects, or the container itself refuses (sshd not listening yet).
+        let probe = tokio::net::TcpStream::connect(addr);
+        self.on_demand.direct = match tokio::time::timeout(Duration::from_millis(500), probe).await
+        {
+            Ok(Ok(_)) => Some(addr),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(addr),
+            _ => None,
+        };
+        tracing::debug!(direct = ?self.on_demand.direct, "on demand: the container's own address");
+    }
+
     /// Starts the stopped container; returns its sshd's port. `None` when anything is not as
     /// it was left (the reconcile then does the whole work).
     async fn start_sleeping_container(&mut self) -> Option<u16> {
         let (id, privileges) = self.on_demand.slept.take()?;
         let d = self.docker.clone()?;
         docker::start(&d, &id, 0, &privileges).await.ok()?;
+        self.find_direct(&d, &id).await;
         docker::container::published_port(&d, &id).await.ok()?
     }
 

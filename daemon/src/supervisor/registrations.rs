@@ -39,11 +39,27 @@ impl Supervisor {
                 format!("ssh-ng://{}", cfg.alias())
             },
             systems: self.systems(facts),
-            max_jobs: cfg.builder.max_jobs,
+            max_jobs: self
+                .sizing
+                .unwrap_or_else(|| docker::Sizing::new(&cfg.builder, None))
+                .max_jobs,
             speed_factor: cfg.builder.speed_factor,
             features: cfg.builder.supported_features.clone(),
             machines_listed: true,
         }
+    }
+
+    /// Records the builder's size, and shows it in status.
+    pub(super) fn set_sizing(&mut self, sizing: docker::Sizing) {
+        self.sizing = Some(sizing);
+        self.set(|s| {
+            s.sizing = Some(crate::protocol::SizingInfo {
+                max_jobs: sizing.max_jobs,
+                cores: sizing.cores,
+                engine_cpus: sizing.engine.map(|r| r.cpus),
+                engine_memory_bytes: sizing.engine.map(|r| r.memory_bytes),
+            });
+        });
     }
 
     /// The files to follow: every registration file, the public key, the builder's host key.
