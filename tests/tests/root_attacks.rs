@@ -408,7 +408,10 @@ fn one_users_builder_takes_every_users_builds_only_when_root_says_so() {
             .unwrap();
         assert_eq!(r["state"], "served-user-only", "{r}");
         assert!(
-            r["detail"].as_str().unwrap().contains("all_users = true"),
+            r["detail"]
+                .as_str()
+                .unwrap()
+                .contains("sudo builderctl install --all-users"),
             "{r}"
         );
     }
@@ -426,10 +429,21 @@ fn one_users_builder_takes_every_users_builds_only_when_root_says_so() {
         out.contains("WARN  scope      registered for the served user only"),
         "{out}"
     );
-    // Root says every user trusts the builder: listed, and doctor says so.
-    let mut cfg = std::fs::read_to_string(&env.config).unwrap();
-    cfg.push_str("all_users = true\n");
-    std::fs::write(&env.config, cfg).unwrap();
+    // The config (the user's choice, copied by install) cannot say it: the key is refused.
+    let before = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("{before}all_users = true\n")).unwrap();
+    let o = env.ctl_as(&user, &["up"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--all-users"), "{err}");
+    std::fs::write(&env.config, before).unwrap();
+    assert!(!has_block(&machines) && !has_block(&nix_conf));
+    // Root says every user trusts the builder (the service's environment, as
+    // `sudo builderctl install --all-users` writes it): listed, and doctor says so.
+    let o = env.ctl(&["shutdown"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    env.start_root_daemon_with(user.uid, &[(builderd::served::ALL_USERS, "1")])
+        .unwrap();
     let o = env.ctl_as(&user, &["up"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(has_block(&machines) && has_block(&nix_conf));
