@@ -635,7 +635,14 @@ fn on_demand(n: usize, stream_runs: usize, idle_secs: u64, tiny_conns: usize) ->
         let t = Instant::now();
         for _ in 0..tiny_conns {
             let o = run(Command::new("ssh")
-                .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+                .args([
+                    "-F",
+                    "/dev/null",
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "IdentitiesOnly=yes",
+                ])
                 .args(["-o", "StrictHostKeyChecking=yes"])
                 .arg("-o")
                 .arg(format!("UserKnownHostsFile={}", kh.display()))
