@@ -114,11 +114,17 @@ impl Side {
     }
 
     fn ssh(&self, command: &str) -> String {
-        format!("ssh -F {} {} '{command}'", self.cfg.display(), self.env.name)
+        format!(
+            "ssh -F {} {} '{command}'",
+            self.cfg.display(),
+            self.env.name
+        )
     }
 
     fn exec(&self, script: &str) -> std::process::Output {
-        let o = self.env.docker(&["exec", &self.env.name, "sh", "-c", script]);
+        let o = self
+            .env
+            .docker(&["exec", &self.env.name, "sh", "-c", script]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         o
     }

@@ -223,7 +223,9 @@ pub struct Resources {
 pub async fn resources(docker: &Engine) -> Result<Resources, DockerError> {
     let info = docker
         .api
-        .info().await.map_err(DockerError::api("engine info"))?;
+        .info()
+        .await
+        .map_err(DockerError::api("engine info"))?;
     Ok(Resources {
         cpus: info.ncpu.unwrap_or(1).clamp(1, i64::from(u32::MAX)) as u32,
         memory_bytes: info.mem_total.unwrap_or(0).max(0) as u64,

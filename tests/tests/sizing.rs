@@ -45,7 +45,9 @@ fn jobs_and_cores_follow_the_engine_unless_set() {
     assert_eq!(st["sizing"]["max_jobs"], jobs, "{st:#}");
     let text = env.ctl_ok(&["status"]);
     assert!(
-        text.contains(&format!("{jobs} at once, {cpus} cores each (engine: {cpus} CPUs")),
+        text.contains(&format!(
+            "{jobs} at once, {cpus} cores each (engine: {cpus} CPUs"
+        )),
         "{text}"
     );
 
