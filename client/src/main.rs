@@ -124,6 +124,14 @@ enum Cmd {
         /// Install a per-user agent rather than a system service run as root
         #[arg(long)]
         user: bool,
+        /// Linux system service: run the builder with Nix's sandbox (or `privileged`) although
+        /// that makes the served user root on this host, as the docker group does
+        #[arg(long, conflicts_with = "user")]
+        trust_user_with_root: bool,
+        /// Linux system service: list the served user's builder in the system-wide machines
+        /// file and nix.conf, so that every user's builds (root's too) may go to it
+        #[arg(long, conflicts_with = "user")]
+        all_users: bool,
         /// Test builds: only copy builderd and the config into the system directory below
         /// this prefix
         #[arg(long, hide = true)]
@@ -280,8 +288,25 @@ async fn run(cmd: Cmd, cfg: &Config, config_path: &Path, out: &output::Out) -> u
         Cmd::Install {
             print,
             user,
+            trust_user_with_root,
+            all_users,
             prefix,
-        } => service::install(cfg, config_path, print, user, prefix.as_deref(), out).await,
+        } => {
+            let grants = service::Grants {
+                trust_user_with_root,
+                all_users,
+            };
+            service::install(
+                cfg,
+                config_path,
+                print,
+                user,
+                grants,
+                prefix.as_deref(),
+                out,
+            )
+            .await
+        }
         Cmd::Uninstall { purge, user } => {
             service::uninstall(cfg, config_path, purge, user, out).await
         }

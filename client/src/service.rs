@@ -182,10 +182,65 @@ fn container_logs(config_path: &Path, follow: bool) -> u8 {
     exit::FAILURE
 }
 
+/// What the administrator grants the served user at `sudo builderctl install`: recorded in the
+/// service's environment, which only root can change, never in the user's config.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Grants {
+    pub trust_user_with_root: bool,
+    pub all_users: bool,
+}
+
+impl Grants {
+    fn record(self, env: &mut BTreeMap<String, String>) {
+        use builderd_core::served::{ALL_USERS, TRUST_USER_WITH_ROOT};
+        for (on, var) in [
+            (self.trust_user_with_root, TRUST_USER_WITH_ROOT),
+            (self.all_users, ALL_USERS),
+        ] {
+            if on {
+                env.insert(var.to_string(), "1".to_string());
+            }
+        }
+    }
+
+    /// What the service will do for the served user `uid`, said at install.
+    fn describe(self, uid: u32) -> Vec<String> {
+        if uid == 0 || !cfg!(target_os = "linux") {
+            return Vec::new();
+        }
+        let user = builderd_core::served::user_name(uid);
+        vec![
+            if self.trust_user_with_root {
+                format!(
+                    "{user} is trusted with root on this host (--trust-user-with-root): the builder runs with Nix's sandbox, and {user}'s root login into it is root here"
+                )
+            } else {
+                format!(
+                    "{user} is not trusted with root on this host: a builder with Nix's sandbox or `privileged` is refused (set `sandbox = false`, install with --trust-user-with-root, or use `builderctl install --user` as {user})"
+                )
+            },
+            if self.all_users {
+                format!(
+                    "every user's builds may go to {user}'s builder (--all-users): it is listed in the system-wide machines file and nix.conf"
+                )
+            } else {
+                format!(
+                    "only {user}'s own builds go to the builder: it is listed in {user}'s files only (install with --all-users to list it system-wide)"
+                )
+            },
+        ]
+    }
+}
+
 /// The service definition for this user and config. A system service runs as root: it runs
 /// root's own copies of builderd and the config ([`crate::copies::install_copies`]) with a fixed PATH, and
 /// logs to a directory only root can change; nothing in it is a file the user could replace.
-fn service_for(cfg: &Config, config_path: &Path, user: bool) -> Result<Service, String> {
+fn service_for(
+    cfg: &Config,
+    config_path: &Path,
+    user: bool,
+    grants: Grants,
+) -> Result<Service, String> {
     let program =
         crate::daemon_next_to_us().ok_or("cannot find the builderd binary next to builderctl")?;
     let config = std::path::absolute(config_path).map_err(|e| e.to_string())?;
@@ -216,6 +271,7 @@ fn service_for(cfg: &Config, config_path: &Path, user: bool) -> Result<Service, 
         });
     }
     env.insert("BUILDERD_OWNER_UID".to_string(), uid.to_string());
+    grants.record(&mut env);
     let dir = config::system_dir();
     Ok(Service {
         program: dir.join("builderd"),
@@ -235,13 +291,14 @@ pub async fn install(
     config_path: &Path,
     print: bool,
     user: bool,
+    grants: Grants,
     prefix: Option<&Path>,
     out: &Out,
 ) -> u8 {
     if let Some(prefix) = prefix {
         return copies_only(prefix, config_path, out);
     }
-    let svc = match service_for(cfg, config_path, user) {
+    let svc = match service_for(cfg, config_path, user, grants) {
         Ok(s) => s,
         Err(e) => {
             out.error(&e);
@@ -257,6 +314,11 @@ pub async fn install(
             Os::Linux => svc.unit(),
         };
         println!("# {}\n{def}", path.display());
+        if svc.system {
+            for line in grants.describe(svc.uid) {
+                println!("# {line}");
+            }
+        }
         for c in svc.install_commands(os, &path) {
             println!("$ {}", c.join(" "));
         }
@@ -284,6 +346,11 @@ pub async fn install(
                 "installed {}; builderd now starts at boot",
                 p.display()
             ));
+            if svc.system {
+                for line in grants.describe(svc.uid) {
+                    out.info(&line);
+                }
+            }
             exit::OK
         }
         Err(e) => {
@@ -359,7 +426,7 @@ fn lock_is_held(pidfile: &Path) -> bool {
 
 /// `builderctl uninstall [--purge]`.
 pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool, out: &Out) -> u8 {
-    let svc = match service_for(cfg, config_path, user) {
+    let svc = match service_for(cfg, config_path, user, Grants::default()) {
         Ok(s) => s,
         Err(e) => {
             out.error(&e);

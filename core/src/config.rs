@@ -311,10 +311,11 @@ pub struct RegistrationConfig {
     /// `unlist_unhealthy_after` seconds, so that Nix fails fast instead of hanging on SSH.
     pub unlist_unhealthy: bool,
     pub unlist_unhealthy_after: u64,
-    /// Every user of this host trusts the served user's builder: a root service on Linux
-    /// serving another user lists it in a machines file and nix.conf that every user's builds
-    /// read (the system-wide ones) only when this is set.
-    pub all_users: bool,
+    /// No longer read: whether every user's builds may go to a served user's builder is the
+    /// administrator's choice (`sudo builderctl install --all-users`, [`crate::served::ALL_USERS`]),
+    /// never the config's, whose values are the user's. Kept only to name the fix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all_users: Option<bool>,
 }
 
 impl Default for RegistrationConfig {
@@ -337,7 +338,7 @@ impl Default for RegistrationConfig {
             restart_nix_daemon: true,
             unlist_unhealthy: true,
             unlist_unhealthy_after: 120,
-            all_users: false,
+            all_users: None,
         }
     }
 }
@@ -627,6 +628,12 @@ impl Config {
             return Err(bad(
                 "alias",
                 format!("is {a:?}: use a plain host name (letters, digits, '-', '_', '.')"),
+            ));
+        }
+        if self.registration.all_users.is_some() {
+            return Err(bad(
+                "all_users",
+                "is no longer read from the config: whether every user's builds may go to a served user's builder is the administrator's choice. Remove the key; on a Linux root service, install with `sudo builderctl install --all-users` instead".into(),
             ));
         }
         if self.idle_stop == 0 {
@@ -947,12 +954,13 @@ impl Config {
     }
 
     /// The user the builder's registration is limited to, when it is: a root builderd on Linux
-    /// serving another user (who is root in the builder) without `all_users = true`. Its
+    /// serving another user (who is root in the builder) unless its service was installed with
+    /// `--all-users` (the unit's environment, which only root writes). Its
     /// machines line and nix.conf setting then go only into files that user controls, never
     /// into files every user's builds read. (On a Mac the served user is the machine's admin,
     /// and a root service serving root serves the one who may change `/nix/store` anyway.)
     pub fn registration_only_for(&self) -> Option<u32> {
-        if cfg!(target_os = "linux") && !self.registration.all_users {
+        if cfg!(target_os = "linux") && !crate::served::flag(crate::served::ALL_USERS) {
             served_user()
         } else {
             None
@@ -1092,6 +1100,16 @@ mod tests {
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(Path::new("/cfg/builderd.toml"), text)
+    }
+
+    #[test]
+    fn all_users_is_the_administrators_not_the_configs() {
+        for v in ["true", "false"] {
+            let e = load(&format!("[registration]\nall_users = {v}\n")).unwrap_err();
+            let m = e.to_string();
+            assert!(m.contains("line 2: `all_users`"), "{m}");
+            assert!(m.contains("sudo builderctl install --all-users"), "{m}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`ident`]: which builderd owns a state dir, who controls a path, this process's user.
 //! - [`hostkey`]: a host key given as one `TYPE BASE64` line.
 //! - [`probe`]: tiny static programs per architecture, to learn which systems really run.
+//! - [`served`]: what a root service serving another user takes from the administrator alone.
 
 pub mod asuser;
 pub mod client;
@@ -21,3 +22,4 @@ pub mod human;
 pub mod ident;
 pub mod probe;
 pub mod protocol;
+pub mod served;

@@ -99,7 +99,8 @@ pub enum ErrorKind {
     BadRequest,
     /// The client speaks another protocol version.
     ProtocolMismatch,
-    /// The peer's uid is neither the owner's nor root's.
+    /// The peer's uid is neither the owner's nor root's, or the administrator has not allowed
+    /// what the config asks for (a root-equivalent builder for a served user).
     PermissionDenied,
     /// Invalid input: config, key files, port.
     Invalid,

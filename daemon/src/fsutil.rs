@@ -38,11 +38,6 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, FsError> {
     Ok(DirLock(f))
 }
 
-/// Reads a file as text; a missing file is `None`.
-pub fn read_optional(path: &Path) -> Result<Option<String>, FsError> {
-    read_text(path, fs::read(path))
-}
-
 /// Reads the file at `path` itself, never through a link (a link there is refused).
 fn read_no_follow(path: &Path) -> Result<Option<String>, FsError> {
     let bytes = OpenOptions::new()

@@ -21,10 +21,11 @@
 //! - [`supervisor`]: the one task that owns the builder and the remote builders: up, down,
 //!   reconcile, health, events, the fleet.
 //! - [`watcher`]: follows the files builderd keeps true, and reports their changes.
+//! - [`root_equivalent`]: the builder a root service on Linux runs only with the administrator's consent.
 //! - [`server`]: the Unix socket: peer credentials, framing, dispatch to the supervisor.
 //! - [`client`]: connecting to the daemon (and starting it), used by `builderctl`.
 
-pub use builderd_core::{client, config, protocol};
+pub use builderd_core::{client, config, protocol, served};
 
 pub mod docker;
 pub mod doctor;
@@ -37,6 +38,7 @@ pub mod oneshot;
 pub mod port;
 pub mod registration;
 pub mod relay;
+pub mod root_equivalent;
 pub mod server;
 pub mod state;
 pub mod supervisor;

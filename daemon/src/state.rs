@@ -47,13 +47,18 @@ pub struct Corrupt {
     pub kept_at: Option<PathBuf>,
 }
 
+/// The most `state.json` (or `fleet.json`) may hold: it lists a few files and keys.
+pub const STATE_LIMIT: u64 = 1024 * 1024;
+
 impl Persisted {
     /// Reads the state; a missing file is the default (down, nothing created). A file that is
     /// there but unreadable (empty, cut off, garbage) is moved aside and reported, and the state
     /// is taken as `up`: a builder is never removed because its state file was damaged.
     pub fn load(state_dir: &Path) -> (Persisted, Option<Corrupt>) {
         let p = path(state_dir);
-        let bytes = match std::fs::read(&p) {
+        // As the state dir's controller, never through a link (builderd writes it by rename),
+        // a regular file of at most 1 MiB: a FIFO or /dev/zero there is damage, not a hang.
+        let bytes = match fsutil::read_limited_as_owner(&p, STATE_LIMIT, false) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return (Persisted::default(), None);

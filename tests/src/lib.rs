@@ -954,9 +954,17 @@ impl Env {
     }
 
     /// Starts a root `builderd` serving `uid` and waits until its socket answers; `Err` holds
-    /// its output when it exits instead.
+    /// its output when it exits instead. It runs as `sudo builderctl install
+    /// --trust-user-with-root` installs it: on Linux the builder with Nix's sandbox is host
+    /// root's, which the administrator has then accepted.
     pub fn start_root_daemon(&self, uid: u32) -> Result<(), String> {
         self.start_root_daemon_with(uid, &[])
+    }
+
+    /// [`Env::start_root_daemon`] as plain `sudo builderctl install` installs it: the served user
+    /// is not trusted with root.
+    pub fn start_root_daemon_untrusted(&self, uid: u32) -> Result<(), String> {
+        self.start_root_daemon_with(uid, &[(builderd::served::TRUST_USER_WITH_ROOT, "")])
     }
 
     /// [`Env::start_root_daemon`] with more environment variables (what the user may have left
@@ -967,6 +975,7 @@ impl Env {
         let mut child = Command::new(bin_dir().join("builderd"))
             .arg("--config")
             .arg(&self.config)
+            .env(builderd::served::TRUST_USER_WITH_ROOT, "1")
             .envs(vars.iter().copied())
             .env("BUILDERD_OWNER_UID", uid.to_string())
             .stdin(Stdio::null())

@@ -155,11 +155,10 @@ fn a_busy_pid_file_never_shows_root_what_a_link_points_to() {
             .to_string(),
     );
     let mut swapper = user
-        .command("python3")
+        .command("/usr/bin/python3")
         .args(["-c", SWAPPER])
         .arg(&state)
         .arg(&secret)
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/root/.pyenv/shims")
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -409,7 +408,10 @@ fn one_users_builder_takes_every_users_builds_only_when_root_says_so() {
             .unwrap();
         assert_eq!(r["state"], "served-user-only", "{r}");
         assert!(
-            r["detail"].as_str().unwrap().contains("all_users = true"),
+            r["detail"]
+                .as_str()
+                .unwrap()
+                .contains("sudo builderctl install --all-users"),
             "{r}"
         );
     }
@@ -427,10 +429,21 @@ fn one_users_builder_takes_every_users_builds_only_when_root_says_so() {
         out.contains("WARN  scope      registered for the served user only"),
         "{out}"
     );
-    // Root says every user trusts the builder: listed, and doctor says so.
-    let mut cfg = std::fs::read_to_string(&env.config).unwrap();
-    cfg.push_str("all_users = true\n");
-    std::fs::write(&env.config, cfg).unwrap();
+    // The config (the user's choice, copied by install) cannot say it: the key is refused.
+    let before = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("{before}all_users = true\n")).unwrap();
+    let o = env.ctl_as(&user, &["up"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--all-users"), "{err}");
+    std::fs::write(&env.config, before).unwrap();
+    assert!(!has_block(&machines) && !has_block(&nix_conf));
+    // Root says every user trusts the builder (the service's environment, as
+    // `sudo builderctl install --all-users` writes it): listed, and doctor says so.
+    let o = env.ctl(&["shutdown"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    env.start_root_daemon_with(user.uid, &[(builderd::served::ALL_USERS, "1")])
+        .unwrap();
     let o = env.ctl_as(&user, &["up"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(has_block(&machines) && has_block(&nix_conf));
@@ -441,4 +454,41 @@ fn one_users_builder_takes_every_users_builds_only_when_root_says_so() {
         "{out}"
     );
     let _ = env.ctl_as(&user, &["down"]);
+}
+
+#[test]
+fn state_files_that_are_a_fifo_or_dev_zero_are_damage_not_a_hang() {
+    // Damage is taken as `up`: the daemon brings the builder up.
+    if skip_docker() {
+        return;
+    }
+    let (env, user) = Env::root_served("");
+    let state = env.path("state");
+    user.sh(&format!(
+        "mkfifo {s}/state.json && ln -s /dev/zero {s}/fleet.json",
+        s = state.display()
+    ));
+    env.start_root_daemon(user.uid).unwrap();
+    // Asked with a bound of its own: a daemon stuck reading would never answer.
+    let o = user
+        .command("timeout")
+        .arg("30")
+        .arg(bin_dir().join("builderctl"))
+        .arg("--config")
+        .arg(&env.config)
+        .args(["status", "--json"])
+        .env("HOME", env.path("home"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "status: {o:?}\n{}",
+        std::fs::read_to_string(env.path("root-daemon.log")).unwrap_or_default()
+    );
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let problem = st["state_file_problem"].as_str().unwrap_or("");
+    assert!(
+        problem.contains("state.json could not be read (it is not a regular file"),
+        "{st:#}"
+    );
 }

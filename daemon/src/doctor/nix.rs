@@ -13,14 +13,14 @@ use crate::config::Config;
 use crate::registration::{Target, block, nix_conf, resolve_target};
 
 /// Whose builds the builder is registered for: every user's (the system-wide machines file),
-/// or, for a root service on Linux serving another user without `all_users = true`, that
+/// or, for a root service on Linux serving another user not installed with `--all-users`, that
 /// user's only (the daemon says so in the machines file's registration).
 pub(super) fn check_scope(ctx: &Ctx) -> Vec<Finding> {
     match ctx.limited() {
         Some(why) => vec![Finding::warn(
             "scope",
             format!("registered for the served user only: {why}"),
-            "set `all_users = true` under [registration] (then `sudo builderctl install`) if every user of this host trusts the builder",
+            "install the service with `sudo builderctl install --all-users` if every user of this host trusts the builder",
         )],
         None => vec![Finding::pass(
             "scope",

@@ -616,7 +616,7 @@ fn limited_to(cfg: &Config, path: &Path) -> Option<String> {
         return None;
     }
     Some(format!(
-        "{} is read by every user's builds, and the builder is uid {uid}'s (root in it, so it can hand back any output): builderd lists it there only with `all_users = true` under [registration], if every user of this host trusts uid {uid}. For uid {uid}'s builds only, point `machines_file` into their home and build with `--builders @FILE` as a trusted user, or with `--store ssh-ng://{}` (see README, \"Who may build there\")",
+        "{} is read by every user's builds, and the builder is uid {uid}'s (root in it, so it can hand back any output): builderd lists it there only when the service was installed with `sudo builderctl install --all-users`, if every user of this host trusts uid {uid}. For uid {uid}'s builds only, point `machines_file` into their home and build with `--builders @FILE` as a trusted user, or with `--store ssh-ng://{}` (see README, \"Who may build there\")",
         path.display(),
         cfg.alias()
     ))

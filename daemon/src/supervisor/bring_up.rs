@@ -5,6 +5,14 @@ use super::*;
 impl Supervisor {
     pub(super) async fn try_reconcile(&mut self, say: Say<'_>) -> Result<bool, Failure> {
         let cfg = self.cfg.clone();
+        // Before anything is built or started: a builder that would make the served user root
+        // on this host runs only with the administrator's consent.
+        let privileges =
+            docker::Privileges::for_builder(cfg.builder.privileged, cfg.builder.sandbox);
+        if let Some(why) = crate::root_equivalent::refusal_here(&privileges) {
+            self.stop_refused_builder().await;
+            return Err(Failure::new(ErrorKind::PermissionDenied, why));
+        }
         let mut changed = false;
         // A healthy builder that is degraded by a registration stays what it is while the
         // reconcile runs: it is not starting, and it did not stop being healthy.

@@ -72,10 +72,10 @@ impl Fleet {
     /// Reads `fleet.json` with the identity of whoever controls the state dir, as `state.json`.
     pub(super) fn load(&mut self, state_dir: &Path) {
         let p = saved_path(state_dir);
-        self.saved = fsutil::as_owner_of(&p, || fsutil::read_optional(&p))
+        // As `state.json`: never through a link, a regular file only, bounded.
+        self.saved = fsutil::read_limited_as_owner(&p, crate::state::STATE_LIMIT, false)
             .ok()
-            .flatten()
-            .and_then(|t| serde_json::from_str(&t).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
     }
 }

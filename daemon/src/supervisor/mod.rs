@@ -632,6 +632,23 @@ impl Supervisor {
             .map(|f| (d, f)))
     }
 
+    /// A builder made before its privileges were refused (by an older release, or before the
+    /// service lost `--trust-user-with-root`) is stopped: refusing means it does not run.
+    async fn stop_refused_builder(&mut self) {
+        if let Ok(Some((d, f))) = self.our_container().await
+            && f.running
+        {
+            match docker::container::stop(&d, &f.id, Duration::from_secs(10)).await {
+                Ok(()) => {
+                    tracing::warn!(container = %self.cfg.container_name, "stopped the builder: its privileges are refused")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot stop the builder whose privileges are refused")
+                }
+            }
+        }
+    }
+
     async fn container_logs(&mut self) -> String {
         match self.our_container().await {
             Ok(Some((d, f))) => docker::last_logs(&d, &f.id, 5).await,
