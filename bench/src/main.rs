@@ -634,23 +634,7 @@ fn on_demand(n: usize, stream_runs: usize, idle_secs: u64, tiny_conns: usize) ->
     let tiny = |port: u16| {
         let t = Instant::now();
         for _ in 0..tiny_conns {
-            let o = run(Command::new("ssh")
-                .args([
-                    "-F",
-                    "/dev/null",
-                    "-o",
-                    "BatchMode=yes",
-                    "-o",
-                    "IdentitiesOnly=yes",
-                ])
-                .args(["-o", "StrictHostKeyChecking=yes"])
-                .arg("-o")
-                .arg(format!("UserKnownHostsFile={}", kh.display()))
-                .arg("-o")
-                .arg(format!("HostKeyAlias=[localhost]:{}", env.port))
-                .arg("-i")
-                .arg(&key)
-                .args(["-p", &port.to_string(), "root@127.0.0.1", "true"]));
+            let o = env.ssh_pinned_at(&kh, port, "true");
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         }
         ms(t.elapsed())

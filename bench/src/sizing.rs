@@ -33,14 +33,7 @@ pub fn rows(n: usize) -> Figure {
             .arg(&file)
             .args(["--max-jobs", "0", "--no-out-link", "--builders"])
             .arg(format!("@{}", env.path("etc/nix/machines").display()))
-            .args([
-                "--option",
-                "substituters",
-                "",
-                "--option",
-                "build-users-group",
-                "",
-            ])
+            .args(builderd_tests::CLIENT_OPTIONS)
             .env("NIX_SSHOPTS", format!("-F {}", cfg.display())));
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         runs.push(ms(t.elapsed()));

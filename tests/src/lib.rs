@@ -273,11 +273,20 @@ impl Env {
 
     /// ssh to the builder with this key, `-p PORT`, and `known_hosts` pinned strictly.
     pub fn ssh_pinned(&self, known_hosts: &Path, command: &str) -> Output {
+        self.ssh_pinned_at(known_hosts, self.port, command)
+    }
+
+    /// [`Env::ssh_pinned`] to 127.0.0.1:`port` (the container's published port, say), the host
+    /// key still looked up as the builder's port's.
+    pub fn ssh_pinned_at(&self, known_hosts: &Path, port: u16, command: &str) -> Output {
         let key = self.path("home/.ssh/id_ed25519");
         let kh = format!("UserKnownHostsFile={}", known_hosts.display());
-        let port = self.port.to_string();
+        let alias = format!("HostKeyAlias=[localhost]:{}", self.port);
+        let port = port.to_string();
         self.ssh(
             &[
+                "-o",
+                &alias,
                 "-F",
                 "/dev/null",
                 "-i",
@@ -380,14 +389,7 @@ impl Env {
                 "--no-out-link",
             ])
             .args(["--builders", &machines])
-            .args([
-                "--option",
-                "substituters",
-                "",
-                "--option",
-                "build-users-group",
-                "",
-            ])
+            .args(CLIENT_OPTIONS)
             .env("NIX_SSHOPTS", sshopts)
             .stdin(Stdio::null())
             .output()
@@ -506,6 +508,16 @@ impl Drop for Env {
 }
 
 /// Standard base64, as in a machines line's field 8.
+/// The host's Nix as the tests run it: root, single-user, with no cache of its own.
+pub const CLIENT_OPTIONS: [&str; 6] = [
+    "--option",
+    "substituters",
+    "",
+    "--option",
+    "build-users-group",
+    "",
+];
+
 pub fn b64(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)

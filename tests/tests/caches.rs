@@ -55,14 +55,7 @@ fn an_unreachable_cache_is_left_out_and_reported() {
         ])
         .arg("--builders")
         .arg(format!("@{}", env.path("etc/nix/machines").display()))
-        .args([
-            "--option",
-            "substituters",
-            "",
-            "--option",
-            "build-users-group",
-            "",
-        ])
+        .args(builderd_tests::CLIENT_OPTIONS)
         .args(["--option", "builders-use-substitutes", "true", "-v"])
         .env(
             "NIX_SSHOPTS",
