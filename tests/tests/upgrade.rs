@@ -8,6 +8,20 @@ use std::time::Duration;
 use base64::Engine;
 use builderd_tests::{Env, bin_dir, skip_docker};
 
+/// The builder's nix.conf once its entrypoint has written it: the container answers `exec` as
+/// soon as it runs, before the entrypoint is through.
+fn builder_nix_conf(env: &Env) -> String {
+    for _ in 0..600 {
+        let conf = env.docker(&["exec", &env.name, "cat", "/etc/nix/nix.conf"]);
+        let text = String::from_utf8_lossy(&conf.stdout).into_owned();
+        if text.contains("sandbox = ") {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the builder's entrypoint never wrote /etc/nix/nix.conf");
+}
+
 /// The machines line the previous release wrote: the key file in field 3.
 fn previous_machines_line(env: &Env) -> String {
     let b64 =
@@ -58,8 +72,7 @@ fn a_builder_of_the_previous_release_is_recreated_sandboxed_keeping_its_host_key
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let old_id = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    let conf = env.docker(&["exec", &env.name, "cat", "/etc/nix/nix.conf"]);
-    assert!(String::from_utf8_lossy(&conf.stdout).contains("sandbox = false"));
+    assert!(builder_nix_conf(&env).contains("sandbox = false"));
     let machines = env.path("etc/nix/machines");
     let text = std::fs::read_to_string(&machines).unwrap();
     let current = text
@@ -104,8 +117,7 @@ fn a_builder_of_the_previous_release_is_recreated_sandboxed_keeping_its_host_key
         String::from_utf8_lossy(&o.stdout).trim(),
         r#"false ["SYS_ADMIN"]"#
     );
-    let conf = env.docker(&["exec", &env.name, "cat", "/etc/nix/nix.conf"]);
-    assert!(String::from_utf8_lossy(&conf.stdout).contains("sandbox = true\n"));
+    assert!(builder_nix_conf(&env).contains("sandbox = true\n"));
     // The machines line is the new form, still pinning the same key.
     let line = std::fs::read_to_string(&machines).unwrap();
     let line = line.lines().find(|l| l.starts_with("ssh-ng://")).unwrap();
