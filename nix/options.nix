@@ -29,7 +29,8 @@
     trusted_public_keys = { type = "str"; default = null; description = "The builder's trusted-public-keys."; };
     min_free = { type = "int"; default = 1073741824; description = "Collect garbage below this many free bytes."; };
     max_free = { type = "int"; default = 4294967296; description = "… until this many are free."; };
-    max_jobs = { type = "int"; default = 4; description = "Machines line: jobs at once."; };
+    max_jobs = { type = "int"; default = null; description = "Machines line and the builder's max-jobs (from the engine's CPUs and memory when unset)."; };
+    cores = { type = "int"; default = null; description = "The builder's cores per job (from the engine's CPUs when unset)."; };
     speed_factor = { type = "int"; default = 1; description = "Machines line: speed factor."; };
     supported_features = { type = "listOfStr"; default = [ "benchmark" "big-parallel" ]; description = "Machines line: features."; };
     systems = { type = "listOfStr"; default = null; description = "Only these of the systems the builder runs."; };
