@@ -23,7 +23,10 @@ fn settings() -> insta::Settings {
     s.add_filter(r"\d+\.\d (KiB|MiB|GiB|TiB)", "[SIZE]");
     s.add_filter(r"\(\d+×\)", "([N]×)");
     // The builder's jobs and cores follow the engine's CPUs and memory.
-    s.add_filter(r"\d+ at once, \d+ cores each", "[N] at once, [N] cores each");
+    s.add_filter(
+        r"\d+ at once, \d+ cores each",
+        "[N] at once, [N] cores each",
+    );
     s.add_filter(r"engine: \d+ CPUs", "engine: [N] CPUs");
     s.add_filter(r"maxJobs = \d+;", "maxJobs = [N];");
     s.add_filter(r"unix://\S+ \([^)]*\)", "[ENGINE]");
