@@ -393,11 +393,7 @@ impl Supervisor {
                 ErrorKind::UnknownName,
                 format!(
                     "no remote is named {name:?}: nothing to forget (remotes: {})",
-                    if names.is_empty() {
-                        "none".to_string()
-                    } else {
-                        names.join(", ")
-                    }
+                    listed(&names)
                 ),
             ));
         }
@@ -450,11 +446,7 @@ impl Supervisor {
                 ErrorKind::Invalid,
                 format!(
                     "no remote is named {name:?} in the config (remotes: {})",
-                    if names.is_empty() {
-                        "none".to_string()
-                    } else {
-                        names.join(", ")
-                    }
+                    listed(&names)
                 ),
             ));
         };
@@ -530,4 +522,13 @@ fn fleet_bodies(cfg: &Config, wanted: &[RemoteWanted]) -> Vec<Vec<Option<Vec<Str
                 .collect()
         })
         .collect()
+}
+
+/// Remote names for a message: comma-separated, or `none`.
+fn listed(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
 }
