@@ -60,7 +60,10 @@ pub fn install_copies(dir: &Path, program: &Path, config: &Path) -> Result<(), S
     )
     .into_bytes();
     copy.extend_from_slice(&text);
-    for (name, bytes, mode) in [("builderd", &binary, 0o755), ("config.toml", &copy, 0o644)] {
+    for (name, bytes, mode) in [
+        ("builderd", &binary, 0o755),
+        (config::SYSTEM_CONFIG_NAME, &copy, 0o644),
+    ] {
         let p = dir.join(name);
         crate::service::write_replacing(&p, bytes, mode)?;
         verify(&p, bytes, mode)?;
@@ -70,7 +73,7 @@ pub fn install_copies(dir: &Path, program: &Path, config: &Path) -> Result<(), S
 
 /// Removes what [`install_copies`] put in `dir`; with `purge` the logs too, and `dir` itself.
 pub fn remove_copies(dir: &Path, purge: bool) {
-    for name in ["builderd", "config.toml"] {
+    for name in ["builderd", config::SYSTEM_CONFIG_NAME] {
         let _ = std::fs::remove_file(dir.join(name));
     }
     if purge {

@@ -136,6 +136,10 @@ enum Cmd {
         /// this prefix
         #[arg(long, hide = true)]
         prefix: Option<PathBuf>,
+        /// With --print: the system service as `sudo builderctl install` writes it on macOS
+        /// (the launchd daemon), for the release's service definitions
+        #[arg(long, hide = true, requires = "print", conflicts_with = "user")]
+        for_macos: bool,
     },
     /// Stop and remove the service
     #[command(
@@ -291,17 +295,26 @@ async fn run(cmd: Cmd, cfg: &Config, config_path: &Path, out: &output::Out) -> u
             trust_user_with_root,
             all_users,
             prefix,
+            for_macos,
         } => {
             let grants = service::Grants {
                 trust_user_with_root,
                 all_users,
             };
+            let os = if for_macos {
+                builderd_launchd::Os::MacOs
+            } else {
+                builderd_launchd::Os::current()
+            };
             service::install(
                 cfg,
                 config_path,
-                print,
-                user,
-                grants,
+                service::Install {
+                    print,
+                    user,
+                    grants,
+                    os,
+                },
                 prefix.as_deref(),
                 out,
             )

@@ -204,8 +204,8 @@ impl Grants {
     }
 
     /// What the service will do for the served user `uid`, said at install.
-    fn describe(self, uid: u32) -> Vec<String> {
-        if uid == 0 || !cfg!(target_os = "linux") {
+    fn describe(self, uid: u32, os: Os) -> Vec<String> {
+        if uid == 0 || os != Os::Linux {
             return Vec::new();
         }
         let user = builderd_core::served::user_name(uid);
@@ -240,6 +240,7 @@ fn service_for(
     config_path: &Path,
     user: bool,
     grants: Grants,
+    os: Os,
 ) -> Result<Service, String> {
     let program =
         crate::daemon_next_to_us().ok_or("cannot find the builderd binary next to builderctl")?;
@@ -272,15 +273,26 @@ fn service_for(
     }
     env.insert("BUILDERD_OWNER_UID".to_string(), uid.to_string());
     grants.record(&mut env);
-    let dir = config::system_dir();
+    let dir = config::system_dir_for(os == Os::MacOs);
     Ok(Service {
         program: dir.join("builderd"),
-        config: config::system_config_path(),
+        config: dir.join(config::SYSTEM_CONFIG_NAME),
         log_dir: dir.join("logs"),
         env,
         system: true,
         uid,
     })
+}
+
+/// What `builderctl install` was asked for.
+pub struct Install {
+    /// Show the definition and the commands only.
+    pub print: bool,
+    /// The user's agent rather than the root service.
+    pub user: bool,
+    pub grants: Grants,
+    /// The service manager: this machine's, or macOS's for the release's printed definitions.
+    pub os: Os,
 }
 
 /// `builderctl install [--print] [--user]`. With `prefix` (test builds only), only the copy step,
@@ -289,23 +301,26 @@ fn service_for(
 pub async fn install(
     cfg: &Config,
     config_path: &Path,
-    print: bool,
-    user: bool,
-    grants: Grants,
+    ask: Install,
     prefix: Option<&Path>,
     out: &Out,
 ) -> u8 {
+    let Install {
+        print,
+        user,
+        grants,
+        os,
+    } = ask;
     if let Some(prefix) = prefix {
         return copies_only(prefix, config_path, out);
     }
-    let svc = match service_for(cfg, config_path, user, grants) {
+    let svc = match service_for(cfg, config_path, user, grants, os) {
         Ok(s) => s,
         Err(e) => {
             out.error(&e);
             return exit::FAILURE;
         }
     };
-    let os = Os::current();
     let home = config::home_dir();
     let path = svc.path(os, &home);
     if print {
@@ -315,7 +330,7 @@ pub async fn install(
         };
         println!("# {}\n{def}", path.display());
         if svc.system {
-            for line in grants.describe(svc.uid) {
+            for line in grants.describe(svc.uid, os) {
                 println!("# {line}");
             }
         }
@@ -347,7 +362,7 @@ pub async fn install(
                 p.display()
             ));
             if svc.system {
-                for line in grants.describe(svc.uid) {
+                for line in grants.describe(svc.uid, os) {
                     out.info(&line);
                 }
             }
@@ -426,7 +441,7 @@ fn lock_is_held(pidfile: &Path) -> bool {
 
 /// `builderctl uninstall [--purge]`.
 pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool, out: &Out) -> u8 {
-    let svc = match service_for(cfg, config_path, user, Grants::default()) {
+    let svc = match service_for(cfg, config_path, user, Grants::default(), Os::current()) {
         Ok(s) => s,
         Err(e) => {
             out.error(&e);

@@ -114,8 +114,11 @@ pub fn host_key_copy(state_dir: &Path) -> PathBuf {
 
 /// The root service's copy of the config.
 pub fn system_config_path() -> PathBuf {
-    system_dir().join("config.toml")
+    system_dir().join(SYSTEM_CONFIG_NAME)
 }
+
+/// The name of root's copy of the config in [`system_dir`].
+pub const SYSTEM_CONFIG_NAME: &str = "config.toml";
 
 /// The user a root builderd serves (`BUILDERD_OWNER_UID`, set by `sudo builderctl install`), when
 /// this process is root and that user is not.

@@ -1,5 +1,6 @@
 //! `scripts/release` run for real (as CI runs it, once): the universal macOS tarball, the Linux
-//! ones, their SHA-256 files, the service definitions and the filled-in Homebrew formula. The
+//! ones, their SHA-256 files, the service definitions (the systemd units and the macOS
+//! LaunchDaemon's plist, parsed back) and the filled-in Homebrew formula. The
 //! Mach-O headers of the macOS programs are read back: one fat file per program with an arm64
 //! and an x86_64 slice, each linked against libSystem alone (no framework: notify's kqueue
 //! backend, not FSEvents) and importing the macOS calls builderd makes.
@@ -232,5 +233,52 @@ fn the_formula_is_filled_in_and_the_services_are_install_s() {
     assert!(
         user.contains("ExecStart=\"/usr/local/bin/builderd\" --config \"/home/USER/.config/builderd/config.toml\""),
         "{user}"
+    );
+}
+
+#[test]
+fn the_launchd_plist_is_the_root_service_sudo_builderctl_install_writes_on_a_mac() {
+    let path = release().join("service/org.builderd.builderd.plist");
+    let v = plist::Value::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let d = v.as_dictionary().expect("a dictionary");
+    let s = |k: &str| {
+        d.get(k)
+            .and_then(plist::Value::as_string)
+            .map(str::to_owned)
+    };
+    assert_eq!(s("Label").as_deref(), Some("org.builderd.builderd"));
+    let dir = "/Library/Application Support/org.builderd";
+    let args: Vec<&str> = d["ProgramArguments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_string().unwrap())
+        .collect();
+    assert_eq!(
+        args,
+        [
+            format!("{dir}/builderd").as_str(),
+            "--config",
+            &format!("{dir}/config.toml")
+        ]
+    );
+    for k in ["RunAtLoad", "KeepAlive"] {
+        assert_eq!(d[k].as_boolean(), Some(true), "{k}");
+    }
+    assert_eq!(
+        s("StandardErrorPath").as_deref(),
+        Some(format!("{dir}/logs/builderd.err.log").as_str())
+    );
+    let env = d["EnvironmentVariables"].as_dictionary().unwrap();
+    let e = |k: &str| env.get(k).and_then(plist::Value::as_string);
+    assert_eq!(e("HOME"), Some("/Users/USER"));
+    assert_eq!(e("BUILDERD_OWNER_UID"), Some("501"));
+    // Root's own directories, never the PATH of whoever ran the release.
+    assert_eq!(e("PATH"), Some(builderd::config::ROOT_PATH));
+    // Nothing of this Linux machine's own service leaked into it.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !text.contains("/usr/local/lib/builderd") && !text.contains("/tmp/"),
+        "{text}"
     );
 }
