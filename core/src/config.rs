@@ -931,6 +931,16 @@ impl Config {
         uid: u32,
         bad: &dyn Fn(&str, String) -> ConfigError,
     ) -> Result<(), ConfigError> {
+        if cfg!(target_os = "linux")
+            && let Some(h) = &self.docker_host
+        {
+            return Err(bad(
+                "docker_host",
+                format!(
+                    "is {h:?}: a root builderd on Linux serving uid {uid} uses root's own engine (/var/run/docker.sock, or the DOCKER_HOST of its service), never one the config names. Remove the key"
+                ),
+            ));
+        }
         let fixed = root_files();
         let reg = &self.registration;
         let mut files: Vec<(&str, &Path, &Path)> = vec![

@@ -262,3 +262,93 @@ fn roots_builderctl_starts_no_daemon_on_a_users_config() {
     }
     drop(user);
 }
+
+/// A Unix socket the user listens on, as a fake engine would: each connection is recorded in
+/// `log`.
+fn users_listener(user: &builderd_tests::TestUser, sock: &Path, log: &Path) -> std::process::Child {
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_UNIX)\n\
+         s.bind({sock:?})\n\
+         s.listen(8)\n\
+         while True:\n\
+         \x20   c, _ = s.accept()\n\
+         \x20   open({log:?}, 'a').write('connected\\n')\n\
+         \x20   c.close()\n",
+        sock = sock.display().to_string(),
+        log = log.display().to_string(),
+    );
+    let child = user
+        .command("python3")
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn a_linux_root_service_never_uses_an_engine_the_user_names() {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let (env, user) = Env::root_served("");
+    let home = env.path("home");
+    // The user's docker context names a socket they listen on.
+    let sock = env.path("home/fake-engine.sock");
+    let log = env.path("home/connections");
+    let mut listener = users_listener(&user, &sock, &log);
+    let ctx = "mine";
+    let digest = builderd::docker::engine::hex(&{
+        use sha2::Digest;
+        sha2::Sha256::digest(ctx.as_bytes())
+    });
+    user.sh(&format!(
+        "mkdir -p {h}/.docker/contexts/meta/{digest} && \
+         printf '{{\"currentContext\":\"{ctx}\"}}' > {h}/.docker/config.json && \
+         printf '{{\"Name\":\"{ctx}\",\"Endpoints\":{{\"docker\":{{\"Host\":\"unix://{s}\"}}}}}}' > {h}/.docker/contexts/meta/{digest}/meta.json",
+        h = home.display(),
+        s = sock.display()
+    ));
+    // HOME is the user's, as `sudo builderctl install` writes it into the unit.
+    let home_s = home.display().to_string();
+    env.start_root_daemon_with(user.uid, &[("HOME", &home_s)])
+        .unwrap();
+    let o = env.ctl_as(&user, &["status", "--json"]);
+    let status = String::from_utf8_lossy(&o.stdout).into_owned();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let _ = env.ctl_as(&user, &["shutdown"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::os::unix::net::UnixStream::connect(env.path("state/builderd.sock")).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = listener.kill();
+    let _ = listener.wait();
+    assert!(
+        !log.exists(),
+        "the root service connected to the user's engine: {status}"
+    );
+    assert!(!status.contains("fake-engine"), "{status}");
+    // The config's docker_host is the user's value too: refused.
+    let text = env.config_text().replace(
+        "health_interval = 2\n",
+        &format!(
+            "health_interval = 2\ndocker_host = \"unix://{}\"\n",
+            sock.display()
+        ),
+    );
+    std::fs::write(&env.config, text).unwrap();
+    let e = env.start_root_daemon(user.uid).unwrap_err();
+    assert!(e.contains("`docker_host`"), "{e}");
+}
