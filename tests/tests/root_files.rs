@@ -352,3 +352,28 @@ fn a_linux_root_service_never_uses_an_engine_the_user_names() {
     let e = env.start_root_daemon(user.uid).unwrap_err();
     assert!(e.contains("`docker_host`"), "{e}");
 }
+
+#[test]
+fn what_the_user_writes_never_forges_a_line_of_roots_log() {
+    let (env, user) = Env::root_served("");
+    // A state.json whose bad value carries a line of its own into the error root logs.
+    let forged = "2026-01-01T00:00:00.000000Z  INFO builderd::server: forged line";
+    let state = env.path("state/state.json");
+    std::fs::write(
+        &state,
+        format!("{{\"desired\": \"x\\n{forged}\\u001b[2K\"}}"),
+    )
+    .unwrap();
+    user.give(&state);
+    env.start_root_daemon(user.uid).unwrap();
+    let _ = env.ctl_as(&user, &["shutdown"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let log = std::fs::read_to_string(env.path("root-daemon.log")).unwrap();
+    assert!(log.contains("could not be read"), "{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-01-01")),
+        "a line of the user's reached root's log as a line of its own:\n{log}"
+    );
+    assert!(!log.contains('\u{1b}'), "{log}");
+    assert!(log.contains("forged line"), "{log}");
+}
