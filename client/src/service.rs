@@ -437,44 +437,6 @@ fn lock_is_held(pidfile: &Path) -> bool {
     matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock))
 }
 
-mod libc_flags {
-    use rustix::fs::OFlags;
-    /// `O_NONBLOCK | O_NOFOLLOW`.
-    pub const NONBLOCK_NOFOLLOW: i32 = (OFlags::NONBLOCK.bits() | OFlags::NOFOLLOW.bits()) as i32;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::lock_is_held;
-    use std::process::Command;
-    use std::time::Duration;
-
-    #[test]
-    fn a_pid_file_that_is_a_fifo_or_a_link_holds_no_lock_and_never_hangs() {
-        let d = tempfile::tempdir().unwrap();
-        let fifo = d.path().join("builderd.pid");
-        assert!(
-            Command::new("mkfifo")
-                .arg(&fifo)
-                .status()
-                .unwrap()
-                .success()
-        );
-        let (tx, rx) = std::sync::mpsc::channel();
-        let p = fifo.clone();
-        std::thread::spawn(move || tx.send(lock_is_held(&p)));
-        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(false));
-        // A link to a file another process holds locked is not this state dir's lock.
-        let real = d.path().join("real.pid");
-        let held = std::fs::File::create(&real).unwrap();
-        held.lock().unwrap();
-        let link = d.path().join("link.pid");
-        std::os::unix::fs::symlink(&real, &link).unwrap();
-        assert!(!lock_is_held(&link));
-        assert!(lock_is_held(&real));
-    }
-}
-
 /// `builderctl uninstall [--purge]`.
 pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool, out: &Out) -> u8 {
     let svc = match service_for(cfg, config_path, user, Grants::default()) {
@@ -540,4 +502,42 @@ pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool
         }
     }
     exit::OK
+}
+
+mod libc_flags {
+    use rustix::fs::OFlags;
+    /// `O_NONBLOCK | O_NOFOLLOW`.
+    pub const NONBLOCK_NOFOLLOW: i32 = (OFlags::NONBLOCK.bits() | OFlags::NOFOLLOW.bits()) as i32;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lock_is_held;
+    use std::process::Command;
+    use std::time::Duration;
+
+    #[test]
+    fn a_pid_file_that_is_a_fifo_or_a_link_holds_no_lock_and_never_hangs() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("builderd.pid");
+        assert!(
+            Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = fifo.clone();
+        std::thread::spawn(move || tx.send(lock_is_held(&p)));
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(false));
+        // A link to a file another process holds locked is not this state dir's lock.
+        let real = d.path().join("real.pid");
+        let held = std::fs::File::create(&real).unwrap();
+        held.lock().unwrap();
+        let link = d.path().join("link.pid");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(!lock_is_held(&link));
+        assert!(lock_is_held(&real));
+    }
 }
