@@ -252,6 +252,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn roots_engine_is_its_own_docker_host_or_the_default_socket() {
+        assert_eq!(root_endpoint(None).host, "unix:///var/run/docker.sock");
+        assert_eq!(root_endpoint(Some("")).host, "unix:///var/run/docker.sock");
+        assert_eq!(root_endpoint(Some("unix:///r.sock")).host, "unix:///r.sock");
+    }
+
+    #[test]
     fn endpoint_order() {
         let d = tempfile::tempdir().unwrap();
         let home = d.path();
