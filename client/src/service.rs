@@ -431,11 +431,24 @@ async fn hand_over(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether a daemon holds the instance lock on `pidfile`.
+/// Whether a daemon holds the instance lock on `pidfile`. The file is in the user's state dir:
+/// opened as whoever controls it, never through a link and without blocking (a FIFO there
+/// never hangs this), and only a regular file counts.
 fn lock_is_held(pidfile: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(pidfile) else {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc_flags::NONBLOCK_NOFOLLOW)
+            .open(pidfile)
+            .map_err(|e| builderd_core::asuser::FsError::new("cannot open", pidfile, e))
+    };
+    let Ok(f) = builderd_core::asuser::as_owner_of(pidfile, open) else {
         return false;
     };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock))
 }
 
@@ -504,4 +517,42 @@ pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool
         }
     }
     exit::OK
+}
+
+mod libc_flags {
+    use rustix::fs::OFlags;
+    /// `O_NONBLOCK | O_NOFOLLOW`.
+    pub const NONBLOCK_NOFOLLOW: i32 = (OFlags::NONBLOCK.bits() | OFlags::NOFOLLOW.bits()) as i32;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lock_is_held;
+    use std::process::Command;
+    use std::time::Duration;
+
+    #[test]
+    fn a_pid_file_that_is_a_fifo_or_a_link_holds_no_lock_and_never_hangs() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("builderd.pid");
+        assert!(
+            Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = fifo.clone();
+        std::thread::spawn(move || tx.send(lock_is_held(&p)));
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(false));
+        // A link to a file another process holds locked is not this state dir's lock.
+        let real = d.path().join("real.pid");
+        let held = std::fs::File::create(&real).unwrap();
+        held.lock().unwrap();
+        let link = d.path().join("link.pid");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(!lock_is_held(&link));
+        assert!(lock_is_held(&real));
+    }
 }

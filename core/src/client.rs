@@ -106,6 +106,46 @@ pub async fn request(
     exchange(connect(socket).await?, request, progress).await
 }
 
+/// Why root may not start a daemon on the config at `config_path`, when it may not: under
+/// `sudo` (whose config, home and state dir are the invoking user's), or on a config that
+/// another user controls or may write. The root service (`sudo builderctl install`) is the way
+/// to run builderd as root for a user.
+fn root_may_not_start(config_path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    if let Some(user) = std::env::var("SUDO_USER")
+        .ok()
+        .filter(|u| !u.is_empty() && u != "root")
+    {
+        return Some(format!(
+            "under sudo its config {} is {user:?}'s",
+            config_path.display()
+        ));
+    }
+    let real = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_path_buf());
+    if let Some(uid) = [config_path, real.as_path()]
+        .into_iter()
+        .map(|p| crate::ident::controller_of(p).0)
+        .find(|&u| u != 0)
+    {
+        return Some(format!(
+            "uid {uid} controls its config {}",
+            config_path.display()
+        ));
+    }
+    match std::fs::metadata(config_path) {
+        Ok(m) if m.uid() != 0 || m.mode() & 0o022 != 0 => Some(format!(
+            "its config {} is writable by others than root (owner uid {}, mode {:o})",
+            config_path.display(),
+            m.uid(),
+            m.mode() & 0o7777
+        )),
+        _ => None,
+    }
+}
+
 /// Connects, starting the daemon first when nothing answers (the socket is missing or refuses).
 /// Waits up to `wait` for it to answer, or reports why it failed.
 pub async fn connect_or_start(
@@ -125,6 +165,11 @@ pub async fn connect_or_start(
             });
         }
         Err(_) => {}
+    }
+    if let Some(why) = root_may_not_start(config_path) {
+        return Err(ClientError::Start(format!(
+            "builderctl runs as root, and {why}: a daemon started here would run as root on values the user can change. Use `sudo builderctl install` to run builderd as the service serving the user, or run `builderctl up` as the user"
+        )));
     }
     let log = cfg.daemon_log();
     std::fs::create_dir_all(cfg.log_dir()).map_err(|e| {

@@ -112,6 +112,39 @@ pub fn host_key_copy(state_dir: &Path) -> PathBuf {
     state_dir.join("builder_host_key.pub")
 }
 
+/// Root's own files for each registration role: the only files outside the served user's
+/// reach that a root builderd serving another user edits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RootFiles {
+    pub machines_file: PathBuf,
+    pub nix_conf: PathBuf,
+    pub known_hosts: PathBuf,
+    pub ssh_config: PathBuf,
+}
+
+/// [`RootFiles`]: `/etc/nix/machines`, `/etc/nix/nix.conf` and root's `~/.ssh/known_hosts` and
+/// `~/.ssh/config`. A debug build (the tests) reads them under `BUILDERD_TEST_ROOT` instead
+/// (`etc/nix/…`, `root/.ssh/…`); a release build never does.
+pub fn root_files() -> RootFiles {
+    #[cfg(debug_assertions)]
+    if let Some(r) = std::env::var_os("BUILDERD_TEST_ROOT").filter(|r| !r.is_empty()) {
+        let r = PathBuf::from(r);
+        return RootFiles {
+            machines_file: r.join("etc/nix/machines"),
+            nix_conf: r.join("etc/nix/nix.conf"),
+            known_hosts: r.join("root/.ssh/known_hosts"),
+            ssh_config: r.join("root/.ssh/config"),
+        };
+    }
+    let home = root_home();
+    RootFiles {
+        machines_file: "/etc/nix/machines".into(),
+        nix_conf: "/etc/nix/nix.conf".into(),
+        known_hosts: home.join(".ssh/known_hosts"),
+        ssh_config: home.join(".ssh/config"),
+    }
+}
+
 /// The root service's copy of the config.
 pub fn system_config_path() -> PathBuf {
     system_dir().join(SYSTEM_CONFIG_NAME)
@@ -413,6 +446,26 @@ fn is_plain_name(s: &str) -> bool {
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
 }
 
+/// Why `s` may not be an alias (the builder's or a remote's), whose ssh_config `Host` block and
+/// known_hosts line would otherwise stand for a real host in root's files: `None` when it may.
+fn not_a_builder_name(s: &str) -> Option<&'static str> {
+    if s.contains(':') {
+        Some("which is an IPv6 address")
+    } else if s.contains('.') {
+        Some("which has a dot, as host names and IP addresses do")
+    } else if s.eq_ignore_ascii_case("localhost") || s.eq_ignore_ascii_case("localhost6") {
+        Some("which is the host itself")
+    } else if s.chars().all(|c| c.is_ascii_digit())
+        || (s.len() > 2
+            && s[..2].eq_ignore_ascii_case("0x")
+            && s[2..].chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        Some("which is a number, an IP address to ssh")
+    } else {
+        None
+    }
+}
+
 /// A host name, an IPv4 or an IPv6 address: nothing that could break an ssh_config line.
 fn is_address(s: &str) -> bool {
     !s.is_empty()
@@ -616,6 +669,15 @@ impl Config {
                 "is 22, the host's own SSH port: choose a free port such as 2222".into(),
             ));
         }
+        if self.port < 1024 {
+            return Err(bad(
+                "port",
+                format!(
+                    "is {}, below 1024: ports under 1024 are the system's services, which the builder must not stand in for; choose a free port from 1024 up, such as 2222",
+                    self.port
+                ),
+            ));
+        }
         if !is_plain_name(&self.container_name) {
             return Err(bad(
                 "container_name",
@@ -625,12 +687,33 @@ impl Config {
                 ),
             ));
         }
+        // The alias names ssh_config and known_hosts blocks, root's too: it may name no host
+        // that exists.
+        let alias_key = if self.registration.alias.is_some() {
+            "alias"
+        } else {
+            "container_name"
+        };
+        if let Some(why) = not_a_builder_name(self.alias()) {
+            return Err(bad(
+                alias_key,
+                format!(
+                    "is {:?}, {why}: the alias names the builder in ssh_config and known_hosts (root's too), so it has no dot, is not `localhost` and not an IP address. Choose a name such as \"nix-builder\"{}",
+                    self.alias(),
+                    if alias_key == "container_name" {
+                        ", or set `alias` in [registration]"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
         if let Some(a) = &self.registration.alias
             && !is_word(a)
         {
             return Err(bad(
                 "alias",
-                format!("is {a:?}: use a plain host name (letters, digits, '-', '_', '.')"),
+                format!("is {a:?}: use a plain host name (letters, digits, '-', '_')"),
             ));
         }
         if self.registration.all_users.is_some() {
@@ -690,6 +773,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(uid) = served_user() {
+            self.validate_served_paths(uid, &bad)?;
+        }
         self.validate_remotes(path, text)?;
         let max = socket_path_max(cfg!(target_os = "macos"));
         let len = self.socket.as_os_str().len();
@@ -742,6 +828,15 @@ impl Config {
                     "name",
                     format!(
                         "{:?} is used twice (by another remote, the container or its alias): give each builder its own name",
+                        r.name
+                    ),
+                ));
+            }
+            if let Some(why) = not_a_builder_name(&r.name) {
+                return Err(bad(
+                    "name",
+                    format!(
+                        "is {:?}, {why}: a remote's name is its ssh_config alias (root's too), so it has no dot, is not `localhost` and not an IP address; put the host in `address` and choose a name such as \"big-box\"",
                         r.name
                     ),
                 ));
@@ -826,6 +921,79 @@ impl Config {
                     "has quotes or control characters, which cannot go into an ssh_config line"
                         .into(),
             });
+        }
+        Ok(())
+    }
+
+    /// A root builderd serving `uid` edits, creates and removes files where the config says,
+    /// and the config's values are the user's: each such path is root's own fixed file for its
+    /// role ([`root_files`]) or one the user controls (then edited as the user,
+    /// [`crate::asuser::as_owner_of`]). The state dir and the socket's directory are the user's.
+    fn validate_served_paths(
+        &self,
+        uid: u32,
+        bad: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if cfg!(target_os = "linux")
+            && let Some(h) = &self.docker_host
+        {
+            return Err(bad(
+                "docker_host",
+                format!(
+                    "is {h:?}: a root builderd on Linux serving uid {uid} uses root's own engine (/var/run/docker.sock, or the DOCKER_HOST of its service), never one the config names. Remove the key"
+                ),
+            ));
+        }
+        let fixed = root_files();
+        let reg = &self.registration;
+        let mut files: Vec<(&str, &Path, &Path)> = vec![
+            ("machines_file", &reg.machines_file, &fixed.machines_file),
+            ("nix_conf", &reg.nix_conf, &fixed.nix_conf),
+        ];
+        files.extend(
+            reg.known_hosts
+                .iter()
+                .map(|p| ("known_hosts", p.as_path(), fixed.known_hosts.as_path())),
+        );
+        files.extend(
+            reg.ssh_config
+                .iter()
+                .map(|p| ("ssh_config", p.as_path(), fixed.ssh_config.as_path())),
+        );
+        for (key, p, own) in files {
+            let by = crate::ident::controller_of(p).0;
+            if p == own || by == uid {
+                continue;
+            }
+            return Err(bad(
+                key,
+                format!(
+                    "is {}, which uid {by} controls: a root builderd serving uid {uid} edits only root's own {} or a file uid {uid} controls (in their home). Set `{key}` to one of those, or remove the key for the default",
+                    p.display(),
+                    own.display()
+                ),
+            ));
+        }
+        let dirs: [(&str, &Path, &Path); 2] = [
+            ("state_dir", &self.state_dir, &self.state_dir),
+            (
+                "socket",
+                &self.socket,
+                self.socket.parent().unwrap_or(Path::new("/")),
+            ),
+        ];
+        for (key, p, dir) in dirs {
+            let by = crate::ident::controller_of(dir).0;
+            if by != uid {
+                return Err(bad(
+                    key,
+                    format!(
+                        "is {}, in {} which uid {by} controls: a root builderd serving uid {uid} keeps its state and socket only where uid {uid} controls (in their home). Set `{key}` there, or remove the key for the default",
+                        p.display(),
+                        dir.display()
+                    ),
+                ));
+            }
         }
         Ok(())
     }

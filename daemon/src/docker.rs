@@ -7,8 +7,16 @@ use builderd_docker::base::{BaseError, BaseSpec, HostOs};
 
 use crate::config::Config;
 
-/// The engine `cfg` names, or the one the environment and the docker context name.
+/// The engine `cfg` names, or the one the environment and the docker context name. A root
+/// builderd on Linux serving another user uses root's engine only: the `DOCKER_HOST` of its own
+/// environment (the unit's, which root wrote), else `/var/run/docker.sock`; never an engine the
+/// user names (the config's `docker_host`, their docker context or socket), which could lie
+/// about the container, its mounts and what it runs. (On macOS the engine is the user's Docker
+/// Desktop, by design.)
 pub fn resolve_endpoint(cfg: &Config) -> Endpoint {
+    if cfg!(target_os = "linux") && crate::config::served_user().is_some() {
+        return engine::root_endpoint(std::env::var("DOCKER_HOST").ok().as_deref());
+    }
     engine::resolve_endpoint(cfg.docker_host.as_deref(), &crate::config::home_dir())
 }
 

@@ -34,6 +34,7 @@ pub mod fsutil;
 pub mod health;
 pub mod hostnix;
 pub mod keys;
+pub mod logline;
 pub mod oneshot;
 pub mod port;
 pub mod registration;

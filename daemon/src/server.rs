@@ -200,11 +200,7 @@ pub async fn bind(path: &Path, owner: Owner) -> anyhow::Result<UnixListener> {
             std::fs::create_dir_all(dir)
                 .map_err(|e| err("cannot create the directory of the socket", e))?;
         }
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(err("cannot remove the stale socket", e)),
-        }
+        remove_stale_socket(&p).map_err(|e| err("cannot replace the stale socket", e))?;
         // The socket is made with a tight umask so that it is never open to others, even
         // briefly.
         let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
@@ -223,6 +219,35 @@ pub async fn bind(path: &Path, owner: Owner) -> anyhow::Result<UnixListener> {
             .with_context(|| format!("cannot give {} to uid {}", path.display(), owner.0))?;
     }
     Ok(listener)
+}
+
+/// Removes the socket file at `path` that refused a connection, and only a socket: looked at
+/// and removed under a descriptor of its directory opened never through a link, so that a name
+/// swapped for a file or a link, or a directory swapped for a link, makes nothing go.
+fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let Some(name) = path.file_name() else {
+        return Err(std::io::Error::other("it names no file"));
+    };
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
+        Mode::empty(),
+    )?;
+    match rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Socket => {
+            match rustix::fs::unlinkat(&fd, name, AtFlags::empty()) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Ok(_) => Err(std::io::Error::other(
+            "it is not a socket, and builderd removes only a socket of its own there: move that file away, or set `socket` to another path",
+        )),
+    }
 }
 
 /// Runs the daemon until SIGTERM, SIGINT or a `shutdown` request.

@@ -180,6 +180,21 @@ pub fn resolve_endpoint_in(
     ep("unix:///var/run/docker.sock".into(), "default socket")
 }
 
+/// Root's own engine: `env_host` (the `DOCKER_HOST` of root's own environment), else
+/// `/var/run/docker.sock`. No config value and nothing in a home is read.
+pub fn root_endpoint(env_host: Option<&str>) -> Endpoint {
+    match env_host.filter(|h| !h.is_empty()) {
+        Some(h) => Endpoint {
+            host: h.to_string(),
+            source: "the service's DOCKER_HOST".into(),
+        },
+        None => Endpoint {
+            host: "unix:///var/run/docker.sock".into(),
+            source: "root's engine".into(),
+        },
+    }
+}
+
 pub use builderd_core::ident::hex;
 
 /// Connects to the engine and checks that it answers.
@@ -235,6 +250,13 @@ pub async fn resources(docker: &Engine) -> Result<Resources, DockerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roots_engine_is_its_own_docker_host_or_the_default_socket() {
+        assert_eq!(root_endpoint(None).host, "unix:///var/run/docker.sock");
+        assert_eq!(root_endpoint(Some("")).host, "unix:///var/run/docker.sock");
+        assert_eq!(root_endpoint(Some("unix:///r.sock")).host, "unix:///r.sock");
+    }
 
     #[test]
     fn endpoint_order() {

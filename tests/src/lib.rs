@@ -972,9 +972,8 @@ impl Env {
     pub fn start_root_daemon_with(&self, uid: u32, vars: &[(&str, &str)]) -> Result<(), String> {
         let log = self.path("root-daemon.log");
         let f = File::create(&log).unwrap();
-        let mut child = Command::new(bin_dir().join("builderd"))
-            .arg("--config")
-            .arg(&self.config)
+        let mut child = self
+            .root_builderd(uid)
             .env(builderd::served::TRUST_USER_WITH_ROOT, "1")
             .envs(vars.iter().copied())
             .env("BUILDERD_OWNER_UID", uid.to_string())
@@ -1001,6 +1000,18 @@ impl Env {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// A root `builderd --config CONFIG` serving `uid`, whose own fixed files (`/etc/nix/…`,
+    /// root's `~/.ssh/…`) are this environment's `etc` and `root` (`BUILDERD_TEST_ROOT`, which
+    /// only a debug build reads).
+    pub fn root_builderd(&self, uid: u32) -> Command {
+        let mut c = Command::new(bin_dir().join("builderd"));
+        c.arg("--config")
+            .arg(&self.config)
+            .env("BUILDERD_TEST_ROOT", self.dir.path())
+            .env("BUILDERD_OWNER_UID", uid.to_string());
+        c
     }
 
     /// builderctl as `user`, with this environment's config.

@@ -169,10 +169,8 @@ fn a_busy_pid_file_never_shows_root_what_a_link_points_to() {
     // launchd or systemd starting root's builderd again and again.
     let mut busy = 0;
     for _ in 0..300 {
-        let o = Command::new(bin_dir().join("builderd"))
-            .arg("--config")
-            .arg(&env.config)
-            .env("BUILDERD_OWNER_UID", user.uid.to_string())
+        let o = env
+            .root_builderd(user.uid)
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -342,10 +340,8 @@ fn shutdown_removes_nothing_through_a_swapped_state_dir() {
     std::fs::write(&env.config, text).unwrap();
     let inner = env.path("state/inner");
     user.sh(&format!("mkdir {}", inner.display()));
-    let mut daemon = Command::new(bin_dir().join("builderd"))
-        .arg("--config")
-        .arg(&env.config)
-        .env("BUILDERD_OWNER_UID", user.uid.to_string())
+    let mut daemon = env
+        .root_builderd(user.uid)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -48,7 +48,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_ansi(false)
-        .with_writer(std::io::stderr)
+        // Each event is one line, whatever it quotes.
+        .with_writer(|| builderd::logline::OneLine(std::io::stderr()))
         .init();
     if let Some(once) = args.once {
         return one_shot(once, args.config);
