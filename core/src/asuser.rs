@@ -100,3 +100,59 @@ fn become_user(uid: u32, gid: u32) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Reads a small file builderd takes in whole (a key, the volume's host key, a docker config):
+/// opened with `O_NONBLOCK` (a FIFO never hangs the open) and, with `follow` false,
+/// `O_NOFOLLOW`; only a regular file is read, and at most `limit` bytes of it (a link to
+/// `/dev/zero` or a huge file is an error, not an allocation).
+pub fn read_limited(path: &Path, limit: u64, follow: bool) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)?;
+    read_opened_limited(&f, limit)
+}
+
+/// The rule of [`read_limited`] for a file already opened (without blocking, never through a
+/// link): a regular file only, at most `limit` bytes.
+pub fn read_opened_limited(f: &std::fs::File, limit: u64) -> io::Result<Vec<u8>> {
+    let meta = f.metadata()?;
+    if meta.is_dir() {
+        return Err(io::Error::from_raw_os_error(libc::EISDIR));
+    }
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is not a regular file (a device, a FIFO or a socket)",
+        ));
+    }
+    if meta.len() > limit {
+        return Err(too_large(limit));
+    }
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(f, limit + 1), &mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(limit));
+    }
+    Ok(bytes)
+}
+
+fn too_large(limit: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("it is larger than {limit} bytes"),
+    )
+}
+
+/// [`read_limited`] with the identity of whoever controls `path` ([`as_owner_of`]).
+pub fn read_limited_as_owner(path: &Path, limit: u64, follow: bool) -> io::Result<Vec<u8>> {
+    as_owner_of(path, || {
+        read_limited(path, limit, follow).map_err(|e| FsError::new("cannot read", path, e))
+    })
+    .map_err(|e| e.source)
+}

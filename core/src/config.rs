@@ -101,6 +101,10 @@ pub const PID_FILE: &str = "builderd.pid";
 /// Where a root builderd serving another user keeps builder volumes on Linux.
 pub const ROOT_VOLUMES: &str = "/var/lib/builderd/volumes";
 
+/// Where root makes a base image with debootstrap (Linux): a directory only root may reach,
+/// never one in a user's state dir.
+pub const ROOT_WORK: &str = "/var/lib/builderd/work";
+
 /// The volume a root builderd serving another user keeps for the state dir `state_dir`.
 pub fn root_volume_dir(state_dir: &Path) -> PathBuf {
     Path::new(ROOT_VOLUMES).join(crate::ident::owner_id(state_dir))

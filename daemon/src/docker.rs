@@ -61,7 +61,8 @@ pub async fn ensure_base(
         image: &cfg.image.base_image,
         platform: &cfg.platform(),
         mirror: &cfg.image.debian_mirror,
-        work_dir: &cfg.state_dir.join("base-rootfs"),
+        // Only root makes a base (debootstrap needs it), and only where root alone may go.
+        work_root: std::path::Path::new(crate::config::ROOT_WORK),
     };
     base::ensure(docker, &spec, HostOs::current(), say).await
 }

@@ -14,7 +14,9 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-pub use builderd_core::asuser::{FsError, as_owner_of, as_user};
+pub use builderd_core::asuser::{
+    FsError, as_owner_of, as_user, read_limited, read_limited_as_owner, read_opened_limited,
+};
 pub use builderd_core::ident::{controller_of, current_euid};
 
 const TEMP_MARK: &str = ".builderd-tmp";
@@ -38,27 +40,34 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, FsError> {
     Ok(DirLock(f))
 }
 
-/// Reads the file at `path` itself, never through a link (a link there is refused).
+/// Reads the file at `path` itself, never through a link (a link there is refused): opened
+/// without blocking, a regular file only, at most [`TEXT_LIMIT`] bytes. A FIFO, a device or a
+/// huge file where a registration file should be is damage to report, never a hang or an
+/// allocation.
 fn read_no_follow(path: &Path) -> Result<Option<String>, FsError> {
-    let bytes = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .and_then(|mut f| {
-            let mut b = Vec::new();
-            io::Read::read_to_end(&mut f, &mut b).map(|_| b)
-        });
-    if let Err(e) = &bytes
-        && e.raw_os_error() == Some(libc::ELOOP)
-    {
-        return Err(FsError::new(
+    let bytes = read_limited(path, TEXT_LIMIT, false);
+    let refuse = |why: String| {
+        Err(FsError::new(
             "refusing to edit",
             path,
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "it became a symlink while builderd edited it",
-            ),
-        ));
+            io::Error::new(io::ErrorKind::InvalidInput, why),
+        ))
+    };
+    match &bytes {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return refuse("it became a symlink while builderd edited it".into());
+        }
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+            return refuse(format!(
+                "{e}: remove it (builderd writes a new one), or point the config elsewhere"
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            return refuse(format!(
+                "{e}, more than a registration file holds: make it smaller, or point the config elsewhere"
+            ));
+        }
+        _ => {}
     }
     read_text(path, bytes)
 }
@@ -287,7 +296,7 @@ fn write_temp(
 
 /// 64 unpredictable bits for a temp file's name (the process's random hash keys, a counter and
 /// the time; exclusivity comes from `O_EXCL`, unpredictability only spares a retry).
-fn random_suffix() -> String {
+pub(crate) fn random_suffix() -> String {
     use std::hash::{BuildHasher, Hasher};
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -353,40 +362,6 @@ pub fn clean_stale_temps(path: &Path) {
     }
 }
 
-/// Reads a small file builderd takes in whole (a key, the volume's host key): opened with
-/// `O_NONBLOCK` (a FIFO never hangs the open) and, with `follow` false, `O_NOFOLLOW`; only a
-/// regular file is read, and at most `limit` bytes of it (a link to `/dev/zero` or a huge file
-/// is an error, not an allocation).
-pub fn read_limited(path: &Path, limit: u64, follow: bool) -> io::Result<Vec<u8>> {
-    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
-    if !follow {
-        flags |= libc::O_NOFOLLOW;
-    }
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(flags)
-        .open(path)?;
-    let meta = f.metadata()?;
-    if meta.is_dir() {
-        return Err(io::Error::from_raw_os_error(libc::EISDIR));
-    }
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "it is not a regular file (a device, a FIFO or a socket)",
-        ));
-    }
-    let mut bytes = Vec::new();
-    io::Read::read_to_end(&mut io::Read::take(f, limit + 1), &mut bytes)?;
-    if bytes.len() as u64 > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("it is larger than {limit} bytes"),
-        ));
-    }
-    Ok(bytes)
-}
-
 /// The most a text file builderd reads for a comparison (a registration file) may hold.
 pub const TEXT_LIMIT: u64 = 16 * 1024 * 1024;
 
@@ -394,14 +369,6 @@ pub const TEXT_LIMIT: u64 = 16 * 1024 * 1024;
 /// bytes; `None` when it cannot be read (missing, not text, not a regular file).
 pub fn read_text_as_owner(path: &Path) -> Option<String> {
     String::from_utf8(read_limited_as_owner(path, TEXT_LIMIT, true).ok()?).ok()
-}
-
-/// [`read_limited`] with the identity of whoever controls `path` ([`as_owner_of`]).
-pub fn read_limited_as_owner(path: &Path, limit: u64, follow: bool) -> io::Result<Vec<u8>> {
-    as_owner_of(path, || {
-        read_limited(path, limit, follow).map_err(|e| FsError::new("cannot read", path, e))
-    })
-    .map_err(|e| e.source)
 }
 
 /// Writes a small file of builderd's own atomically (with the identity of whoever controls its
@@ -504,6 +471,30 @@ mod tests {
         let e = edit_file(&p, 0o644, |_| Some("x".into())).unwrap_err();
         assert!(e.to_string().contains("not UTF-8"), "{e}");
         assert_eq!(fs::read(&p).unwrap(), b"\xff\xfe");
+    }
+
+    #[test]
+    fn a_fifo_or_a_huge_file_is_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let e = edit_file(&fifo, 0o644, |_| Some("x".into())).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let huge = d.path().join("huge");
+        File::create(&huge)
+            .unwrap()
+            .set_len(TEXT_LIMIT + 1)
+            .unwrap();
+        let e = edit_file(&huge, 0o644, |_| Some("x".into())).unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
+        assert_eq!(fs::metadata(&huge).unwrap().len(), TEXT_LIMIT + 1);
     }
 
     #[test]

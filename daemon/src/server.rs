@@ -201,12 +201,7 @@ pub async fn bind(path: &Path, owner: Owner) -> anyhow::Result<UnixListener> {
                 .map_err(|e| err("cannot create the directory of the socket", e))?;
         }
         remove_stale_socket(&p).map_err(|e| err("cannot replace the stale socket", e))?;
-        // The socket is made with a tight umask so that it is never open to others, even
-        // briefly.
-        let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
-        let bound = std::os::unix::net::UnixListener::bind(&p);
-        rustix::process::umask(old);
-        bound.map_err(|e| err("cannot bind the socket", e))
+        bind_private(&p).map_err(|e| err("cannot bind the socket", e))
     };
     let std_listener = crate::fsutil::as_owner_of(path, bind)?;
     std_listener.set_nonblocking(true)?;
@@ -248,6 +243,36 @@ fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
             "it is not a socket, and builderd removes only a socket of its own there: move that file away, or set `socket` to another path",
         )),
     }
+}
+
+/// Binds a socket at `path` that is never open to others, even briefly, without the umask
+/// (which is the process's: a file another thread made meanwhile would get the wrong mode). It
+/// is bound in a fresh directory beside `path` that only this identity may enter, made 0600
+/// there, and renamed into place. Where that directory's longer path would not fit a socket's
+/// address, it is bound in place and made 0600 at once (every peer's uid is checked anyway).
+fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let private_mode = || std::fs::Permissions::from_mode(0o600);
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let short = format!(".bd-{}", &crate::fsutil::random_suffix()[..8]);
+    let private = dir.join(&short);
+    let inside = private.join("s");
+    if inside.as_os_str().len() > crate::config::socket_path_max(cfg!(target_os = "macos")) {
+        let l = std::os::unix::net::UnixListener::bind(path)?;
+        std::fs::set_permissions(path, private_mode())?;
+        return Ok(l);
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let bound = (|| {
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
+        let l = std::os::unix::net::UnixListener::bind(&inside)?;
+        std::fs::set_permissions(&inside, private_mode())?;
+        std::fs::rename(&inside, path)?;
+        Ok(l)
+    })();
+    let _ = std::fs::remove_file(&inside);
+    let _ = std::fs::remove_dir(&private);
+    bound
 }
 
 /// Runs the daemon until SIGTERM, SIGINT or a `shutdown` request.
@@ -523,5 +548,76 @@ fn final_reply(result: Result<String, supervisor::Failure>) -> Reply {
     match result {
         Ok(message) => Reply::Done { message },
         Err(f) => Reply::error(f.kind, f.message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+
+    /// The socket is 0600 from the moment it has its name, and making it changes nothing of
+    /// the process: a file another thread creates meanwhile gets the mode it asked for.
+    #[test]
+    fn the_socket_is_private_and_binding_it_leaves_other_files_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let own = Owner(rustix::process::geteuid().as_raw());
+        // What the process's umask makes of 0666, read once (and put back) before the race.
+        let umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+        rustix::process::umask(umask);
+        let expected = 0o666 & !umask.as_raw_mode() & 0o777;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let files = d.path().join("files");
+        std::fs::create_dir(&files).unwrap();
+        std::thread::scope(|s| {
+            let maker = s.spawn(|| {
+                let mut wrong = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let p = files.join(format!("f{}", n % 64));
+                    let _ = std::fs::remove_file(&p);
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o666)
+                        .open(&p)
+                        .unwrap();
+                    let mode = f.metadata().unwrap().mode() & 0o777;
+                    if mode != expected {
+                        wrong.push(mode);
+                    }
+                    n += 1;
+                }
+                (n, wrong)
+            });
+            for i in 0..300 {
+                let sock = d.path().join(format!("s{}", i % 4));
+                let l = rt.block_on(bind(&sock, own)).unwrap();
+                let m = std::fs::symlink_metadata(&sock).unwrap();
+                assert_eq!(m.mode() & 0o777, 0o600, "{}", sock.display());
+                drop(l);
+                std::fs::remove_file(&sock).unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let (n, wrong) = maker.join().unwrap();
+            assert!(n > 0);
+            assert!(
+                wrong.is_empty(),
+                "{} of {n} files made while the socket was bound got another mode: {:o}",
+                wrong.len(),
+                wrong[0]
+            );
+        });
+        // Nothing of the binding is left beside the socket.
+        let left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n != "files")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

@@ -59,6 +59,10 @@ pub enum BaseError {
         why: String,
         what_to_do: String,
     },
+    #[error(
+        "the debian_mirror {mirror:?} under [image] {why}: give the http:// or https:// URL of a Debian mirror (the default is http://deb.debian.org/debian), then run `builderctl up` again"
+    )]
+    Mirror { mirror: String, why: String },
     #[error("debootstrap failed (exit {code}); its last lines:\n{log}")]
     Debootstrap { code: String, log: String },
     #[error("importing the base image failed: {0}")]
@@ -123,8 +127,11 @@ pub struct BaseSpec<'a> {
     pub platform: &'a str,
     /// The Debian mirror for debootstrap.
     pub mirror: &'a str,
-    /// A directory debootstrap may fill and builderd then removes.
-    pub work_dir: &'a Path,
+    /// A directory of root's, which only root may write in and reach from `/` (builderd makes
+    /// it, 0700, when it is missing): each base is made in a fresh directory of its own in it,
+    /// removed after. Never a directory a user controls: root's debootstrap writes, tars and
+    /// removes by path there.
+    pub work_root: &'a Path,
 }
 
 /// Makes the embedded context's base available and returns the image to build from: the
@@ -179,6 +186,12 @@ pub async fn ensure(
         why,
         what_to_do: what.to_string(),
     };
+    if let Some(why) = mirror_refusal(spec.mirror) {
+        return Err(BaseError::Mirror {
+            mirror: spec.mirror.to_string(),
+            why,
+        });
+    }
     let Some(debootstrap) = which("debootstrap") else {
         return Err(cannot(
             "debootstrap is not installed".into(),
@@ -193,25 +206,124 @@ pub async fn ensure(
             ),
         ));
     }
+    if !Path::new(KEYRING).is_file() {
+        return Err(cannot(
+            format!(
+                "Debian's archive keyring ({KEYRING}) is missing, and builderd checks what the mirror sends with it"
+            ),
+            "Install it (`sudo apt-get install debian-archive-keyring`) or make the image reachable, then run `builderctl up` again.",
+        ));
+    }
     say(format!(
         "{image} cannot be pulled ({pull}); making {local} with debootstrap"
     ));
-    let work = spec.work_dir.to_path_buf();
-    let _ = std::fs::remove_dir_all(&work);
-    if let Some(parent) = work.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| BaseError::Import(e.to_string()))?;
-    }
+    let root = spec.work_root.to_path_buf();
+    let work = tokio::task::spawn_blocking(move || private_work_dir(&root))
+        .await
+        .map_err(|e| BaseError::Import(e.to_string()))?
+        .map_err(BaseError::Import)?;
     let (repo, tag) = local.rsplit_once(':').expect("offline_tag has a tag");
+    let rootfs = work.join("rootfs");
     let result = async {
-        debootstrap_into(&debootstrap, spec, suite, &work, say).await?;
+        debootstrap_into(&debootstrap, spec, suite, &rootfs, say).await?;
         say(format!("importing {local}"));
-        import_rootfs(docker, repo, tag, &work, docker_arch(spec.platform)).await
+        import_rootfs(docker, repo, tag, &rootfs, docker_arch(spec.platform)).await
     }
     .await;
-    let _ = std::fs::remove_dir_all(&work);
+    let gone = work.clone();
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&gone)).await;
     result?;
     tracing::info!(image = %local, secs = started.elapsed().as_secs_f64(), "made the base image with debootstrap");
     Ok(local)
+}
+
+/// Debian's archive keys, which every Release file debootstrap fetches must be signed with.
+pub const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// Why root may not hand `mirror` to debootstrap, if it may not: only an http(s) URL of plain
+/// characters. A `file:` or other URL would make root read local files the config's author
+/// chose; the scheme's content is checked against Debian's keys in any case.
+pub fn mirror_refusal(mirror: &str) -> Option<String> {
+    let Some(rest) = mirror
+        .strip_prefix("http://")
+        .or_else(|| mirror.strip_prefix("https://"))
+    else {
+        return Some("is not an http:// or https:// URL".into());
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || host.starts_with('-') {
+        return Some("names no host".into());
+    }
+    if let Some(c) = rest
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-._~/:@%+[]".contains(*c)))
+    {
+        return Some(format!("holds {c:?}, which a mirror's URL does not need"));
+    }
+    None
+}
+
+/// Makes a fresh directory, only root's, under `root` for one base: every directory from `/`
+/// down to `root` is opened without following a link and must be root's and writable by no one
+/// else (builderd makes the missing ones, and keeps `root` itself 0700); the new one is made
+/// exclusively, so a name that is already there, a link included, is never used.
+fn private_work_dir(root: &Path) -> Result<PathBuf, String> {
+    use rustix::fs::{Mode, OFlags};
+    let fail = |what: &str, p: &Path, e: &dyn std::fmt::Display| {
+        format!("cannot {what} {}: {e}", p.display())
+    };
+    let open_dir = |at: &rustix::fd::OwnedFd, name: &std::ffi::OsStr| {
+        rustix::fs::openat(
+            at,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let mut fd = rustix::fs::open(
+        "/",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fail("open", Path::new("/"), &e))?;
+    let mut at = PathBuf::from("/");
+    for c in root.components().skip(1) {
+        let name = c.as_os_str();
+        at.push(name);
+        match rustix::fs::mkdirat(&fd, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(fail("create", &at, &e)),
+        }
+        fd = open_dir(&fd, name).map_err(|e| fail("open (never through a link)", &at, &e))?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| fail("inspect", &at, &e))?;
+        if st.st_uid != 0 || st.st_mode & 0o022 != 0 {
+            return Err(format!(
+                "refusing to make the base in {}: {} is not a directory only root may write in; remove it",
+                root.display(),
+                at.display()
+            ));
+        }
+    }
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700)).map_err(|e| fail("close", root, &e))?;
+    for _ in 0..16 {
+        let name = format!(
+            "base-{}-{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        );
+        match rustix::fs::mkdirat(&fd, name.as_str(), Mode::from_raw_mode(0o700)) {
+            Ok(()) => return Ok(root.join(name)),
+            Err(rustix::io::Errno::EXIST) => continue,
+            Err(e) => return Err(fail("create", &root.join(name), &e)),
+        }
+    }
+    Err(format!(
+        "cannot make a fresh directory in {}",
+        root.display()
+    ))
 }
 
 async fn pull(docker: &Engine, image: &str, platform: &str) -> Result<(), String> {
@@ -259,8 +371,28 @@ async fn debootstrap_into(
             "amd64"
         }
     );
-    let mut child = tokio::process::Command::new(bin)
+    let mut cmd = tokio::process::Command::new(bin);
+    // Root runs it: an environment of its own (no variable of whoever started builderd
+    // reaches debootstrap's scripts), and every Release file checked against Debian's keys,
+    // so that the mirror, which the config names, can only send Debian's own packages.
+    cmd.env_clear();
+    for var in [
+        "PATH",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+    ] {
+        if let Some(v) = std::env::var_os(var) {
+            cmd.env(var, v);
+        }
+    }
+    let mut child = cmd
         .arg("--variant=minbase")
+        .arg("--force-check-gpg")
+        .arg(format!("--keyring={KEYRING}"))
         .arg(format!("--include={PACKAGES}"))
         .arg(arch)
         .arg(suite)
@@ -493,5 +625,54 @@ mod tests {
             "a Mac has no debootstrap: {mac}"
         );
         assert_eq!(offline_tag("trixie"), "builderd-base:trixie");
+    }
+
+    #[test]
+    fn only_an_http_mirror_of_plain_characters_goes_to_roots_debootstrap() {
+        assert_eq!(mirror_refusal("http://deb.debian.org/debian"), None);
+        assert_eq!(mirror_refusal("https://[::1]:8080/debian/"), None);
+        for bad in [
+            "file:///root",
+            "ftp://example.org/debian",
+            "copy:///home/u/mirror",
+            "http://",
+            "http://-oops/",
+            "http://example.org/debian$(id)",
+            "http://example.org/a;b",
+        ] {
+            assert!(mirror_refusal(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_work_dir_is_roots_alone_and_never_a_link() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // Not under /tmp, which anyone may write in.
+        let d = tempfile::tempdir_in("/var/lib").unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = d.path().join("work");
+        let a = private_work_dir(&root).unwrap();
+        let b = private_work_dir(&root).unwrap();
+        assert_ne!(a, b);
+        for p in [&root, &a] {
+            let m = std::fs::symlink_metadata(p).unwrap();
+            assert!(m.is_dir());
+            assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o700), "{}", p.display());
+        }
+        // A link where the work root should be, or a directory another may write in: refused.
+        let elsewhere = d.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let linked = d.path().join("linked");
+        std::os::unix::fs::symlink(&elsewhere, &linked).unwrap();
+        assert!(private_work_dir(&linked).is_err());
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+        let open = d.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(private_work_dir(&open.join("work")).is_err());
+        assert!(!open.join("work").exists());
     }
 }

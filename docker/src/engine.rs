@@ -148,7 +148,7 @@ pub fn resolve_endpoint_in(
     }
     let docker_dir = home.join(".docker");
     let context = env_context.map(str::to_string).or_else(|| {
-        let cfg = std::fs::read(docker_dir.join("config.json")).ok()?;
+        let cfg = read_docker_file(&docker_dir.join("config.json"))?;
         let v: serde_json::Value = serde_json::from_slice(&cfg).ok()?;
         v.get("currentContext")?.as_str().map(str::to_string)
     });
@@ -158,8 +158,7 @@ pub fn resolve_endpoint_in(
             .join("contexts/meta")
             .join(digest)
             .join("meta.json");
-        if let Some(host) = std::fs::read(&meta)
-            .ok()
+        if let Some(host) = read_docker_file(&meta)
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .and_then(|v| {
                 v.pointer("/Endpoints/docker/Host")?
@@ -193,6 +192,40 @@ pub fn root_endpoint(env_host: Option<&str>) -> Endpoint {
             source: "root's engine".into(),
         },
     }
+}
+
+/// The most a docker config file builderd reads may hold.
+const DOCKER_FILE_LIMIT: u64 = 1 << 20;
+
+/// A file of the user's docker config (`config.json`, a context's `meta.json`), read the way
+/// every file a user controls is: with the identity of whoever controls its path, opened
+/// without blocking, a regular file of at most [`DOCKER_FILE_LIMIT`] bytes. One that cannot be
+/// read is logged (once per file and reason, never its contents) and taken as absent.
+fn read_docker_file(path: &Path) -> Option<Vec<u8>> {
+    match builderd_core::asuser::read_limited_as_owner(path, DOCKER_FILE_LIMIT, true) {
+        Ok(bytes) => Some(bytes),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc_enotdir()) =>
+        {
+            None
+        }
+        Err(e) => {
+            static SAID: std::sync::Mutex<Vec<(PathBuf, String)>> =
+                std::sync::Mutex::new(Vec::new());
+            let said = (path.to_path_buf(), e.to_string());
+            let mut seen = SAID.lock().unwrap_or_else(|p| p.into_inner());
+            if !seen.contains(&said) {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read this docker config file, so builderd ignores it: make it a plain file you can read, or remove it");
+                seen.push(said);
+            }
+            None
+        }
+    }
+}
+
+fn libc_enotdir() -> i32 {
+    rustix::io::Errno::NOTDIR.raw_os_error()
 }
 
 pub use builderd_core::ident::hex;

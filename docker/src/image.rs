@@ -2,7 +2,13 @@
 //! volume contract), its tag, and the build.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+
+use builderd_core::asuser::FsError;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use bollard::image::BuildImageOptions;
 use futures_util::StreamExt;
@@ -25,11 +31,21 @@ pub const EMBEDDED_CONTEXT: &[(&str, &[u8], u32)] = &[
     ),
 ];
 
+/// The most a build context directory may hold: bytes of its files, entries, levels. It is
+/// read whole into memory and sent to the engine; the embedded one is a few hundred KiB.
+pub const CONTEXT_LIMIT: u64 = 256 << 20;
+pub const CONTEXT_ENTRIES: usize = 20_000;
+pub const CONTEXT_DEPTH: usize = 64;
+
 /// The build context: the embedded one, or a directory.
 #[derive(Debug, Clone)]
 pub struct Context {
     /// (relative path, bytes, mode), sorted by path.
     pub files: Vec<(String, Vec<u8>, u32)>,
+    /// (relative path, target) of a directory's symlinks, sorted by path: sent as links, as
+    /// Docker's own client sends them (the engine resolves them inside the context), never
+    /// followed by builderd.
+    pub links: Vec<(String, String)>,
     pub embedded: bool,
 }
 
@@ -49,43 +65,51 @@ impl Context {
         files.sort_by(|a, b| a.0.cmp(&b.0));
         Context {
             files,
+            links: Vec::new(),
             embedded: true,
         }
     }
 
+    /// Reads a context directory with the identity of whoever controls it (a root builderd
+    /// reads its user's directory as that user), each entry opened under its directory's
+    /// descriptor and never through a link: regular files (at most [`CONTEXT_LIMIT`] bytes in
+    /// all), directories, and symlinks kept as links. A FIFO, a device or a socket is refused,
+    /// named.
     pub fn from_dir(dir: &Path) -> Result<Context, DockerError> {
-        let mut files = Vec::new();
-        let err = |reason: String| DockerError::Context {
+        let mut walked = Walked::default();
+        builderd_core::asuser::as_owner_of(dir, || {
+            let fd = rustix::fs::open(
+                dir,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NONBLOCK,
+                Mode::empty(),
+            )
+            .map_err(|e| FsError::new("cannot open", dir, e.into()))?;
+            walk(&fd, dir, "", 0, &mut walked)
+        })
+        .map_err(|e| DockerError::Context {
             path: dir.to_path_buf(),
-            reason,
-        };
-        fn walk(
-            root: &Path,
-            dir: &Path,
-            files: &mut Vec<(String, Vec<u8>, u32)>,
-        ) -> std::io::Result<()> {
-            use std::os::unix::fs::PermissionsExt;
-            for e in std::fs::read_dir(dir)? {
-                let e = e?;
-                let ty = e.file_type()?;
-                let p = e.path();
-                if ty.is_dir() {
-                    walk(root, &p, files)?;
-                } else if ty.is_file() {
-                    let rel = p.strip_prefix(root).expect("under root");
-                    let mode = e.metadata()?.permissions().mode() & 0o777;
-                    files.push((rel.display().to_string(), std::fs::read(&p)?, mode));
-                }
-            }
-            Ok(())
-        }
-        walk(dir, dir, &mut files).map_err(|e| err(e.to_string()))?;
+            reason: if e.path == dir {
+                format!("{}: {}", e.action, e.source)
+            } else {
+                format!("{} {}: {}", e.action, e.path.display(), e.source)
+            },
+        })?;
+        let Walked {
+            mut files,
+            mut links,
+            ..
+        } = walked;
         files.sort_by(|a, b| a.0.cmp(&b.0));
+        links.sort();
         if !files.iter().any(|f| f.0 == "Dockerfile") {
-            return Err(err("it has no Dockerfile".into()));
+            return Err(DockerError::Context {
+                path: dir.to_path_buf(),
+                reason: "it has no Dockerfile".into(),
+            });
         }
         Ok(Context {
             files,
+            links,
             embedded: false,
         })
     }
@@ -99,6 +123,13 @@ impl Context {
             h.update(m.to_le_bytes());
             h.update((b.len() as u64).to_le_bytes());
             h.update(b);
+        }
+        for (p, target) in &self.links {
+            h.update(b"link\0");
+            h.update(p.as_bytes());
+            h.update([0]);
+            h.update(target.as_bytes());
+            h.update([0]);
         }
         for (k, v) in args {
             h.update(k.as_bytes());
@@ -120,8 +151,145 @@ impl Context {
             b.append_data(&mut header, p, bytes.as_slice())
                 .expect("writing to memory");
         }
+        for (p, target) in &self.links {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            header.set_mode(0o777);
+            header.set_mtime(0);
+            b.append_link(&mut header, p, target)
+                .expect("writing to memory");
+        }
         b.into_inner().expect("writing to memory")
     }
+}
+
+/// What a context directory's walk gathered.
+#[derive(Default)]
+struct Walked {
+    files: Vec<(String, Vec<u8>, u32)>,
+    links: Vec<(String, String)>,
+    bytes: u64,
+    entries: usize,
+}
+
+/// Gathers the directory open at `fd` (`path`, `rel` within the context) into `into`.
+fn walk(
+    fd: &OwnedFd,
+    path: &Path,
+    rel: &str,
+    depth: usize,
+    into: &mut Walked,
+) -> Result<(), FsError> {
+    let refuse = |p: &Path, why: String| {
+        FsError::new(
+            "refusing",
+            p,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+        )
+    };
+    if depth > CONTEXT_DEPTH {
+        return Err(refuse(
+            path,
+            format!("the build context nests more than {CONTEXT_DEPTH} directories deep"),
+        ));
+    }
+    let mut names = Vec::new();
+    let mut dir =
+        rustix::fs::Dir::read_from(fd).map_err(|e| FsError::new("cannot list", path, e.into()))?;
+    while let Some(e) = dir.read() {
+        let e = e.map_err(|e| FsError::new("cannot list", path, e.into()))?;
+        let name = e.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(std::ffi::OsStr::from_bytes(name).to_os_string());
+        }
+    }
+    names.sort();
+    for name in names {
+        let p = path.join(&name);
+        let name_str = name.to_string_lossy();
+        let rel_p = if rel.is_empty() {
+            name_str.into_owned()
+        } else {
+            format!("{rel}/{name_str}")
+        };
+        into.entries += 1;
+        if into.entries > CONTEXT_ENTRIES {
+            return Err(refuse(
+                &p,
+                format!(
+                    "the build context holds more than {CONTEXT_ENTRIES} entries: keep only what the image needs in it"
+                ),
+            ));
+        }
+        let st = rustix::fs::statat(fd, &name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| FsError::new("cannot inspect", &p, e.into()))?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => {
+                let sub = rustix::fs::openat(
+                    fd,
+                    &name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| FsError::new("cannot open", &p, e.into()))?;
+                walk(&sub, &p, &rel_p, depth + 1, into)?;
+            }
+            FileType::RegularFile => {
+                let f = rustix::fs::openat(
+                    fd,
+                    &name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| FsError::new("cannot read", &p, e.into()))?;
+                let f = std::fs::File::from(f);
+                let left = CONTEXT_LIMIT - into.bytes;
+                let bytes = builderd_core::asuser::read_opened_limited(&f, left).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        refuse(
+                            &p,
+                            format!(
+                                "the build context holds more than {} MiB: keep only what the image needs in it",
+                                CONTEXT_LIMIT >> 20
+                            ),
+                        )
+                    } else if e.kind() == std::io::ErrorKind::InvalidInput {
+                        refuse(&p, format!("{e}: remove it from the build context"))
+                    } else {
+                        FsError::new("cannot read", &p, e)
+                    }
+                })?;
+                let mode = f
+                    .metadata()
+                    .map_err(|e| FsError::new("cannot inspect", &p, e))?
+                    .permissions()
+                    .mode()
+                    & 0o777;
+                into.bytes += bytes.len() as u64;
+                into.files.push((rel_p, bytes, mode));
+            }
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(fd, &name, Vec::new())
+                    .map_err(|e| FsError::new("cannot read the link", &p, e.into()))?;
+                into.links
+                    .push((rel_p, target.to_string_lossy().into_owned()));
+            }
+            other => {
+                let what = match other {
+                    FileType::Fifo => "a FIFO",
+                    FileType::Socket => "a socket",
+                    FileType::CharacterDevice | FileType::BlockDevice => "a device",
+                    _ => "not a file, a directory or a link",
+                };
+                return Err(refuse(
+                    &p,
+                    format!("it is not a regular file ({what}): remove it from the build context"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What the builder image is made from.

@@ -28,7 +28,13 @@ impl Supervisor {
         let keys = self.client_keys().await?;
 
         let docker = self.docker().await?;
-        let (tag, ctx) = docker::image_for(&cfg)?;
+        // A context directory is read as its controller, off the async workers.
+        let (tag, ctx) = {
+            let cfg = cfg.clone();
+            tokio::task::spawn_blocking(move || docker::image_for(&cfg))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?
+        };
         // Asked at every bring-up, so that a VM resized since is followed (a new size
         // re-creates the container, as any other change of its spec).
         let engine = docker::resources(&docker).await.ok();
