@@ -461,6 +461,14 @@ pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool
             return exit::FAILURE;
         }
     };
+    // Root under sudo, or on a config a user controls, acts for that user: it starts no daemon
+    // of its own (`connect_or_start` refuses) and removes only what the user could remove.
+    let for_user = builderd_core::client::root_may_not_start(config_path);
+    if purge {
+        // The builder is taken down by the daemon that runs now (the service's, or the user's),
+        // before the service goes: nothing brings it back then.
+        let _ = builderd_core::client::request(&cfg.socket, Request::Down, |_| {}).await;
+    }
     let home = config::home_dir();
     if let Err(e) = svc.uninstall(Os::current(), &home, &System) {
         out.error(&e.to_string());
@@ -504,7 +512,21 @@ pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool
                 Err(e) => out.error(&format!("cannot remove {}: {e}", root_vol.display())),
             }
         }
-        match std::fs::remove_dir_all(&cfg.state_dir) {
+        let state = cfg.state_dir.clone();
+        let (controller, _) = builderd_core::ident::controller_of(&state);
+        if let (Some(why), 0) = (&for_user, controller) {
+            out.error(&format!(
+                "not removing {}: root controls it, and {why}; builderd removes only a state dir its user controls. Remove it yourself if it is builderd's",
+                state.display()
+            ));
+            return exit::FAILURE;
+        }
+        // As the state dir's controller: a link planted in it leads nowhere root's.
+        let removed = builderd_core::asuser::as_owner_of(&state, || {
+            std::fs::remove_dir_all(&state)
+                .map_err(|e| builderd_core::asuser::FsError::new("remove", &state, e))
+        });
+        match removed.map_err(|e| e.source) {
             Ok(()) => out.info(&format!(
                 "purged: container, images, registrations and {} (the volume with the host key)",
                 cfg.state_dir.display()

@@ -110,7 +110,7 @@ pub async fn request(
 /// `sudo` (whose config, home and state dir are the invoking user's), or on a config that
 /// another user controls or may write. The root service (`sudo builderctl install`) is the way
 /// to run builderd as root for a user.
-fn root_may_not_start(config_path: &Path) -> Option<String> {
+pub fn root_may_not_start(config_path: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     if !rustix::process::geteuid().is_root() {
         return None;

@@ -263,6 +263,71 @@ fn roots_builderctl_starts_no_daemon_on_a_users_config() {
     drop(user);
 }
 
+#[test]
+fn roots_uninstall_purge_removes_no_directory_root_controls() {
+    let (env, user) = Env::root_served("");
+    // A directory of root's, which the user's config names as its state dir.
+    let roots = env.path("roots-dir");
+    std::fs::create_dir_all(&roots).unwrap();
+    std::fs::write(roots.join("keep"), "root's\n").unwrap();
+    let users = env.path("home/builderd.toml");
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let state_line = format!("state_dir = \"{}\"", env.path("state").display());
+    assert!(text.contains(&state_line), "{text}");
+    std::fs::write(
+        &users,
+        text.replace(&state_line, &format!("state_dir = \"{}\"", roots.display())),
+    )
+    .unwrap();
+    user.give(&users);
+    // And a state dir of the user's own, holding a link to another of root's files.
+    let theirs = env.path("home/state2");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::os::unix::fs::symlink(&roots, theirs.join("link")).unwrap();
+    user.give(&theirs);
+    let users2 = env.path("home/builderd2.toml");
+    std::fs::write(
+        &users2,
+        text.replace(
+            &state_line,
+            &format!("state_dir = \"{}\"", theirs.display()),
+        ),
+    )
+    .unwrap();
+    user.give(&users2);
+    let uninstall = |config: &Path| {
+        // `--user`: the service part is the user's agent (systemctl --user fails here, as root
+        // has no user manager); what is tested is the purge `sudo builderctl` does.
+        Command::new("timeout")
+            .arg("60")
+            .arg(bin_dir().join("builderctl"))
+            .arg("--config")
+            .arg(config)
+            .args(["uninstall", "--purge", "--user"])
+            .env("NO_COLOR", "1")
+            .env("SUDO_USER", &user.name)
+            .env("HOME", env.path("home"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = uninstall(&users);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        std::fs::read_to_string(roots.join("keep")).ok().as_deref(),
+        Some("root's\n"),
+        "root removed its own directory for the user's config: {err}"
+    );
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("root controls it"), "{err}");
+    // The user's own state dir goes, as the user: the link goes, not what it points to.
+    let o = uninstall(&users2);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!theirs.exists(), "{err}");
+    assert!(roots.join("keep").exists(), "{err}");
+    drop(user);
+}
+
 /// A Unix socket the user listens on, as a fake engine would: each connection is recorded in
 /// `log`.
 fn users_listener(user: &builderd_tests::TestUser, sock: &Path, log: &Path) -> std::process::Child {

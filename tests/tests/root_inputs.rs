@@ -397,11 +397,14 @@ fn docker_context(env: &Env, user: &TestUser, config: &str, plant: &str) {
     user.sh(&format!("cd {} && {plant}", meta.display()));
 }
 
-/// Starts a root daemon for `user` with their home as its HOME (as the service's definition
-/// carries it) and no DOCKER_HOST: it finds the engine through the user's docker config.
-fn start_with_users_docker_config(env: &Env, user: &TestUser) {
+/// Starts a root daemon with the user's home as its HOME (as the service's definition carries
+/// it) and no DOCKER_HOST, serving `owner`. Serving the user on Linux, it reads nothing of their
+/// docker config (root's engine only); serving root (`owner` 0) it finds the engine through the
+/// docker config in that home, read as the user who controls it: what a root service on macOS
+/// does with its user's Docker Desktop config.
+fn start_with_users_docker_config(env: &Env, owner: u32) {
     assert!(std::env::var_os("DOCKER_HOST").is_none());
-    env.start_root_daemon_with(user.uid, &[("HOME", env.path("home").to_str().unwrap())])
+    env.start_root_daemon_with(owner, &[("HOME", env.path("home").to_str().unwrap())])
         .unwrap();
 }
 
@@ -409,7 +412,10 @@ fn start_with_users_docker_config(env: &Env, user: &TestUser) {
 fn status_within(env: &Env, user: &TestUser) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(o) = ctl_within(env, user, &["status", "--json"], Duration::from_secs(20))
+        // As root, whom every root daemon answers, whichever user it serves.
+        let _ = user;
+        let o = Some(env.ctl(&["status", "--json"]));
+        if let Some(o) = o
             && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout)
         {
             return v;
@@ -425,30 +431,42 @@ fn status_within(env: &Env, user: &TestUser) -> serde_json::Value {
 
 #[test]
 fn the_docker_config_root_reads_is_the_users_bounded_regular_file() {
-    let (env, user) = Env::root_served("");
-    // A file only root may read, shaped as a context's meta.json.
-    let secret = root_only(
-        &env,
-        "secret.json",
-        &format!(r#"{{"Endpoints":{{"docker":{{"Host":"unix:///{SECRET}"}}}}}}"#),
-    );
-    docker_context(
-        &env,
-        &user,
-        r#"printf '{"currentContext":"ctx"}' > config.json"#,
-        &format!("ln -s {} meta.json", secret.display()),
-    );
-    start_with_users_docker_config(&env, &user);
-    let v = status_within(&env, &user);
-    let shown = v.to_string();
-    assert!(!shown.contains(SECRET), "{shown}");
-    // It is said why the context was not followed, naming the file.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !root_log(&env).contains("meta.json") {
-        assert!(Instant::now() < deadline, "{}", root_log(&env));
-        std::thread::sleep(Duration::from_millis(100));
+    for serving_the_user in [true, false] {
+        let (env, user) = Env::root_served("");
+        // A file only root may read, shaped as a context's meta.json.
+        let secret = root_only(
+            &env,
+            "secret.json",
+            &format!(r#"{{"Endpoints":{{"docker":{{"Host":"unix:///{SECRET}"}}}}}}"#),
+        );
+        docker_context(
+            &env,
+            &user,
+            r#"printf '{"currentContext":"ctx"}' > config.json"#,
+            &format!("ln -s {} meta.json", secret.display()),
+        );
+        start_with_users_docker_config(&env, if serving_the_user { user.uid } else { 0 });
+        let v = status_within(&env, &user);
+        let shown = v.to_string();
+        assert!(!shown.contains(SECRET), "{shown}");
+        if serving_the_user {
+            // Linux: root's engine, whatever the user's docker config says.
+            assert_eq!(
+                v["docker_host"].as_str(),
+                Some("unix:///var/run/docker.sock (root's engine)"),
+                "{v:#}"
+            );
+        } else {
+            // Read as the user: the link to root's file fails, and it is said, naming the file.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !root_log(&env).contains("meta.json") {
+                assert!(Instant::now() < deadline, "{}", root_log(&env));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        assert!(!root_log(&env).contains(SECRET), "{}", root_log(&env));
+        let _ = ctl_within(&env, &user, &["shutdown"], Duration::from_secs(20));
     }
-    assert!(!root_log(&env).contains(SECRET), "{}", root_log(&env));
 }
 
 #[test]
@@ -459,7 +477,7 @@ fn a_docker_config_that_is_a_fifo_or_huge_does_not_hang_the_daemon() {
     ] {
         let (env, user) = Env::root_served("");
         docker_context(&env, &user, config, "true");
-        start_with_users_docker_config(&env, &user);
+        start_with_users_docker_config(&env, 0);
         let v = status_within(&env, &user);
         assert!(v["docker_host"].is_string(), "{name}: {v:#}");
         let deadline = Instant::now() + Duration::from_secs(20);
