@@ -1025,3 +1025,18 @@ impl Env {
             .expect("builderctl runs")
     }
 }
+
+/// Removes images the test made, even when it failed.
+pub struct Images(pub Vec<String>);
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            let _ = Command::new("docker")
+                .args(["rmi", "-f", t])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}

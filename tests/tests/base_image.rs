@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use builderd_tests::{Env, free_port, image_exists, skip_docker};
+use builderd_tests::{Env, Images, free_port, image_exists, skip_docker};
 
 /// A registry on 127.0.0.1 only, its storage in a temp dir; stopped when dropped.
 struct Registry {
@@ -85,21 +85,6 @@ fn up_printing(env: &Env) -> String {
         env.daemon_log()
     );
     text
-}
-
-/// Removes images the test made, even when it failed.
-struct Images(Vec<String>);
-
-impl Drop for Images {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            let _ = Command::new("docker")
-                .args(["rmi", "-f", t])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use builderd_tests::{Env, TestUser, bin_dir, image_exists, skip_docker};
+use builderd_tests::{Env, Images, TestUser, bin_dir, image_exists, skip_docker};
 
 const SECRET: &str = "root-only-secret-2718";
 
@@ -65,21 +65,6 @@ fn root_log(env: &Env) -> String {
         std::fs::read_to_string(env.path("root-daemon.log")).unwrap_or_default(),
         env.daemon_log()
     )
-}
-
-/// Removes images the test made, even when it failed.
-struct Images(Vec<String>);
-
-impl Drop for Images {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            let _ = Command::new("docker")
-                .args(["rmi", "-f", t])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
 }
 
 #[test]
