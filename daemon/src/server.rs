@@ -569,7 +569,9 @@ mod tests {
         // What the process's umask makes of 0666, read once (and put back) before the race.
         let umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
         rustix::process::umask(umask);
-        let expected = 0o666 & !umask.as_raw_mode() & 0o777;
+        // mode_t is u16 on macOS and u32 on Linux.
+        #[allow(clippy::useless_conversion)]
+        let expected = 0o666 & !u32::from(umask.as_raw_mode()) & 0o777;
         let stop = std::sync::atomic::AtomicBool::new(false);
         let files = d.path().join("files");
         std::fs::create_dir(&files).unwrap();
