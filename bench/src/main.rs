@@ -25,6 +25,20 @@ struct Figure {
     target: Target,
 }
 
+impl Figure {
+    /// A figure judged on its own, without a baseline.
+    fn absolute(name: &'static str, unit: &'static str, runs: Vec<f64>, target: Target) -> Self {
+        Figure {
+            name,
+            unit,
+            runs,
+            baseline_name: "",
+            baseline: vec![],
+            target,
+        }
+    }
+}
+
 enum Target {
     /// p50(figure) / p50(baseline) at most this.
     RatioAtMost(f64),
@@ -243,14 +257,12 @@ fn recovery(env: &Env, n: usize) -> (Figure, Figure) {
             baseline,
             target: Target::RatioAtMost(1.25),
         },
-        Figure {
-            name: "Docker event seen (engine timestamp → builderd)",
-            unit: "ms",
-            runs: lags,
-            baseline_name: "",
-            baseline: vec![],
-            target: Target::P99AtMost(50.0),
-        },
+        Figure::absolute(
+            "Docker event seen (engine timestamp → builderd)",
+            "ms",
+            lags,
+            Target::P99AtMost(50.0),
+        ),
     )
 }
 
@@ -272,14 +284,12 @@ fn repair(env: &Env, n: usize) -> Figure {
         }
         runs.push(ms(t.elapsed()));
     }
-    Figure {
-        name: "registration repair (edit → correct again)",
-        unit: "ms",
+    Figure::absolute(
+        "registration repair (edit → correct again)",
+        "ms",
         runs,
-        baseline_name: "",
-        baseline: vec![],
-        target: Target::P99AtMost(100.0),
-    }
+        Target::P99AtMost(100.0),
+    )
 }
 
 /// 4. `builderctl status --json` against `docker inspect` of the same container.
@@ -390,14 +400,12 @@ fn client_start(env: &Env, n: usize) -> Vec<Figure> {
             baseline: truth,
             target: Target::RatioAtMost(6.0),
         },
-        Figure {
-            name: "builderctl size (release, stripped)",
-            unit: "MiB",
-            runs: vec![size],
-            baseline_name: "",
-            baseline: vec![],
-            target: Target::P50AtMost(4.0),
-        },
+        Figure::absolute(
+            "builderctl size (release, stripped)",
+            "MiB",
+            vec![size],
+            Target::P50AtMost(4.0),
+        ),
     ]
 }
 
@@ -479,30 +487,19 @@ fn idle(secs: u64) -> Vec<Figure> {
     let cpu = c1.saturating_sub(c0) as f64 / 1e9 / wall * 100.0;
     let switches = s1.saturating_sub(s0) as f64 / wall;
     vec![
-        Figure {
-            name: "idle RSS",
-            unit: "MiB",
-            runs: rss,
-            baseline_name: "",
-            baseline: vec![],
-            target: Target::P99AtMost(20.0),
-        },
-        Figure {
-            name: "idle CPU (% of one core)",
-            unit: "%",
-            runs: vec![cpu],
-            baseline_name: "",
-            baseline: vec![],
-            target: Target::P50AtMost(0.5),
-        },
-        Figure {
-            name: "idle wake-ups (context switches/s, all threads)",
-            unit: "/s",
-            runs: vec![switches],
-            baseline_name: "",
-            baseline: vec![],
-            target: Target::P50AtMost(5.0),
-        },
+        Figure::absolute("idle RSS", "MiB", rss, Target::P99AtMost(20.0)),
+        Figure::absolute(
+            "idle CPU (% of one core)",
+            "%",
+            vec![cpu],
+            Target::P50AtMost(0.5),
+        ),
+        Figure::absolute(
+            "idle wake-ups (context switches/s, all threads)",
+            "/s",
+            vec![switches],
+            Target::P50AtMost(5.0),
+        ),
     ]
 }
 
@@ -694,22 +691,18 @@ fn on_demand(n: usize, stream_runs: usize, idle_secs: u64, tiny_conns: usize) ->
             baseline: tiny_direct,
             target: Target::RatioAtMost(1.1),
         },
-        Figure {
-            name: "on demand: daemon RSS while the builder sleeps",
-            unit: "MiB",
-            runs: rss,
-            baseline_name: "",
-            baseline: vec![],
-            target: Target::P99AtMost(20.0),
-        },
-        Figure {
-            name: "on demand: daemon CPU while the builder sleeps (% of one core)",
-            unit: "%",
-            runs: vec![cpu],
-            baseline_name: "",
-            baseline: vec![],
-            target: Target::P50AtMost(0.5),
-        },
+        Figure::absolute(
+            "on demand: daemon RSS while the builder sleeps",
+            "MiB",
+            rss,
+            Target::P99AtMost(20.0),
+        ),
+        Figure::absolute(
+            "on demand: daemon CPU while the builder sleeps (% of one core)",
+            "%",
+            vec![cpu],
+            Target::P50AtMost(0.5),
+        ),
     ]
 }
 

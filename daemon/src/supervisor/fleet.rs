@@ -342,6 +342,20 @@ impl Supervisor {
         self.set(|s| s.remotes = remotes);
     }
 
+    /// Removes the blocks this instance wrote for `gone` from the registration files (off the
+    /// async workers) and saves what it created.
+    async fn unregister(&mut self, gone: Vec<String>) {
+        let cfg = self.cfg.clone();
+        let mut created = self.persisted.created.clone();
+        self.persisted.created = tokio::task::spawn_blocking(move || {
+            let _ = remote::sync(&cfg, &[], &gone, &mut created);
+            created
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let _ = self.save();
+    }
+
     /// `down` (or a start with `down` recorded): every remote's blocks go.
     pub(super) async fn fleet_down(&mut self) {
         self.fleet.checks.abort_all();
@@ -350,16 +364,7 @@ impl Supervisor {
         let mut gone: BTreeSet<String> = self.fleet.saved.registered.clone();
         gone.extend(self.cfg.remote.iter().map(|r| r.name.clone()));
         if !gone.is_empty() {
-            let gone: Vec<String> = gone.into_iter().collect();
-            let cfg = self.cfg.clone();
-            let mut created = self.persisted.created.clone();
-            self.persisted.created = tokio::task::spawn_blocking(move || {
-                let _ = remote::sync(&cfg, &[], &gone, &mut created);
-                created
-            })
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-            let _ = self.save();
+            self.unregister(gone.into_iter().collect()).await;
         }
         if !self.fleet.saved.registered.is_empty() {
             self.fleet.saved.registered.clear();
@@ -397,16 +402,7 @@ impl Supervisor {
                 ),
             ));
         }
-        let cfg = self.cfg.clone();
-        let mut created = self.persisted.created.clone();
-        let gone = vec![name.to_string()];
-        self.persisted.created = tokio::task::spawn_blocking(move || {
-            let _ = remote::sync(&cfg, &[], &gone, &mut created);
-            created
-        })
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        let _ = self.save();
+        self.unregister(vec![name.to_string()]).await;
         self.save_fleet();
         self.fleet.remotes.remove(name);
         let fp = trusted
