@@ -33,9 +33,29 @@ pub fn system_dir_under(prefix: Option<&Path>) -> PathBuf {
 
 /// Copies `program` and the config at `config` (empty when it does not exist: the defaults)
 /// into `dir`, as root's files that only root may change: the directory and the binary 0755,
-/// the config 0644. Refuses a `dir` that someone else controls, and a source that is not a
-/// regular file, too large, or changing.
-pub fn install_copies(dir: &Path, program: &Path, config: &Path) -> Result<(), String> {
+/// the config 0644. Refuses a `dir` that someone else controls, a source that is not a
+/// regular file, too large, or changing, and a config the service serving uid `served` would
+/// refuse to start on; nothing is written then.
+pub fn install_copies(
+    dir: &Path,
+    program: &Path,
+    config: &Path,
+    served: Option<u32>,
+) -> Result<(), String> {
+    let binary = read_source(program, BINARY_LIMIT)?
+        .ok_or_else(|| format!("cannot read {}: it does not exist", program.display()))?;
+    let text = read_source(config, CONFIG_LIMIT)?.unwrap_or_default();
+    let utf8 = std::str::from_utf8(&text).map_err(|_| {
+        format!(
+            "{} is not UTF-8 text: it cannot be a config",
+            config.display()
+        )
+    })?;
+    if let Err(e) = config::Config::from_toml_serving(config, utf8, served) {
+        return Err(format!(
+            "{e}\nThe root service would refuse this config: nothing was installed. Fix it and run `sudo builderctl install` again"
+        ));
+    }
     let roots_alone = || match controller_of(&dir.join("logs")).0 {
         0 => Ok(()),
         owner => Err(format!(
@@ -51,9 +71,6 @@ pub fn install_copies(dir: &Path, program: &Path, config: &Path) -> Result<(), S
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| format!("cannot set the mode of {}: {e}", d.display()))?;
     }
-    let binary = read_source(program, BINARY_LIMIT)?
-        .ok_or_else(|| format!("cannot read {}: it does not exist", program.display()))?;
-    let text = read_source(config, CONFIG_LIMIT)?.unwrap_or_default();
     let mut copy = format!(
         "# builderd's root service reads this copy of {}, made by `sudo builderctl install`.\n# Edit yours and run `sudo builderctl install` again.\n",
         config.display()
@@ -168,7 +185,7 @@ mod tests {
         let config = d.path().join("config.toml");
         std::fs::write(&config, "port = 2300\n").unwrap();
         let dir = d.path().join("system");
-        install_copies(&dir, &program, &config).unwrap();
+        install_copies(&dir, &program, &config, None).unwrap();
         let bin = std::fs::metadata(dir.join("builderd")).unwrap();
         assert_eq!((bin.uid(), bin.mode() & 0o777), (0, 0o755));
         assert_eq!(
@@ -183,14 +200,14 @@ mod tests {
         assert_eq!(Config::load(&copy).unwrap().port, 2300);
         // No config yet: the copy holds the defaults.
         std::fs::remove_file(&config).unwrap();
-        install_copies(&dir, &program, &config).unwrap();
+        install_copies(&dir, &program, &config, None).unwrap();
         assert_eq!(Config::load(&copy).unwrap().port, 2222);
         // A directory another user controls is refused.
         let theirs = d.path().join("theirs");
         std::fs::create_dir(&theirs).unwrap();
         std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
         std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = install_copies(&theirs.join("builderd"), &program, &config).unwrap_err();
+        let e = install_copies(&theirs.join("builderd"), &program, &config, None).unwrap_err();
         assert!(e.contains("uid 65534 controls it"), "{e}");
         assert!(!theirs.join("builderd").exists(), "nothing made there");
         // Uninstalling removes the copies, and with --purge the logs and the directory.

@@ -257,10 +257,7 @@ fn service_for(
     if let Ok(h) = std::env::var("DOCKER_HOST") {
         env.insert("DOCKER_HOST".to_string(), h);
     }
-    let uid = std::env::var("SUDO_UID")
-        .ok()
-        .and_then(|u| u.parse().ok())
-        .unwrap_or_else(current_euid);
+    let uid = served_uid();
     if user {
         return Ok(Service {
             program,
@@ -282,6 +279,14 @@ fn service_for(
         system: true,
         uid,
     })
+}
+
+/// The user a root service serves: the one who ran `sudo builderctl install`.
+fn served_uid() -> u32 {
+    std::env::var("SUDO_UID")
+        .ok()
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(current_euid)
 }
 
 /// What `builderctl install` was asked for.
@@ -345,7 +350,12 @@ pub async fn install(
     }
     if !user {
         let ours = crate::daemon_path_next_to_us().unwrap_or_default();
-        if let Err(e) = crate::copies::install_copies(&system_dir_under(None), &ours, config_path) {
+        if let Err(e) = crate::copies::install_copies(
+            &system_dir_under(None),
+            &ours,
+            config_path,
+            Some(svc.uid),
+        ) {
             out.error(&e);
             return exit::FAILURE;
         }
@@ -388,7 +398,7 @@ fn copies_only(prefix: &Path, config_path: &Path, out: &Out) -> u8 {
     }
     let dir = system_dir_under(Some(prefix));
     let ours = crate::daemon_path_next_to_us().unwrap_or_default();
-    match crate::copies::install_copies(&dir, &ours, config_path) {
+    match crate::copies::install_copies(&dir, &ours, config_path, Some(served_uid())) {
         Ok(()) => {
             out.info(&format!(
                 "copied builderd and the config into {}",

@@ -621,12 +621,23 @@ impl Config {
     }
 
     pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Self::from_toml_serving(path, text, served_user())
+    }
+
+    /// Parses and validates `text` as a root builderd serving uid `served` reads it (with the
+    /// served user's checks when `served` is a user's uid), wherever this runs: `sudo builderctl
+    /// install` checks the copy it makes before the service ever starts on it.
+    pub fn from_toml_serving(
+        path: &Path,
+        text: &str,
+        served: Option<u32>,
+    ) -> Result<Config, ConfigError> {
         let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().replace('\n', "\n  "),
         })?;
         cfg.expand_tildes();
-        cfg.validate(path, text)?;
+        cfg.validate(path, text, served.filter(|&u| u != 0))?;
         cfg.file = path.to_path_buf();
         cfg.text = text.to_string();
         Ok(cfg)
@@ -657,7 +668,7 @@ impl Config {
         }
     }
 
-    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+    fn validate(&self, path: &Path, text: &str, served: Option<u32>) -> Result<(), ConfigError> {
         let bad = |key: &str, problem: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             line: line_of(text, key),
@@ -777,7 +788,7 @@ impl Config {
                 ));
             }
         }
-        if let Some(uid) = served_user() {
+        if let Some(uid) = served {
             self.validate_served_paths(uid, &bad)?;
         }
         self.validate_remotes(path, text)?;

@@ -49,7 +49,18 @@ impl Setup {
 
     /// `builderctl install --prefix` as root, with the user's builderctl and config.
     fn install(&self) -> Result<String, String> {
+        self.install_with(&[])
+    }
+
+    /// The same as `sudo builderctl install` run by the user: for them.
+    fn sudo_install(&self) -> Result<String, String> {
+        let uid = self.user.uid.to_string();
+        self.install_with(&[("SUDO_UID", &uid), ("SUDO_USER", &self.user.name)])
+    }
+
+    fn install_with(&self, env: &[(&str, &str)]) -> Result<String, String> {
         let o = Command::new(self.home().join("bin/builderctl"))
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(self.config())
             .args(["install", "--prefix"])
@@ -183,5 +194,44 @@ fn a_source_the_user_swapped_for_a_link_to_roots_file_or_a_fifo_is_refused() {
             p = path.display(),
             k = keep.display()
         ));
+    }
+}
+
+/// The copy is checked as the service serving the user will read it: a value it would refuse
+/// (root's directories as the state dir, a system file as the machines file, another engine)
+/// stops the install before anything is written, rather than leaving a service that restarts in
+/// a loop.
+#[test]
+fn a_config_the_service_would_refuse_is_not_installed() {
+    if builderd::fsutil::current_euid() != 0 {
+        eprintln!("not root: the copy step is root's");
+        return;
+    }
+    let s = Setup::new();
+    let out = s.sudo_install().unwrap();
+    assert!(out.contains("copied builderd and the config"), "{out}");
+    let sys = s.system();
+    let before = std::fs::read(sys.join("config.toml")).unwrap();
+    let cases = [
+        ("state_dir", "state_dir = \"/etc\""),
+        (
+            "machines_file",
+            "[registration]\nmachines_file = \"/etc/passwd\"",
+        ),
+        ("docker_host", "docker_host = \"unix:///tmp/theirs.sock\""),
+    ];
+    for (key, line) in cases {
+        s.user
+            .sh(&format!("printf '{line}\\n' > {}", s.config().display()));
+        let e = s.sudo_install().unwrap_err();
+        assert!(
+            e.contains(&format!("`{key}`")) && e.contains("nothing was installed"),
+            "{line}: {e}"
+        );
+        assert_eq!(
+            std::fs::read(sys.join("config.toml")).unwrap(),
+            before,
+            "{line}: the copy changed"
+        );
     }
 }
