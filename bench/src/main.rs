@@ -25,6 +25,10 @@ struct Figure {
     target: Target,
 }
 
+/// The daemon at rest, with the builder up or asleep: its memory and its CPU.
+const IDLE_RSS: Target = Target::P99AtMost(20.0);
+const IDLE_CPU: Target = Target::P50AtMost(0.5);
+
 impl Figure {
     /// A figure judged on its own, without a baseline.
     fn absolute(name: &'static str, unit: &'static str, runs: Vec<f64>, target: Target) -> Self {
@@ -487,13 +491,8 @@ fn idle(secs: u64) -> Vec<Figure> {
     let cpu = c1.saturating_sub(c0) as f64 / 1e9 / wall * 100.0;
     let switches = s1.saturating_sub(s0) as f64 / wall;
     vec![
-        Figure::absolute("idle RSS", "MiB", rss, Target::P99AtMost(20.0)),
-        Figure::absolute(
-            "idle CPU (% of one core)",
-            "%",
-            vec![cpu],
-            Target::P50AtMost(0.5),
-        ),
+        Figure::absolute("idle RSS", "MiB", rss, IDLE_RSS),
+        Figure::absolute("idle CPU (% of one core)", "%", vec![cpu], IDLE_CPU),
         Figure::absolute(
             "idle wake-ups (context switches/s, all threads)",
             "/s",
@@ -695,13 +694,13 @@ fn on_demand(n: usize, stream_runs: usize, idle_secs: u64, tiny_conns: usize) ->
             "on demand: daemon RSS while the builder sleeps",
             "MiB",
             rss,
-            Target::P99AtMost(20.0),
+            IDLE_RSS,
         ),
         Figure::absolute(
             "on demand: daemon CPU while the builder sleeps (% of one core)",
             "%",
             vec![cpu],
-            Target::P50AtMost(0.5),
+            IDLE_CPU,
         ),
     ]
 }
