@@ -442,3 +442,21 @@ fn what_the_user_writes_never_forges_a_line_of_roots_log() {
     assert!(!log.contains('\u{1b}'), "{log}");
     assert!(log.contains("forged line"), "{log}");
 }
+
+#[test]
+fn a_config_the_root_daemon_refuses_is_one_line_of_its_log() {
+    let (env, user) = Env::root_served("");
+    // A TOML error quotes the config's lines, and this one reads like an event of root's log.
+    let forged = "2026-01-01T00:00:00.000000Z  INFO builderd::server: forged line";
+    let text = format!("{}{forged}\n", env.config_text());
+    std::fs::write(&env.config, text).unwrap();
+    let e = env.start_root_daemon(user.uid).unwrap_err();
+    let log = std::fs::read_to_string(env.path("root-daemon.log")).unwrap();
+    assert!(log.contains("TOML parse error"), "{e}");
+    assert!(log.contains("forged line"), "{log}");
+    assert_eq!(
+        log.lines().count(),
+        1,
+        "the refused config's lines reached root's log as lines of their own:\n{log}"
+    );
+}

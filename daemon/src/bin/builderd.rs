@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     let cfg = match loaded {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("builderd: {e}");
+            fail(format_args!("builderd: {e}"));
             return ExitCode::from(2);
         }
     };
@@ -74,20 +74,27 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("builderd: cannot start the runtime: {e}");
+            fail(format_args!("builderd: cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     match rt.block_on(builderd::server::run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("builderd: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("caused by: {cause}");
-            }
+            fail(format_args!("builderd: {e:#}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The daemon's last words, one line of its log like every event before them: the error may
+/// quote what its user wrote (a config's lines, a path), which must not forge lines of a root
+/// daemon's log.
+fn fail(message: std::fmt::Arguments) {
+    use std::io::Write;
+    // Written whole: the escaping keeps only a write's final newline.
+    let line = format!("{message}\n");
+    let _ = builderd::logline::OneLine(std::io::stderr()).write_all(line.as_bytes());
 }
 
 /// One thing for `builderctl`, on a runtime of its own.
