@@ -474,10 +474,23 @@ pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool
     // Root under sudo, or on a config a user controls, acts for that user: it starts no daemon
     // of its own (`connect_or_start` refuses) and removes only what the user could remove.
     let for_user = builderd_core::client::root_may_not_start(config_path);
+    // Whatever answers on the socket may be the user's own program: it is waited for so long.
+    let wait = down_wait();
+    let mut stalled = false;
     if purge {
         // The builder is taken down by the daemon that runs now (the service's, or the user's),
         // before the service goes: nothing brings it back then.
-        let _ = builderd_core::client::request(&cfg.socket, Request::Down, |_| {}).await;
+        let down = builderd_core::client::request(&cfg.socket, Request::Down, |_| {});
+        if tokio::time::timeout(wait, down).await.is_err() {
+            stalled = true;
+            out.error(&format!(
+                "what listens on {} did not take the builder down within {} s: going on without it. If the container {} still runs, remove it with `docker rm -f {}`",
+                cfg.socket.display(),
+                wait.as_secs(),
+                cfg.container_name,
+                cfg.container_name
+            ));
+        }
     }
     let home = config::home_dir();
     if let Err(e) = svc.uninstall(Os::current(), &home, &System) {
@@ -490,19 +503,34 @@ pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool
     out.info("the service is removed");
     if purge {
         // Take it down through a daemon, so that nothing brings it back, then stop that daemon.
-        let start = builderd_core::client::connect_or_start(
-            cfg,
-            config_path,
-            &crate::daemon_binary(),
-            Duration::from_secs(20),
-        )
-        .await;
-        if let Ok(s) = start {
-            if let Err(e) = builderd_core::client::exchange(s, Request::Down, |_| {}).await {
-                out.error(&e.to_string());
-                return exit::FAILURE;
+        let start = if stalled {
+            None
+        } else {
+            builderd_core::client::connect_or_start(
+                cfg,
+                config_path,
+                &crate::daemon_binary(),
+                Duration::from_secs(20),
+            )
+            .await
+            .ok()
+        };
+        if let Some(s) = start {
+            let down = builderd_core::client::exchange(s, Request::Down, |_| {});
+            match tokio::time::timeout(wait, down).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    out.error(&e.to_string());
+                    return exit::FAILURE;
+                }
+                Err(_) => out.error(&format!(
+                    "the daemon at {} did not take the builder down within {} s: going on without it",
+                    cfg.socket.display(),
+                    wait.as_secs()
+                )),
             }
-            let _ = builderd_core::client::request(&cfg.socket, Request::Shutdown, |_| {}).await;
+            let shutdown = builderd_core::client::request(&cfg.socket, Request::Shutdown, |_| {});
+            let _ = tokio::time::timeout(wait, shutdown).await;
         }
         // The image is the engine's: `builderd purge-image` removes it and says so.
         let mut purge = std::process::Command::new(crate::daemon_binary());
@@ -549,6 +577,20 @@ pub async fn uninstall(cfg: &Config, config_path: &Path, purge: bool, user: bool
         }
     }
     exit::OK
+}
+
+/// How long `uninstall --purge` waits for a daemon to take the builder down: long enough for a
+/// daemon that finishes a step first (stopping a container takes its grace period). A debug build
+/// (the tests) takes `BUILDERD_TEST_DOWN_WAIT` seconds instead.
+fn down_wait() -> Duration {
+    #[cfg(debug_assertions)]
+    if let Some(secs) = std::env::var("BUILDERD_TEST_DOWN_WAIT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return Duration::from_secs(secs);
+    }
+    Duration::from_secs(120)
 }
 
 mod libc_flags {

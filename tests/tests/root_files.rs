@@ -460,3 +460,56 @@ fn a_config_the_root_daemon_refuses_is_one_line_of_its_log() {
         "the refused config's lines reached root's log as lines of their own:\n{log}"
     );
 }
+
+#[test]
+fn roots_uninstall_purge_is_not_held_by_what_the_user_listens_with() {
+    let (env, user) = Env::root_served("");
+    // What answers on the user's socket is the user's: here it takes requests and never replies.
+    let sock = env.path("state/builderd.sock");
+    let script = format!(
+        "import socket, time\n\
+         s = socket.socket(socket.AF_UNIX)\n\
+         s.bind({sock:?})\n\
+         s.listen(8)\n\
+         held = []\n\
+         while True:\n\
+         \x20   c, _ = s.accept()\n\
+         \x20   held.append(c)\n",
+        sock = sock.display().to_string(),
+    );
+    let mut listener = user
+        .command("python3")
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = Command::new("timeout")
+        .arg("60")
+        .arg(bin_dir().join("builderctl"))
+        .arg("--config")
+        .arg(&env.config)
+        .args(["uninstall", "--purge", "--user"])
+        .env("NO_COLOR", "1")
+        .env("SUDO_USER", &user.name)
+        .env("HOME", env.path("home"))
+        .env("BUILDERD_TEST_DOWN_WAIT", "2")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(
+        o.status.code(),
+        Some(124),
+        "root's uninstall waited on the user's listener until it was killed: {err}"
+    );
+    assert!(err.contains("did not take the builder down within 2 s"), "{err}");
+    assert!(err.contains("docker rm -f"), "{err}");
+    drop(user);
+}
