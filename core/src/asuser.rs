@@ -46,6 +46,26 @@ pub fn as_owner_of<T: Send>(
     as_user(uid, gid, path, f)
 }
 
+/// Runs `f` as the user a root builderd serves (`served`), whose config named `path`: root reads
+/// through it only what that user may read, whoever controls it (a world-readable `/nix/store`
+/// path, yes; a directory only root may enter, no). Serving no one: as [`as_owner_of`].
+pub fn as_reader_of<T: Send>(
+    served: Option<u32>,
+    path: &Path,
+    f: impl FnOnce() -> Result<T, FsError> + Send,
+) -> Result<T, FsError> {
+    match served {
+        Some(uid) => {
+            let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map_or(uid, |u| u.gid.as_raw());
+            as_user(uid, gid, path, f)
+        }
+        None => as_owner_of(path, f),
+    }
+}
+
 /// Runs `f` as the user `uid` (group `gid`) on a thread of its own when this process is root
 /// and `uid` is not; else here. `path` names what `f` works on, for the error.
 pub fn as_user<T: Send>(

@@ -804,8 +804,10 @@ impl Config {
                 ),
             ));
         }
+        // Looked for as the build reads the context: as the served user, for a root builderd.
         if let Some(c) = &self.image.context
-            && !c.join("Dockerfile").is_file()
+            && !crate::asuser::as_reader_of(served, c, || Ok(c.join("Dockerfile").is_file()))
+                .unwrap_or(false)
         {
             return Err(bad(
                 "context",

@@ -70,14 +70,15 @@ impl Context {
         }
     }
 
-    /// Reads a context directory with the identity of whoever controls it (a root builderd
-    /// reads its user's directory as that user), each entry opened under its directory's
+    /// Reads a context directory with the identity of whoever controls it, or, for a root
+    /// builderd serving a user, as that user (whose config named it), each entry opened under its directory's
     /// descriptor and never through a link: regular files (at most [`CONTEXT_LIMIT`] bytes in
     /// all), directories, and symlinks kept as links. A FIFO, a device or a socket is refused,
     /// named.
     pub fn from_dir(dir: &Path) -> Result<Context, DockerError> {
         let mut walked = Walked::default();
-        builderd_core::asuser::as_owner_of(dir, || {
+        let served = builderd_core::config::served_user();
+        builderd_core::asuser::as_reader_of(served, dir, || {
             let fd = rustix::fs::open(
                 dir,
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NONBLOCK,

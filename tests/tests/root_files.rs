@@ -509,7 +509,10 @@ fn roots_uninstall_purge_is_not_held_by_what_the_user_listens_with() {
         Some(124),
         "root's uninstall waited on the user's listener until it was killed: {err}"
     );
-    assert!(err.contains("did not take the builder down within 2 s"), "{err}");
+    assert!(
+        err.contains("did not take the builder down within 2 s"),
+        "{err}"
+    );
     assert!(err.contains("docker rm -f"), "{err}");
     drop(user);
 }

@@ -531,3 +531,53 @@ fn a_context_swapped_for_links_while_it_is_read_gives_nothing_of_roots() {
     let _ = swapper.wait();
     assert_eq!(leaked, 0, "root read the secret through a swapped link");
 }
+
+/// A context the config names that only root may read: root looks for it and reads it as the
+/// user it serves, so it is as missing as to that user.
+#[test]
+fn a_context_only_root_may_read_is_not_read_for_the_user() {
+    if skip_docker() {
+        return;
+    }
+    let (mut env, user) = Env::root_served("");
+    let ctx = env.path("roots-ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM scratch\nCOPY . /ctx/\nLABEL {}=\"{}\"\nCMD [\"/none\"]\n",
+            builderd_tests::RUN_LABEL,
+            builderd_tests::run_id()
+        ),
+    )
+    .unwrap();
+    std::fs::write(ctx.join("secret"), format!("{SECRET}\n")).unwrap();
+    std::fs::set_permissions(&ctx, std::fs::Permissions::from_mode(0o700)).unwrap();
+    env.extra = format!("[image]\ncontext = \"{}\"\n", ctx.display());
+    env.write_config();
+    // The user's state says "up": the service brings the builder up as it starts (at boot),
+    // with no `builderctl up` of the user's to check the config first.
+    let state = env.path("state/state.json");
+    std::fs::write(&state, "{\"desired\": \"up\"}\n").unwrap();
+    user.give(&state);
+    let cfg = builderd::config::Config::load(&env.config).unwrap();
+    let (tag, _) = builderd::docker::image_for(&cfg).unwrap();
+    let _images = Images(vec![tag.clone()]);
+    match env.start_root_daemon_with(user.uid, &[("HOME", env.path("home").to_str().unwrap())]) {
+        Err(e) => {
+            assert!(e.contains("has no Dockerfile"), "{e}");
+            assert!(!e.contains(SECRET), "{e}");
+        }
+        Ok(()) => {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !image_exists(&tag) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let leaked = image_exists(&tag) && contains(&image_files(&tag), SECRET);
+            panic!(
+                "the root daemon took a context only root may read (root's secret in the user's image: {leaked}): {}",
+                root_log(&env)
+            );
+        }
+    }
+}
