@@ -493,10 +493,11 @@ mod tests {
 
     #[test]
     fn a_directory_a_user_controls_is_written_as_that_user() {
-        if current_euid() != 0 {
-            eprintln!("not root: nothing to switch from");
-            return;
-        }
+        assert_eq!(
+            current_euid(),
+            0,
+            "this test switches to another user: run it as root (tests/run does)"
+        );
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();

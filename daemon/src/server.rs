@@ -254,6 +254,7 @@ fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let private_mode = || std::fs::Permissions::from_mode(0o600);
     let dir = path.parent().unwrap_or(Path::new("/"));
+    sweep_stale_bind_dirs(dir);
     let short = format!(".bd-{}", &crate::fsutil::random_suffix()[..8]);
     let private = dir.join(&short);
     let inside = private.join("s");
@@ -273,6 +274,32 @@ fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener
     let _ = std::fs::remove_file(&inside);
     let _ = std::fs::remove_dir(&private);
     bound
+}
+
+/// The private directories [`bind_private`] makes (`.bd-` and 8 characters), left behind in
+/// `dir` by a daemon killed while it bound: removed once a minute old, when they hold nothing
+/// but the socket `s` (another daemon binding in the same directory takes well under a second).
+fn sweep_stale_bind_dirs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(".bd-") && name.len() == 12) {
+            continue;
+        }
+        let old = entry.metadata().ok().filter(|m| m.is_dir()).and_then(|m| {
+            m.modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .filter(|age| *age > std::time::Duration::from_secs(60))
+        });
+        if old.is_some() {
+            let _ = std::fs::remove_file(entry.path().join("s"));
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
 }
 
 /// Runs the daemon until SIGTERM, SIGINT or a `shutdown` request.
@@ -555,6 +582,40 @@ fn final_reply(result: Result<String, supervisor::Failure>) -> Reply {
 mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+
+    /// What a daemon killed while it bound left beside the socket goes at the next bind; what
+    /// is fresh (another daemon binding now) or holds anything else stays.
+    #[test]
+    fn a_killed_binds_private_directory_goes_at_the_next_bind() {
+        let d = tempfile::tempdir().unwrap();
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let make = |name: &str, with: &[&str]| {
+            let p = d.path().join(name);
+            std::fs::create_dir(&p).unwrap();
+            for f in with {
+                if *f == "s" {
+                    std::os::unix::net::UnixListener::bind(p.join(f)).unwrap();
+                } else {
+                    std::fs::write(p.join(f), "kept").unwrap();
+                }
+            }
+            p
+        };
+        let killed = make(".bd-0a1b2c3d", &["s"]);
+        let killed_empty = make(".bd-4e5f6a7b", &[]);
+        let fresh = make(".bd-8c9d0e1f", &["s"]);
+        let not_ours = make(".bd-23456789", &["notes"]);
+        let other_name = make(".bd-keep", &[]);
+        for p in [&killed, &killed_empty, &not_ours, &other_name] {
+            std::fs::File::open(p)
+                .unwrap()
+                .set_modified(hour_ago)
+                .unwrap();
+        }
+        let _l = bind_private(&d.path().join("builderd.sock")).unwrap();
+        assert!(!killed.exists() && !killed_empty.exists());
+        assert!(fresh.exists() && not_ours.join("notes").exists() && other_name.exists());
+    }
 
     /// The socket is 0600 from the moment it has its name, and making it changes nothing of
     /// the process: a file another thread creates meanwhile gets the mode it asked for.

@@ -305,6 +305,7 @@ fn private_work_dir(root: &Path) -> Result<PathBuf, String> {
         }
     }
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700)).map_err(|e| fail("close", root, &e))?;
+    sweep_stale_work_dirs(&fd, root);
     for _ in 0..16 {
         let name = format!(
             "base-{}-{:x}",
@@ -324,6 +325,42 @@ fn private_work_dir(root: &Path) -> Result<PathBuf, String> {
         "cannot make a fresh directory in {}",
         root.display()
     ))
+}
+
+/// Removes the work dirs in `root` (opened as `dir`, root's alone) of builderds that are gone:
+/// one killed while debootstrap ran leaves its rootfs, hundreds of MiB. A dir is named after
+/// the process that made it (`base-PID-…`); one whose process still runs is kept.
+fn sweep_stale_work_dirs(dir: &rustix::fd::OwnedFd, root: &Path) {
+    let Ok(entries) = rustix::fs::Dir::read_from(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("base-")
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let alive = rustix::process::Pid::from_raw(pid).is_some_and(|p| {
+            !matches!(
+                rustix::process::test_kill_process(p),
+                Err(rustix::io::Errno::SRCH)
+            )
+        });
+        if !alive {
+            let stale = root.join(&name);
+            match std::fs::remove_dir_all(&stale) {
+                Ok(()) => {
+                    tracing::info!(dir = %stale.display(), "removed the work dir of a builderd that is gone")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %stale.display(), error = %e, "cannot remove the work dir of a builderd that is gone")
+                }
+            }
+        }
+    }
 }
 
 async fn pull(docker: &Engine, image: &str, platform: &str) -> Result<(), String> {
@@ -646,9 +683,10 @@ mod tests {
 
     #[test]
     fn the_work_dir_is_roots_alone_and_never_a_link() {
-        if !rustix::process::geteuid().is_root() {
-            return;
-        }
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test makes root's directories: run it as root (tests/run does)"
+        );
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         // Not under /tmp, which anyone may write in.
         let d = tempfile::tempdir_in("/var/lib").unwrap();
@@ -674,5 +712,32 @@ mod tests {
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
         assert!(private_work_dir(&open.join("work")).is_err());
         assert!(!open.join("work").exists());
+    }
+
+    #[test]
+    fn the_work_dirs_of_builderds_that_are_gone_are_removed() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test makes root's directories: run it as root (tests/run does)"
+        );
+        let d = tempfile::tempdir_in("/var/lib").unwrap();
+        let root = d.path().join("work");
+        let first = private_work_dir(&root).unwrap();
+        // A builderd killed during debootstrap: its process is gone (above the largest pid
+        // Linux and macOS hand out), its rootfs is not.
+        let killed = root.join("base-99999999-1");
+        std::fs::create_dir_all(killed.join("rootfs/usr/bin")).unwrap();
+        std::fs::write(killed.join("rootfs/usr/bin/sh"), "x").unwrap();
+        // Not a work dir of builderd's: left alone.
+        let other = root.join("notes");
+        std::fs::create_dir(&other).unwrap();
+        let second = private_work_dir(&root).unwrap();
+        assert!(
+            !killed.exists(),
+            "the dead builderd's work dir is still there"
+        );
+        // This process runs: its work dirs stay, the one in use above included.
+        assert!(first.exists() && second.exists());
+        assert!(other.exists());
     }
 }
