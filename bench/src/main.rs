@@ -4,8 +4,9 @@
 //!
 //! Usage: `bench/run [--quick] [--only NAME]` (`--quick` takes fewer samples, for a smoke run;
 //! `--only` runs the figures whose group is NAME: up, recovery, repair, status, builds, idle,
-//! on-demand, client, copy, caches, sizing).
+//! on-demand, client, copy, caches, sizing, cold).
 
+mod cold;
 mod copy;
 mod sizing;
 
@@ -786,6 +787,10 @@ fn main() {
     if want("sizing") {
         eprintln!("bench: builds sized to the engine …");
         figures.push(sizing::rows(n(3)));
+    }
+    if want("cold") {
+        eprintln!("bench: the cold first run …");
+        figures.push(cold::row(if quick { 1 } else { 3 }));
     }
     if want("idle") {
         eprintln!("bench: idle footprint …");

@@ -1040,3 +1040,88 @@ impl Drop for Images {
         }
     }
 }
+
+/// A real registry (Debian's `docker-registry`) on 127.0.0.1 only, standing in for Docker Hub;
+/// its storage in a temp dir; stopped when dropped.
+pub struct Registry {
+    child: std::process::Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let bin = "/usr/bin/docker-registry";
+        assert!(
+            Path::new(bin).exists(),
+            "{bin} is missing: tests/run installs Debian's docker-registry"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the registry did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Registry {
+    /// `local` (a plain Debian, as `debian:trixie-slim` is) flattened into one layer of its own
+    /// and pushed as `debian:trixie-slim` here, so that a pull downloads every byte of it; the
+    /// engine keeps no copy. Returns the name to pull.
+    pub fn push_plain_base(&self, local: &str) -> String {
+        let base = format!("127.0.0.1:{}/debian:trixie-slim", self.port);
+        let docker = |args: &[&str]| {
+            let o = Command::new("docker").args(args).output().unwrap();
+            assert!(
+                o.status.success(),
+                "docker {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        };
+        let c = docker(&["create", local, "true"]);
+        let copy = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "docker export {c} | docker import --change 'CMD [\"bash\"]' - {base}"
+            ))
+            .output()
+            .unwrap();
+        docker(&["rm", &c]);
+        assert!(copy.status.success(), "{copy:?}");
+        docker(&["push", &base]);
+        docker(&["rmi", &base]);
+        base
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -2,64 +2,9 @@
 //! Docker Hub; here a real registry on 127.0.0.1 (Debian's `docker-registry`) stands in for Docker
 //! Hub. Where nothing can be pulled, on Linux, builderd makes the base with debootstrap.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use builderd_tests::{Env, Images, free_port, image_exists, skip_docker};
-
-/// A registry on 127.0.0.1 only, its storage in a temp dir; stopped when dropped.
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let bin = "/usr/bin/docker-registry";
-        assert!(
-            Path::new(bin).exists(),
-            "{bin} is missing: tests/run installs Debian's docker-registry"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry starts");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the registry did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Registry {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use builderd_tests::{Env, Images, Registry, free_port, image_exists, skip_docker};
 
 fn docker_ok(args: &[&str]) -> String {
     let o = Command::new("docker").args(args).output().unwrap();
@@ -110,21 +55,9 @@ fn the_base_is_pulled_from_a_registry_and_the_image_built_with_apt() {
     assert_eq!(plain, "plain", "the local base is a plain Debian");
 
     let registry = Registry::start();
-    let base = format!("127.0.0.1:{}/debian:trixie-slim", registry.port);
+    let base = registry.push_plain_base("builderd-base:trixie");
     let repository = format!("bdt-registry-{}", std::process::id());
     let _images = Images(vec![base.clone()]);
-    let c = docker_ok(&["create", "builderd-base:trixie", "true"]);
-    let copy = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "docker export {c} | docker import --change 'CMD [\"bash\"]' - {base}"
-        ))
-        .output()
-        .unwrap();
-    docker_ok(&["rm", &c]);
-    assert!(copy.status.success(), "{copy:?}");
-    docker_ok(&["push", &base]);
-    docker_ok(&["rmi", &base]);
     assert!(!image_exists(&base), "the engine holds no copy of the base");
 
     let env = Env::new(&format!(
