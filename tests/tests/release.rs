@@ -5,8 +5,8 @@
 //! and an x86_64 slice, each linked against libSystem alone (no framework: notify's kqueue
 //! backend, not FSEvents) and importing the macOS calls builderd makes.
 //!
-//! It builds three release targets, about twenty minutes on two cores, with the tools
-//! `scripts/macos-check` installed (`tests/run` runs that first) and the same target dir.
+//! The first run builds three release targets (several minutes); `tests/run` has built them by
+//! then through `scripts/macos-check`'s tools and the same target dir.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
