@@ -1041,6 +1041,17 @@ impl Drop for Images {
     }
 }
 
+/// `docker ARGS`, which must succeed; its output, trimmed.
+pub fn docker_ok(args: &[&str]) -> String {
+    let o = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
 /// A real registry (Debian's `docker-registry`) on 127.0.0.1 only, standing in for Docker Hub;
 /// its storage in a temp dir; stopped when dropped.
 pub struct Registry {
@@ -1094,15 +1105,7 @@ impl Registry {
     /// engine keeps no copy. Returns the name to pull.
     pub fn push_plain_base(&self, local: &str) -> String {
         let base = format!("127.0.0.1:{}/debian:trixie-slim", self.port);
-        let docker = |args: &[&str]| {
-            let o = Command::new("docker").args(args).output().unwrap();
-            assert!(
-                o.status.success(),
-                "docker {args:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            String::from_utf8_lossy(&o.stdout).trim().to_string()
-        };
+        let docker = docker_ok;
         let c = docker(&["create", local, "true"]);
         let copy = Command::new("sh")
             .arg("-c")

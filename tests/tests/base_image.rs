@@ -4,17 +4,7 @@
 
 use std::process::{Command, Stdio};
 
-use builderd_tests::{Env, Images, Registry, free_port, image_exists, skip_docker};
-
-fn docker_ok(args: &[&str]) -> String {
-    let o = Command::new("docker").args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
+use builderd_tests::{Env, Images, Registry, docker_ok, free_port, image_exists, skip_docker};
 
 /// `builderctl up`, which must succeed; returns what it printed (progress goes to stderr).
 fn up_printing(env: &Env) -> String {

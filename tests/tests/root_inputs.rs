@@ -190,11 +190,8 @@ fn with_users_context() -> (Env, TestUser) {
     (env, user)
 }
 
-/// A build context in the user's home, `FROM scratch`: whatever the engine was sent is in the
-/// image's files. Writes the config that names it.
-fn users_context(env: &Env, user: &TestUser, plant: &str) -> std::path::PathBuf {
-    let ctx = env.path("home/ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
+/// A Dockerfile in `ctx` that copies the whole context into a `FROM scratch` image of this run.
+fn scratch_dockerfile(ctx: &Path) {
     std::fs::write(
         ctx.join("Dockerfile"),
         format!(
@@ -204,6 +201,14 @@ fn users_context(env: &Env, user: &TestUser, plant: &str) -> std::path::PathBuf 
         ),
     )
     .unwrap();
+}
+
+/// A build context in the user's home, `FROM scratch`: whatever the engine was sent is in the
+/// image's files. Writes the config that names it.
+fn users_context(env: &Env, user: &TestUser, plant: &str) -> std::path::PathBuf {
+    let ctx = env.path("home/ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    scratch_dockerfile(&ctx);
     std::fs::write(ctx.join("plain"), "the user's own file\n").unwrap();
     user.give(&ctx);
     user.sh(&format!("cd {} && {plant}", ctx.display()));
@@ -542,15 +547,7 @@ fn a_context_only_root_may_read_is_not_read_for_the_user() {
     let (mut env, user) = Env::root_served("");
     let ctx = env.path("roots-ctx");
     std::fs::create_dir(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!(
-            "FROM scratch\nCOPY . /ctx/\nLABEL {}=\"{}\"\nCMD [\"/none\"]\n",
-            builderd_tests::RUN_LABEL,
-            builderd_tests::run_id()
-        ),
-    )
-    .unwrap();
+    scratch_dockerfile(&ctx);
     std::fs::write(ctx.join("secret"), format!("{SECRET}\n")).unwrap();
     std::fs::set_permissions(&ctx, std::fs::Permissions::from_mode(0o700)).unwrap();
     env.extra = format!("[image]\ncontext = \"{}\"\n", ctx.display());
