@@ -6,24 +6,15 @@
 use std::process::Command;
 use std::time::Instant;
 
-use builderd_tests::{Env, Images, Registry, image_exists};
+use builderd_tests::{Env, Images, Registry, docker_ok, image_exists};
 
 use crate::{Figure, Target, ms, run};
-
-fn docker(args: &[&str]) {
-    let o = run(Command::new("docker").args(args));
-    assert!(
-        o.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 /// The engine holds none of `images` (and so none of their build steps' layers).
 fn forget(images: &[&str]) {
     for i in images {
         if image_exists(i) {
-            docker(&["rmi", "-f", i]);
+            docker_ok(&["rmi", "-f", i]);
         }
     }
 }
@@ -42,13 +33,7 @@ pub fn row(n: usize) -> Figure {
     let by_hand = format!("{repository}:by-hand");
     let _images = Images(vec![tag.clone(), by_hand.clone(), base.clone()]);
     // The same context, written out for `docker build`.
-    let ctx = tempfile::tempdir().unwrap();
-    for (name, bytes, mode) in builderd::docker::Context::embedded().files {
-        let p = ctx.path().join(name);
-        std::fs::write(&p, bytes).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
+    let ctx = builderd_tests::embedded_context();
     let platform = cfg.platform();
     let mut runs = Vec::new();
     let mut baseline = Vec::new();
@@ -62,8 +47,8 @@ pub fn row(n: usize) -> Figure {
 
         forget(&[&tag, &by_hand, &base]);
         let t = Instant::now();
-        docker(&["pull", "--platform", &platform, &base]);
-        docker(&[
+        docker_ok(&["pull", "--platform", &platform, &base]);
+        docker_ok(&[
             "build",
             "--quiet",
             "--platform",

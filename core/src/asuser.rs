@@ -56,10 +56,7 @@ pub fn as_reader_of<T: Send>(
 ) -> Result<T, FsError> {
     match served {
         Some(uid) => {
-            let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                .ok()
-                .flatten()
-                .map_or(uid, |u| u.gid.as_raw());
+            let gid = crate::served::account(uid).map_or(uid, |u| u.gid.as_raw());
             as_user(uid, gid, path, f)
         }
         None => as_owner_of(path, f),

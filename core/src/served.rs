@@ -19,11 +19,16 @@ pub fn flag(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| v == "1")
 }
 
-/// The served user's login name, for messages (their uid when the user database has none).
-pub fn user_name(uid: u32) -> String {
+/// The user database's entry for `uid`, when it has one.
+pub fn account(uid: u32) -> Option<nix::unistd::User> {
     nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
         .flatten()
+}
+
+/// The served user's login name, for messages (their uid when the user database has none).
+pub fn user_name(uid: u32) -> String {
+    account(uid)
         .map(|u| u.name)
         .unwrap_or_else(|| format!("uid {uid}"))
 }

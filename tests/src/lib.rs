@@ -808,10 +808,8 @@ pub fn local_base() -> String {
     }
 }
 
-/// A copy of the embedded build context whose Dockerfile ends with `extra` (a line that makes
-/// the image this test's own), building from [`local_base`].
-pub fn context_with(extra: &str) -> tempfile::TempDir {
-    let base = local_base();
+/// The embedded build context, written out as it is (each file with its mode).
+pub fn embedded_context() -> tempfile::TempDir {
     let ctx = tempfile::tempdir().unwrap();
     for (name, bytes, mode) in builderd::docker::Context::embedded().files {
         let p = ctx.path().join(name);
@@ -819,6 +817,14 @@ pub fn context_with(extra: &str) -> tempfile::TempDir {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
+    ctx
+}
+
+/// A copy of the embedded build context whose Dockerfile ends with `extra` (a line that makes
+/// the image this test's own), building from [`local_base`].
+pub fn context_with(extra: &str) -> tempfile::TempDir {
+    let base = local_base();
+    let ctx = embedded_context();
     let p = ctx.path().join("Dockerfile");
     let mut df = std::fs::read_to_string(&p).unwrap().replace(
         &format!("ARG BASE_IMAGE={}", builderd::docker::base::DEFAULT_BASE),
