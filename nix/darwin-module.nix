@@ -5,10 +5,12 @@
 # The machines file is left to builderd: it keeps its own line in /etc/nix/machines true (the
 # systems the builder runs, its host key in field 8, taken out while unhealthy). nix-darwin owns
 # /etc/nix/nix.conf (a link into the store, which builderd never writes through), so this module
-# sets what builderd would have put there: `builders-use-substitutes`, and
-# `nix.distributedBuilds`, without which nix-darwin writes an empty `builders =` and Nix ignores
-# /etc/nix/machines. Keep `nix.buildMachines` empty: nix-darwin would then own
-# /etc/nix/machines too (builderd would only report the lines to add).
+# sets what builderd would have put there: `builders-use-substitutes`, `build-poll-interval`
+# (1 s: a build postponed while the builder's slots are busy starts within a second of one
+# freeing, not Nix's 5 s; a default, yours to override), and `nix.distributedBuilds`, without
+# which nix-darwin writes an empty `builders =` and Nix ignores /etc/nix/machines. Keep
+# `nix.buildMachines` empty: nix-darwin would then own /etc/nix/machines too (builderd would
+# only report the lines to add).
 self:
 { config, lib, pkgs, ... }:
 
@@ -80,6 +82,7 @@ in
 
     nix.distributedBuilds = lib.mkDefault true;
     nix.settings.builders-use-substitutes = true;
+    nix.settings.build-poll-interval = lib.mkDefault 1;
 
     assertions = [
       {

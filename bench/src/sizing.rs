@@ -1,6 +1,7 @@
 //! The builder sized to its engine: 8 independent builds, each burning one core for a fixed
 //! amount of work, through the machines file, against the same 8 built inside the container
-//! with `nix-build -j N` (N: the jobs builderd derived from the engine).
+//! with `nix-build -j N` (N: the jobs builderd derived from the engine). The client's Nix reads
+//! the nix.conf and machines file builderd registered, as a user's nix-daemon would.
 
 use std::process::Command;
 use std::time::Instant;
@@ -34,6 +35,7 @@ pub fn rows(n: usize) -> Figure {
             .args(["--max-jobs", "0", "--no-out-link", "--builders"])
             .arg(format!("@{}", env.path("etc/nix/machines").display()))
             .args(builderd_tests::CLIENT_OPTIONS)
+            .env("NIX_CONF_DIR", env.path("etc/nix"))
             .env("NIX_SSHOPTS", format!("-F {}", cfg.display())));
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         runs.push(ms(t.elapsed()));

@@ -205,6 +205,7 @@ fn the_module_runs_the_daemon_as_install_does_and_writes_a_config_builderd_reads
     // turns on distributed builds, without which `builders =` is empty.
     assert_eq!(m["nix"]["distributedBuilds"], true);
     assert_eq!(m["nix"]["settings"]["builders-use-substitutes"], true);
+    assert_eq!(m["nix"]["settings"]["build-poll-interval"], 1);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The builder sized to what the engine gives it: the machines line's max-jobs and the
 //! builder's `max-jobs` and `cores` follow the engine's CPUs (and memory) unless the config
-//! sets them, and status shows them.
+//! sets them, and status shows them. The client's Nix, reading the nix.conf builderd registers,
+//! looks again at a build it postponed (every slot busy) after 1 s, not Nix's 5.
 
 use builderd_tests::{Env, skip_docker};
 
@@ -23,6 +24,26 @@ fn machines_jobs(env: &Env) -> String {
     line.split(' ').nth(3).unwrap().to_string()
 }
 
+/// A setting as the host's Nix reads it from the registered nix.conf.
+fn client_conf(env: &Env, key: &str) -> String {
+    let o = std::process::Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "show-config",
+        ])
+        .env("NIX_CONF_DIR", env.path("etc/nix"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let prefix = format!("{key} = ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
+        .to_string()
+}
+
 fn builder_conf(env: &Env, key: &str) -> String {
     let o = env.docker(&["exec", &env.name, "nix", "config", "show", key]);
     String::from_utf8_lossy(&o.stdout).trim().to_string()
@@ -40,6 +61,7 @@ fn jobs_and_cores_follow_the_engine_unless_set() {
     assert_eq!(machines_jobs(&env), jobs.to_string());
     assert_eq!(builder_conf(&env, "max-jobs"), jobs.to_string());
     assert_eq!(builder_conf(&env, "cores"), cpus.to_string());
+    assert_eq!(client_conf(&env, "build-poll-interval"), "1");
     let st = env.status();
     assert_eq!(st["sizing"]["engine_cpus"], cpus, "{st:#}");
     assert_eq!(st["sizing"]["max_jobs"], jobs, "{st:#}");

@@ -1,5 +1,6 @@
-//! builderd's registrations: the machines line, `builders-use-substitutes`, the known_hosts
-//! entries and the ssh_config alias, each kept as a marked block in a file the user shares.
+//! builderd's registrations: the machines line, `builders-use-substitutes` and
+//! `build-poll-interval`, the known_hosts entries and the ssh_config alias, each kept as a marked
+//! block in a file the user shares.
 //!
 //! Architecture invariant: builderd writes only inside its own block (and drops stale
 //! known_hosts entries for its own host names); every other byte of a file stays as it was, and
@@ -147,7 +148,8 @@ impl Wanted {
         format!(
             "nix.distributedBuilds = true;\n\
              nix.buildMachines = [{{\n  hostName = \"{host}\";\n  protocol = \"ssh-ng\";\n{}  systems = [ {} ];\n  sshKey = \"{}\";\n  maxJobs = {};\n  speedFactor = {};\n  supportedFeatures = [ {} ];\n  publicHostKey = \"{}\";\n}}];\n\
-             nix.settings.builders-use-substitutes = true;",
+             nix.settings.builders-use-substitutes = true;\n\
+             nix.settings.{POLL_KEY} = {POLL_SECS};",
             user.map(|u| format!("  sshUser = \"{u}\";\n"))
                 .unwrap_or_default(),
             list(&self.systems),
@@ -392,6 +394,13 @@ pub struct Synced {
 }
 
 const KEY: &str = "builders-use-substitutes";
+
+/// How often, in seconds, the nix-daemon looks again at a build it postponed because every
+/// slot of every machine was busy. Nix's default is 5 s: with more builds ready than the builder
+/// runs at once, each one waits up to that long after a slot frees. 1 is the shortest Nix
+/// honours; a look costs the nix-daemon a few milliseconds per waiting build.
+const POLL_KEY: &str = "build-poll-interval";
+const POLL_SECS: u32 = 1;
 
 fn status(kind: &str, path: &Path, state: &str, detail: Option<String>) -> RegistrationStatus {
     RegistrationStatus {
@@ -644,9 +653,18 @@ fn sync_nix_conf(
     let target = nix_conf::determinate_custom_conf(conf, &text).unwrap_or_else(|| conf.clone());
     let read = |p: &Path| fsutil::read_text_as_owner(p);
     let user_setting = nix_conf::effective(conf, KEY, &read);
-    let line = format!("{KEY} = true");
-    let apply = |t: &str| block::apply(t, instance, std::slice::from_ref(&line));
-    let needed = wanted.is_some() && user_setting.is_none();
+    // Each setting unless the user set it themselves: their value stays, and wins.
+    let lines: Vec<String> = [
+        user_setting.is_none().then(|| format!("{KEY} = true")),
+        nix_conf::effective(conf, POLL_KEY, &read)
+            .is_none()
+            .then(|| format!("{POLL_KEY} = {POLL_SECS}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let apply = |t: &str| block::apply(t, instance, &lines);
+    let needed = wanted.is_some() && !lines.is_empty();
     let f: Option<&(dyn Fn(&str) -> String + Sync)> = if needed { Some(&apply) } else { None };
     let before = out.statuses.len();
     let outcome = sync_block("nix.conf", &target, instance, f, manual, created, out);
@@ -821,9 +839,56 @@ mod tests {
         let nc = s.statuses.iter().find(|s| s.kind == "nix.conf").unwrap();
         assert_eq!(nc.state, "failed");
         assert!(nc.detail.as_ref().unwrap().contains("nix.conf:1 sets"));
+        // Their line stays as it was; builderd's block holds only what they did not set.
+        let text = std::fs::read_to_string(d.path().join("nix.conf")).unwrap();
         assert_eq!(
-            std::fs::read_to_string(d.path().join("nix.conf")).unwrap(),
+            block::remove(&text, "nb"),
             "builders-use-substitutes = false\n"
+        );
+        assert_eq!(
+            block::body(&text, "nb").unwrap(),
+            ["build-poll-interval = 1"]
+        );
+    }
+
+    #[test]
+    fn the_poll_interval_is_registered_unless_the_user_set_one() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = cfg_in(d.path());
+        let conf = d.path().join("nix.conf");
+        sync(&cfg, Some(&wanted()), &mut Created::new());
+        let text = std::fs::read_to_string(&conf).unwrap();
+        assert_eq!(
+            block::body(&text, "nb").unwrap(),
+            ["builders-use-substitutes = true", "build-poll-interval = 1"]
+        );
+
+        // The user's own value stays, and builderd's block no longer says one.
+        let mine = "build-poll-interval = 3\n";
+        std::fs::write(&conf, mine).unwrap();
+        let s = sync(&cfg, Some(&wanted()), &mut Created::new());
+        let nc = s.statuses.iter().find(|s| s.kind == "nix.conf").unwrap();
+        assert_eq!(nc.state, "ok", "{nc:?}");
+        let text = std::fs::read_to_string(&conf).unwrap();
+        assert_eq!(
+            block::body(&text, "nb").unwrap(),
+            ["builders-use-substitutes = true"]
+        );
+        assert_eq!(block::remove(&text, "nb"), mine);
+
+        // Both set by the user: no block at all.
+        let mine = "build-poll-interval = 3\nbuilders-use-substitutes = true\n";
+        std::fs::write(&conf, mine).unwrap();
+        sync(&cfg, Some(&wanted()), &mut Created::new());
+        assert_eq!(std::fs::read_to_string(&conf).unwrap(), mine);
+
+        // And nix-darwin's users are told both.
+        let snippet = wanted().nix_darwin_snippet();
+        assert!(
+            snippet.ends_with(
+                "nix.settings.builders-use-substitutes = true;\nnix.settings.build-poll-interval = 1;"
+            ),
+            "{snippet}"
         );
     }
 
@@ -845,7 +910,7 @@ mod tests {
             "{custom}"
         );
 
-        // Set right in an included file already: nothing is added (and ours goes away).
+        // Set right in an included file already: not added again (ours keeps the rest).
         std::fs::write(
             d.path().join("nix.custom.conf"),
             "builders-use-substitutes = true\n",
@@ -858,9 +923,14 @@ mod tests {
             nc.detail.as_ref().unwrap().contains("already set at"),
             "{nc:?}"
         );
+        let custom = std::fs::read_to_string(d.path().join("nix.custom.conf")).unwrap();
         assert_eq!(
-            std::fs::read_to_string(d.path().join("nix.custom.conf")).unwrap(),
+            block::remove(&custom, "nb"),
             "builders-use-substitutes = true\n"
+        );
+        assert_eq!(
+            block::body(&custom, "nb").unwrap(),
+            ["build-poll-interval = 1"]
         );
     }
 
