@@ -250,6 +250,8 @@ pub fn rows(side: &Side, label: &'static str, n: usize, with_from: bool) -> Vec<
 /// A tiny build through the machines file, as the nix-daemon runs it (builders-use-substitutes
 /// on, so the builder asks its own cache), against the same on a builder with no cache at all.
 pub fn build_rows(with: &Side, without: &Side, label: &'static str, n: usize) -> Figure {
+    static ROWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let row = ROWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let build = |side: &Side, i: usize| {
         let drv = side.env.path("tiny.nix");
         std::fs::write(
@@ -257,7 +259,9 @@ pub fn build_rows(with: &Side, without: &Side, label: &'static str, n: usize) ->
             "{ nonce }: derivation { name = \"tiny\"; system = \"x86_64-linux\"; builder = \"/bin/sh\"; inherit nonce; args = [ \"-c\" \"echo $nonce > $out\" ]; }\n",
         )
         .unwrap();
-        let nonce = format!("{}-{i}-{}", side.env.name, std::process::id());
+        // Unique to this call too: the same side is the baseline of more than one row, and an
+        // output the client already holds is not built again.
+        let nonce = format!("{}-{row}-{i}-{}", side.env.name, std::process::id());
         timed(&format!(
             "{} nix-build {} --argstr nonce {nonce} --max-jobs 0 --no-out-link --builders @{} \
              --option substituters '' --option build-users-group '' \
