@@ -681,16 +681,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_work_dir_is_roots_alone_and_never_a_link() {
+    /// A directory of root's (0755) to make work dirs in: not under /tmp, which anyone may
+    /// write in.
+    fn roots_dir() -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
         assert!(
             rustix::process::geteuid().is_root(),
             "this test makes root's directories: run it as root (tests/run does)"
         );
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        // Not under /tmp, which anyone may write in.
         let d = tempfile::tempdir_in("/var/lib").unwrap();
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        d
+    }
+
+    #[test]
+    fn the_work_dir_is_roots_alone_and_never_a_link() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = roots_dir();
         let root = d.path().join("work");
         let a = private_work_dir(&root).unwrap();
         let b = private_work_dir(&root).unwrap();
@@ -716,11 +723,7 @@ mod tests {
 
     #[test]
     fn the_work_dirs_of_builderds_that_are_gone_are_removed() {
-        assert!(
-            rustix::process::geteuid().is_root(),
-            "this test makes root's directories: run it as root (tests/run does)"
-        );
-        let d = tempfile::tempdir_in("/var/lib").unwrap();
+        let d = roots_dir();
         let root = d.path().join("work");
         let first = private_work_dir(&root).unwrap();
         // A builderd killed during debootstrap: its process is gone (above the largest pid

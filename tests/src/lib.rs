@@ -1103,16 +1103,13 @@ impl Registry {
             _dir: dir,
         }
     }
-}
 
-impl Registry {
     /// `local` (a plain Debian, as `debian:trixie-slim` is) flattened into one layer of its own
     /// and pushed as `debian:trixie-slim` here, so that a pull downloads every byte of it; the
     /// engine keeps no copy. Returns the name to pull.
     pub fn push_plain_base(&self, local: &str) -> String {
         let base = format!("127.0.0.1:{}/debian:trixie-slim", self.port);
-        let docker = docker_ok;
-        let c = docker(&["create", local, "true"]);
+        let c = docker_ok(&["create", local, "true"]);
         let copy = Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -1120,10 +1117,10 @@ impl Registry {
             ))
             .output()
             .unwrap();
-        docker(&["rm", &c]);
+        docker_ok(&["rm", &c]);
         assert!(copy.status.success(), "{copy:?}");
-        docker(&["push", &base]);
-        docker(&["rmi", &base]);
+        docker_ok(&["push", &base]);
+        docker_ok(&["rmi", &base]);
         base
     }
 }
